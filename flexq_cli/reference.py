@@ -1,6 +1,6 @@
 """The reference W6Ax GEMM in pure PyTorch (any device). It defines the numerics the GPU kernels reproduce.
 
-    y[m, n] = sum over K blocks b of  float32(acc[b, m, n]) * (sx[m, b] * sw[n, b])   (+ bias), in block order
+    y[m, n] = sum over K blocks b of  float32(acc[b, m, n]) * (sx[m, b] * sw[n, b])   (+ bias)
 
 where ``acc[b]`` is the exact integer dot product of the activation codes and weight codes over the 128-wide
 K block b, and ``sx``/``sw`` are the activation/weight scales of the groups that block belongs to.
@@ -17,15 +17,21 @@ import torch
 from .errors import NonFiniteError
 from .primitives import BLOCK_K, pad_k, quantize_activation
 
+_CHUNK_ELEMENTS = 1 << 25  # 128 MB of float32 per temporary
+
 
 def block_int_gemm(xq: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:
     """(M, Kp) and (N, Kp) integer codes -> (Kp / 128, M, N) int32 per-block dot products, exact."""
-    m, kp = xq.shape
-    n = wq.shape[0]
+    return _block_products(xq.float(), wq.float()).to(torch.int32)
+
+
+def _block_products(xf: torch.Tensor, wf: torch.Tensor) -> torch.Tensor:
+    """Integer-valued float32 (M, Kp) and (N, Kp) -> (Kp / 128, M, N) float32 block sums (exact integers)."""
+    m, kp = xf.shape
     nb = kp // BLOCK_K
-    xb = xq.float().reshape(m, nb, BLOCK_K).transpose(0, 1)  # (blocks, M, 128)
-    wb = wq.float().reshape(n, nb, BLOCK_K).permute(1, 2, 0)  # (blocks, 128, N)
-    return torch.bmm(xb, wb).to(torch.int32)
+    xb = xf.reshape(m, nb, BLOCK_K).transpose(0, 1)  # (blocks, M, 128)
+    wb = wf.reshape(wf.shape[0], nb, BLOCK_K).permute(1, 2, 0)  # (blocks, 128, N)
+    return torch.bmm(xb, wb)
 
 
 def block_scales(scales: torch.Tensor, group_size: int, kp: int) -> torch.Tensor:
@@ -36,11 +42,10 @@ def block_scales(scales: torch.Tensor, group_size: int, kp: int) -> torch.Tensor
 
 
 def scaled_sum(acc: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
-    """(B, M, N) int32 and (M, B), (N, B) float32 block scales -> (M, N) float32, summed in block order."""
-    y = torch.zeros(acc.shape[1:], dtype=torch.float32, device=acc.device)
-    for b in range(acc.shape[0]):
-        y += acc[b].float() * (sx[:, b, None] * sw[None, :, b])
-    return y
+    """(B, M, N) block sums and (M, B), (N, B) float32 block scales -> (M, N) float32:
+    sum over b of float32(acc[b]) * (sx[:, b] * sw[:, b]) (a reduction over b; its order is the library's)."""
+    scale = sx.T[:, :, None] * sw.T[:, None, :]  # (B, M, N)
+    return scale.mul_(acc).sum(dim=0)
 
 
 def reference_linear(
@@ -64,8 +69,11 @@ def reference_linear(
     if not torch.isfinite(sx).all():
         raise NonFiniteError("NaN/Inf in the activations reaching a quantized linear layer",
                              "check the input and the layers before it (an overflow in float16?)")
-    acc = block_int_gemm(xq, wq)
-    y = scaled_sum(acc, block_scales(sx, act_group_size, kp), block_scales(w_scales, weight_group_size, kp))
+    sx, sw = block_scales(sx, act_group_size, kp), block_scales(w_scales, weight_group_size, kp)
+    wf = wq.float()
+    rows = max(1, _CHUNK_ELEMENTS // (wq.shape[0] * (kp // BLOCK_K)))  # bound the (B, rows, N) temporaries
+    y = torch.cat([scaled_sum(_block_products(xq[i:i + rows].float(), wf), sx[i:i + rows], sw)
+                   for i in range(0, xq.shape[0], rows)])
     if bias is not None:
         y += bias.float()
     return y.to(x.dtype).reshape(*lead, wq.shape[0])
