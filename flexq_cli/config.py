@@ -1,0 +1,95 @@
+"""The quantization config: one frozen dataclass, the single source of defaults. YAML presets map onto it 1:1.
+
+Activation bits per layer form an ordered mapping, as in torchao's per-module configs: each override is
+``(pattern, bits)`` where ``pattern`` is a full module name (``model.layers.3.mlp.down_proj``) or ``re:REGEX``
+matched against the full name; the first match wins, else ``act_bits``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import FlexQError
+from .primitives import check_group_size
+
+ACT_BITS = (6, 8)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    weight_bits: int = 6
+    weight_group_size: int = 128  # -1: one scale per output channel
+    act_group_size: int = 128  # -1: one scale per token
+    act_bits: int = 6  # default activation bits of a decoder linear
+    act_bits_overrides: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.weight_bits != 6:
+            raise ValueError(f"weight_bits must be 6 (the packed format holds 6 bit-planes), got {self.weight_bits}")
+        for name in ("weight_group_size", "act_group_size"):
+            try:
+                check_group_size(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        overrides = tuple((str(p), int(b)) for p, b in dict(self.act_bits_overrides).items())
+        object.__setattr__(self, "act_bits_overrides", overrides)
+        for pattern, bits in ((None, self.act_bits), *overrides):
+            if bits not in ACT_BITS:
+                raise ValueError(f"activation bits must be one of {ACT_BITS}, got {bits} for {pattern or 'default'}")
+            if pattern and pattern.startswith("re:"):
+                re.compile(pattern[3:])
+
+    def act_bits_for(self, name: str) -> int:
+        """Activation bits of the linear called ``name`` (its full module name)."""
+        for pattern, bits in self.act_bits_overrides:
+            if pattern == name or (pattern.startswith("re:") and re.fullmatch(pattern[3:], name)):
+                return bits
+        return self.act_bits
+
+    def with_plan(self, act_bits: dict[str, int], default: int) -> "QuantConfig":
+        """This config with a plan's explicit per-layer bits (and default) replacing its own overrides."""
+        return dataclasses.replace(self, act_bits=default, act_bits_overrides=tuple(act_bits.items()))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["act_bits_overrides"] = dict(self.act_bits_overrides)
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "config") -> "QuantConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise FlexQError(f"{where}: unknown key(s) {', '.join(unknown)}", f"known keys: {', '.join(sorted(known))}")
+        raw = dict(raw)
+        raw["act_bits_overrides"] = tuple((raw.get("act_bits_overrides") or {}).items())
+        try:
+            return cls(**raw)
+        except (ValueError, TypeError, re.error) as exc:
+            raise FlexQError(f"{where}: {exc}", "fix the config") from exc
+
+
+def preset_names() -> list[str]:
+    from .resources import configs_dir
+
+    return sorted(p.stem for p in (configs_dir() / "presets").glob("*.yaml"))
+
+
+def load_preset(name_or_path: str) -> QuantConfig:
+    """A preset by name (``w6a6``, ``w6a8``, ``flexq``) or a YAML file path."""
+    import yaml
+
+    from .resources import configs_dir
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = configs_dir() / "presets" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FlexQError(f"unknown preset '{name_or_path}'", f"use one of {', '.join(preset_names())} or a YAML file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise FlexQError(f"{path}: a preset must be a YAML mapping", "see configs/presets/ for examples")
+    return QuantConfig.from_dict(raw, str(path))

@@ -1,0 +1,137 @@
+"""Modules that stand in for ``nn.Linear``: the packed W6Ax linear and the float simulation used by analysis."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import QuantConfig
+from .errors import BackendUnavailable, NonFiniteError
+from .packing import pack_bitplanes, packed_words, unpack_bitplanes
+from .primitives import dequantize, fake_quantize_activation, pad_k, padded_k, quantize_weight
+from .reference import reference_linear
+
+BACKENDS = ("auto", "reference", "btc")
+
+
+class QuantLinear(nn.Module):
+    """Linear layer with packed INT6 weights and dynamically quantized 6- or 8-bit activations.
+
+    Buffers (the state dict, as saved in a quantized model directory):
+      qweight: (N, Kp / 128 * 24) int32 bit-plane words (layout: packing.py)
+      scales:  (N, Kp / weight_group_size) float16, or (N, 1) per output channel
+      bias:    (N,) in the model's 16-bit dtype, when the source linear had one
+    ``backend``: "reference" (pure PyTorch, any device), "btc" (the CUDA kernel), or "auto" (btc for CUDA
+    inputs, reference for CPU inputs; a CUDA input without a usable kernel is an error, never a silent fallback).
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, act_bits: int,
+                 weight_group_size: int = 128, act_group_size: int = 128, dtype=torch.float16, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.act_bits, self.weight_group_size, self.act_group_size = act_bits, weight_group_size, act_group_size
+        self.padded_in = padded_k(in_features, weight_group_size, act_group_size)
+        n_scales = 1 if weight_group_size <= 0 else self.padded_in // weight_group_size
+        self.register_buffer("qweight", torch.empty(out_features, packed_words(self.padded_in), dtype=torch.int32,
+                                                     device=device))
+        self.register_buffer("scales", torch.empty(out_features, n_scales, dtype=torch.float16, device=device))
+        self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
+        self.backend = "auto"
+        self._codes = None  # unpacked int8 codes, cached for the reference path
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, act_bits: int, config: QuantConfig, name: str = "") -> "QuantLinear":
+        w = linear.weight.detach()
+        if not torch.isfinite(w).all():
+            raise NonFiniteError(f"weight of {name or 'a linear layer'} has {int((~torch.isfinite(w)).sum())} "
+                                 "NaN/Inf values", "the source checkpoint is damaged; re-download or fix it")
+        has_bias = linear.bias is not None
+        dtype = linear.bias.dtype if has_bias else torch.float16
+        layer = cls(linear.in_features, linear.out_features, bias=has_bias, act_bits=act_bits,
+                    weight_group_size=config.weight_group_size, act_group_size=config.act_group_size,
+                    dtype=dtype, device=w.device)
+        q, scales = quantize_weight(pad_k(w.float(), layer.padded_in), config.weight_bits, config.weight_group_size)
+        layer.qweight.copy_(pack_bitplanes(q))
+        layer.scales.copy_(scales)
+        if has_bias:
+            layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def codes(self) -> torch.Tensor:
+        """(N, Kp) int8 weight codes, unpacked once and cached (the packed buffer stays the source of truth)."""
+        if self._codes is None or self._codes.device != self.qweight.device:
+            self._codes = unpack_bitplanes(self.qweight, self.padded_in)
+        return self._codes
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """(N, K) float32 weight as the integer codes and scales represent it."""
+        w = dequantize(self.codes(), self.scales, self.weight_group_size)
+        return w[:, : self.in_features]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._codes = None  # device or dtype moves invalidate the cache
+        return super()._apply(fn, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if resolve_backend(self.backend, x) == "btc":
+            from .btc import btc_linear
+
+            return btc_linear(x, self.qweight, self.scales, act_bits=self.act_bits, bias=self.bias,
+                              act_group_size=self.act_group_size, weight_group_size=self.weight_group_size)
+        return reference_linear(x, self.codes(), self.scales, act_bits=self.act_bits, bias=self.bias,
+                                act_group_size=self.act_group_size, weight_group_size=self.weight_group_size)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, W6A{self.act_bits}, "
+                f"wgroup={self.weight_group_size}, agroup={self.act_group_size}, backend={self.backend}")
+
+
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
+    """The backend that runs ``x``: 'auto' means the kernel on CUDA and the reference path on the CPU."""
+    if backend == "reference" or (backend == "auto" and not x.is_cuda):
+        return "reference"
+    if not x.is_cuda:
+        raise BackendUnavailable("--backend btc needs the model on a CUDA GPU", "use --device cuda or --backend reference")
+    from .btc import available
+
+    ok, why = available()
+    if not ok:
+        raise BackendUnavailable(f"the BTC kernel cannot run here: {why}",
+                                 "install it (pip install 'flexq[cuda]') or pass --backend reference (slow)")
+    return "btc"
+
+
+class SimQuantLinear(nn.Module):
+    """Float simulation of a W6Ax linear: INT6-dequantized weights, fake-quantized activations.
+
+    Equal to QuantLinear up to float32 rounding order, and as fast as a dense matmul: the sensitivity analysis
+    runs hundreds of forward passes through it. ``act_bits`` is mutable (None: activations unquantized).
+    """
+
+    def __init__(self, linear: nn.Linear, config: QuantConfig, act_bits: int | None):
+        super().__init__()
+        self.in_features, self.config, self.act_bits = linear.in_features, config, act_bits
+        self.padded_in = padded_k(linear.in_features, config.weight_group_size, config.act_group_size)
+        q, s = quantize_weight(pad_k(linear.weight.detach().float(), self.padded_in), config.weight_bits,
+                               config.weight_group_size)
+        self.weight = nn.Parameter(dequantize(q, s, config.weight_group_size), requires_grad=False)  # (N, Kp)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = pad_k(x.float(), self.padded_in)
+        if self.act_bits is not None:
+            xf = fake_quantize_activation(xf, self.act_bits, self.config.act_group_size)
+        return nn.functional.linear(xf, self.weight, self.bias).to(x.dtype)
+
+
+def set_backend(model: nn.Module, backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend}")
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.backend = backend
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
