@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import ui
+from ..errors import FlexQError
+from .options import JsonOut, write_json
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise FlexQError(f"--m '{text}' is not a comma-separated list of positive integers", "e.g. --m 1,2,4,8")
+    return values
+
+
+def command(
+    kernel: Annotated[bool, typer.Option("--kernel", help="Time the W6A6/W6A8 layer ops against cuBLAS fp16/int8/fp8.")] = False,
+    models: Annotated[str, typer.Option(help="Comma-separated shape sets: llama2-7b, llama2-70b, llama3-8b, smollm2, all.")] = "llama2-7b,llama2-70b",
+    m: Annotated[str, typer.Option("--m", help="Token counts M, comma-separated.")] = "1,2,4,8,16,32,64,128",
+    repeats: Annotated[int, typer.Option(help="Timed repeats per op (median reported).")] = 50,
+    flush_l2: Annotated[bool, typer.Option(help="Flush L2 between repeats (weights come from HBM, as in decode).")] = True,
+    back_to_back: Annotated[bool, typer.Option(help="Also time back-to-back runs on the same buffers (FlexQ's method).")] = False,
+    json_out: JsonOut = None,
+):
+    """Kernel benchmarks on a CUDA GPU: BTC W6A6/W6A8 layer ops and the library baselines in one run."""
+    if not kernel:
+        raise FlexQError("say what to benchmark", "flexq bench --kernel (end-to-end --e2e arrives with generation)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise FlexQError("flexq bench --kernel needs a CUDA GPU, and none is visible", "run it on an NVIDIA GPU machine")
+    from ..kernel_bench import SHAPES, format_table, run_kernel_bench, summary
+
+    names = list(SHAPES) if models == "all" else [s.strip() for s in models.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SHAPES]
+    if unknown:
+        raise FlexQError(f"unknown shape set(s) {', '.join(unknown)}", f"use {', '.join(SHAPES)} or all")
+    shapes = list(dict.fromkeys(s for n in names for s in SHAPES[n]))
+    result = run_kernel_bench(shapes, _ints(m), repeats=repeats, flush_l2=flush_l2, back_to_back=back_to_back)
+    ui.out.print(format_table(result))
+    ui.out.print(summary(result))
+    write_json(json_out, result)

@@ -1,0 +1,55 @@
+"""Option aliases shared by the commands, and their parsing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+
+from ..errors import FlexQError
+
+Model = Annotated[str, typer.Argument(help="Model: HF directory, hub id, alias (configs/models.yaml) or .gguf file.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (written atomically).")]
+Force = Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")]
+Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")]
+Dtype = Annotated[str, typer.Option(help="Compute dtype of unquantized layers: auto, float32, float16, bfloat16.")]
+Backend = Annotated[str, typer.Option(help="Quantized linears: auto (kernel on CUDA, reference on CPU), reference, btc.")]
+Seqlen = Annotated[int, typer.Option(help="Tokens per sequence.")]
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FlexQError(f"--device {device} was asked for, but no CUDA GPU is visible", "use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise FlexQError(f"unknown --device '{device}'", "use cpu, cuda, cuda:N or auto")
+    return device
+
+
+def parse_dtype(dtype: str) -> torch.dtype | None:
+    if dtype == "auto":
+        return None
+    if dtype not in DTYPES:
+        raise FlexQError(f"unknown --dtype '{dtype}'", f"use auto or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def parse_backend(backend: str) -> str:
+    from ..modules import BACKENDS
+
+    if backend not in BACKENDS:
+        raise FlexQError(f"unknown --backend '{backend}'", f"use one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def write_json(path: Path | None, payload) -> None:
+    import json
+
+    if path is not None:
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")

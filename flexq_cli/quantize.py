@@ -1,0 +1,195 @@
+"""``flexq quantize``: a self-contained quantized model directory, and loading it back.
+
+Directory layout (the format is documented in docs/format.md):
+  config.json            the source config plus ``quantization_config: {quant_method: flexq, ...}``
+  tokenizer files, generation_config.json
+  model.safetensors      or model-0000i-of-0000N.safetensors + model.safetensors.index.json
+                         every shard carries the manifest (stage "quantized") in its metadata
+Decoder linears are stored as ``<name>.qweight`` / ``<name>.scales`` (/ ``<name>.bias``) (modules.QuantLinear);
+embeddings, norms and lm_head stay 16-bit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import ui
+from .analyze import load_plan
+from .arch import linear_names, spec_for_config
+from .artifacts import Manifest, atomic_output_dir, check_manifest, load_tensors, read_manifest, save_artifact
+from .config import QuantConfig, load_preset
+from .errors import ArtifactError, FlexQError
+from .loading import QUANT_METHOD, fingerprint, load_fp_model, resolve_model
+from .modules import QuantLinear, replace_module, set_backend
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_SHARD_BYTES = 4 << 30
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    out: str
+    layers: int
+    a8_layers: int
+    params: int  # weights of the quantized linears (unpadded)
+    packed_bytes: int  # qweight bytes
+    scale_bytes: int
+    zero_groups: int  # weight groups that were all zero (scale 0)
+
+
+def resolve_config(preset: str | None, plan: Path | None, model_fingerprint: str) -> tuple[QuantConfig, dict]:
+    """The config to quantize with, and a description of where it came from (for the manifest)."""
+    if plan is None:
+        return load_preset(preset or "w6a8"), {"preset": preset or "w6a8"}
+    manifest, _ = load_plan(plan, model_fingerprint)
+    base = QuantConfig.from_dict(manifest.config["quant"], f"{plan} (quant config)")
+    if preset is not None:
+        chosen = load_preset(preset)
+        if (chosen.weight_group_size, chosen.act_group_size) != (base.weight_group_size, base.act_group_size):
+            raise FlexQError(f"--preset {preset} uses other group sizes than the plan in {plan} was measured with",
+                             "drop --preset, or re-run flexq analyze with that preset")
+        base = chosen
+    config = base.with_plan(manifest.extra["act_bits"], manifest.extra["default"])
+    return config, {"plan": str(plan), "plan_summary": manifest.extra.get("summary", {})}
+
+
+@torch.no_grad()
+def quantize_model(model, spec, config: QuantConfig, keep_dtype: torch.dtype) -> QuantizeResult:
+    """Replace every decoder linear of ``model`` by a QuantLinear, in place; cast the rest to ``keep_dtype``."""
+    names = linear_names(model, spec)
+    params = packed = scale_bytes = zero = a8 = 0
+    for name in ui.track(names, "quantizing", total=len(names)):
+        linear = model.get_submodule(name)
+        layer = QuantLinear.from_linear(linear, config.act_bits_for(name), config, name)
+        replace_module(model, name, layer)
+        params += linear.weight.numel()
+        packed += layer.qweight.numel() * 4
+        scale_bytes += layer.scales.numel() * 2
+        zero += int((layer.scales == 0).sum())
+        a8 += layer.act_bits == 8
+    cast_unquantized(model, keep_dtype)
+    return QuantizeResult("", len(names), a8, params, packed, scale_bytes, zero)
+
+
+def cast_unquantized(model, dtype: torch.dtype) -> None:
+    """Cast every float parameter and buffer outside QuantLinear modules (QuantLinear's bias included)."""
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            if module.bias is not None:
+                module.bias = module.bias.to(dtype)
+            continue
+        for key, p in module.named_parameters(recurse=False):
+            if p.is_floating_point():
+                p.data = p.data.to(dtype)
+        for key, b in module.named_buffers(recurse=False):
+            if b is not None and b.is_floating_point() and key in module._buffers and "inv_freq" not in key:
+                module._buffers[key] = b.to(dtype)
+
+
+def keep_dtype_for(config) -> torch.dtype:
+    """bfloat16 when the source checkpoint is bfloat16, else float16."""
+    raw = config.to_dict()
+    src = raw.get("dtype") or raw.get("torch_dtype")
+    return torch.bfloat16 if str(src).endswith("bfloat16") else torch.float16
+
+
+def quantize(model_name: str, out: Path, *, preset: str | None = None, plan: Path | None = None,
+             force: bool = False, device: str = "cpu", max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> QuantizeResult:
+    ref = resolve_model(model_name)
+    fp = fingerprint(ref)
+    config, origin = resolve_config(preset, plan, fp)
+    with atomic_output_dir(out, force) as tmp:
+        model, tokenizer, spec = load_fp_model(ref, torch.float32, device)
+        keep = keep_dtype_for(model.config)
+        result = quantize_model(model, spec, config, keep)
+        manifest = Manifest(stage="quantized", source={"model": ref.model_id, "fingerprint": fp},
+                            config={"quant": config.to_dict()},
+                            extra={"origin": origin, "keep_dtype": str(keep).removeprefix("torch."),
+                                   "layers": linear_names(model, spec)})
+        save_quantized(tmp, model, tokenizer, manifest, config, max_shard_bytes)
+    return QuantizeResult(str(out), *list(result.__dict__.values())[1:])
+
+
+def save_quantized(folder: Path, model, tokenizer, manifest: Manifest, config: QuantConfig, max_shard_bytes: int):
+    model.config.quantization_config = {"quant_method": QUANT_METHOD, **config.to_dict()}
+    model.config.save_pretrained(folder)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    state = {k: v for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    shards = _split(state, max_shard_bytes)
+    if len(shards) == 1:
+        save_artifact(folder / SINGLE_FILE, shards[0], manifest)
+        return
+    weight_map, n = {}, len(shards)
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        save_artifact(folder / name, shard, manifest)
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    (folder / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                                indent=2))
+
+
+def _split(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    shards, size = [{}], 0
+    for key, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t
+        size += nbytes
+    return shards
+
+
+def _shard_files(folder: Path) -> list[Path]:
+    index = folder / INDEX_FILE
+    if index.is_file():
+        return sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+    return [folder / SINGLE_FILE]
+
+
+def load_quantized(path: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32, backend: str = "auto"):
+    """(model, tokenizer, manifest) of a quantized directory; compute dtype ``dtype`` for unquantized layers."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    files = _shard_files(path)
+    manifests = [read_manifest(f) for f in files]
+    manifest = manifests[0]
+    check_manifest(manifest, str(path), "quantized")
+    config = QuantConfig.from_dict(manifest.config["quant"], f"{path} (quant config)")
+    hf_config = AutoConfig.from_pretrained(path)
+    del hf_config.quantization_config
+    spec = spec_for_config(hf_config)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    for name in linear_names(model, spec):
+        linear = model.get_submodule(name)
+        replace_module(model, name, QuantLinear(
+            linear.in_features, linear.out_features, bias=linear.bias is not None,
+            act_bits=config.act_bits_for(name), weight_group_size=config.weight_group_size,
+            act_group_size=config.act_group_size, device="meta"))
+    state = {}
+    for f, m in zip(files, manifests):
+        state.update(load_tensors(f, m, device=device))
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not (k == "lm_head.weight" and hf_config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ArtifactError(f"{path}: tensors missing {missing[:3]} or unexpected {unexpected[:3]}",
+                            "the directory is incomplete or from another model; re-run flexq quantize")
+    if hf_config.tie_word_embeddings:
+        model.tie_weights()
+    cast_unquantized(model, dtype)
+    model.to(device).eval()
+    set_backend(model, backend)
+    return model, AutoTokenizer.from_pretrained(path), manifest
