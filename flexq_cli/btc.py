@@ -1,0 +1,409 @@
+"""The bit-serial BTC GEMM (kernels/btc_gemm.cu) from Python: run-time compile with CuPy, validate, launch.
+
+    y = btc_linear(x, qweight, w_scales, act_bits=6, act_group_size=128, weight_group_size=128)
+
+computes ``reference.reference_linear`` on the GPU in two launches on PyTorch's current stream: the activation
+quantize-and-pack kernel (x -> bit planes + fp32 scales) and the GEMM (1-bit tensor-core MMAs, per-block fp32
+epilogue, split-K reduced deterministically). Launch scalars are numpy int32 / uint64 (CuPy checks nothing),
+tensors go by ``data_ptr``, so the calls work under CUDA graph capture.
+
+This module is the one source of truth for the kernel's compile-time constants (``TileConfig.defines``).
+CuPy is imported inside the functions that need it; without it they raise :class:`BtcUnavailable`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from dataclasses import dataclass, replace
+
+import torch
+
+from .errors import BackendUnavailable
+from .primitives import BLOCK_K
+from .resources import kernel_source
+
+ACT_BITS = (6, 8)
+GROUP_SIZES = (128, -1)  # act_group_size / weight_group_size the kernel supports
+W_WORDS = 24  # uint32 words per (row, 128-K block) weight record: 6 planes x 4 words
+ROW_ALIGN = 16  # N must be a multiple of one MMA's 16 weight rows
+PACK_WARPS = 4  # warps per CTA of the activation pack kernel
+KERNEL_FILE = "btc_gemm.cu"
+_MAX_TILES = 1 << 16  # split-K arrival counters kept per device
+INSTALL_HINT = "pip install 'flexq[cuda]' (cupy-cuda12x) or 'flexq[cuda13]' (cupy-cuda13x)"
+
+
+class BtcUnavailable(BackendUnavailable, RuntimeError):
+    """CuPy or a suitable GPU is missing: the BTC kernel cannot run here."""
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One kernel tile configuration: compile-time tile sizes plus the run-time split-K factor.
+
+    warps: warps per CTA, each owning 16 weight rows (the MMA's M); kb: 128-K blocks per pipeline stage;
+    stages: cp.async pipeline depth; mt: tokens per CTA (multiple of 8, the MMA's N); splits: split-K ways
+    (0: choose from the SM count); pct: 0 puts tokens in the MMA's columns (21/29 chained MMAs per block for up
+    to 8 tokens), 1/2/4/8 puts (token, activation plane) slots there for at most pct tokens (6 * pct independent
+    MMAs per block; see the .cu), the cheaper scheme for a few tokens.
+    """
+
+    warps: int = 4
+    kb: int = 2
+    stages: int = 4
+    mt: int = 8
+    splits: int = 0
+    pct: int = 0
+
+    def __post_init__(self):
+        if self.warps not in (1, 2, 4, 8) or self.kb not in (1, 2, 4) or not 2 <= self.stages <= 8:
+            raise ValueError(f"unsupported tile config {self}")
+        if self.mt not in (8, 16, 32) or self.splits < 0:
+            raise ValueError(f"unsupported tile config {self}")
+        if self.pct not in (0, 1, 2, 4, 8) or (self.pct and self.mt != 8):
+            raise ValueError(f"unsupported tile config {self}: pct must be 0, 1, 2, 4 or 8, with mt 8")
+
+    @property
+    def rows(self) -> int:
+        return 16 * self.warps
+
+    def defines(self, act_bits: int, bf16: bool, debug: bool = False) -> tuple[str, ...]:
+        """The -D options that specialise kernels/btc_gemm.cu (compile-time part of the config only)."""
+        return (
+            f"-DBTC_ACT_BITS={act_bits}", f"-DBTC_WARPS={self.warps}", f"-DBTC_KB={self.kb}",
+            f"-DBTC_STAGES={self.stages}", f"-DBTC_MT={self.mt}", f"-DBTC_BF16={int(bf16)}",
+            f"-DBTC_DEBUG_ACC={int(debug)}", f"-DBTC_PACK_WARPS={PACK_WARPS}", f"-DBTC_PCT={self.pct}",
+        )
+
+    def smem_bytes(self, act_bits: int) -> int:
+        """Dynamic shared memory: stages x (weight rows + tokens), each row padded by 16 bytes (see the .cu)."""
+        w = self.rows * (96 * self.kb + 16)
+        x = self.mt * (16 * act_bits * self.kb + 16)
+        return self.stages * (w + x)
+
+
+# ----------------------------------------------------------------------------------------------- compile / cache
+def _cupy():
+    try:
+        import cupy
+    except ImportError as e:
+        raise BtcUnavailable(f"the BTC kernel needs CuPy, which is not installed ({e})", INSTALL_HINT) from e
+    return cupy
+
+
+def available() -> tuple[bool, str]:
+    """(True, device description) when the BTC kernel can run here, else (False, why)."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA device visible to PyTorch"
+    try:
+        _cupy()
+    except BtcUnavailable as e:
+        return False, f"{e.message}; {e.hint}"
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        return False, f"compute capability {major}.{minor}: the b1 m16n8k256 MMA needs sm_80 or newer"
+    return True, f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
+
+
+_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=None)
+def _module(device: int, options: tuple[str, ...]):
+    """The compiled RawModule for (device, options), built by NVRTC for the device's own SASS (sm_<cc>, cubin),
+    so Hopper runs native code, not JIT-ed PTX. CuPy also keeps its on-disk cache keyed by source and options."""
+    cupy = _cupy()
+    major, minor = torch.cuda.get_device_capability(device)
+    arch = f"-arch=sm_{major}{minor}"  # named explicitly: native SASS for this device (CuPy adds the same)
+    with _lock, cupy.cuda.Device(device):
+        mod = cupy.RawModule(code=kernel_source(KERNEL_FILE), options=("-std=c++17", arch, *options))
+        mod.compile()
+    return mod
+
+
+def compiled_arch() -> str:
+    """The -arch option CuPy's NVRTC path uses on the current device (e.g. '-arch=sm_90'), for reports."""
+    from cupy.cuda import compiler
+
+    get = getattr(compiler, "_get_arch_for_options_for_nvrtc", None)
+    return get()[0] if get else f"sm_{compiler._get_arch()}"
+
+
+@functools.lru_cache(maxsize=None)
+def _function(device: int, options: tuple[str, ...], name: str, smem: int):
+    fn = _module(device, options).get_function(name)
+    if smem > 48 * 1024:  # more than 48 KB of dynamic shared memory must be asked for
+        fn.max_dynamic_shared_size_bytes = smem
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
+def _counters(device: int) -> torch.Tensor:
+    """Split-K arrival counters: zero between launches (the last CTA of each tile resets its own)."""
+    return torch.zeros(_MAX_TILES, dtype=torch.int32, device=torch.device("cuda", device))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# ----------------------------------------------------------------------------------------------- validation
+def _check_tensor(name: str, t, device, dtypes) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cuda" or (device is not None and t.device != device):
+        raise ValueError(f"{name} must be on {device or 'a CUDA device'}, got {t.device}")
+    if t.dtype not in dtypes:
+        raise ValueError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} with shape {tuple(t.shape)} must be contiguous")
+    if t.data_ptr() % 16:
+        raise ValueError(f"{name} must be 16-byte aligned (data_ptr {t.data_ptr():#x})")
+
+
+def _check_groups(act_bits: int, act_group_size: int, weight_group_size: int) -> None:
+    if act_bits not in ACT_BITS:
+        raise ValueError(f"act_bits must be one of {ACT_BITS}, got {act_bits}")
+    for name, g in (("act_group_size", act_group_size), ("weight_group_size", weight_group_size)):
+        if g not in GROUP_SIZES:
+            raise ValueError(f"{name}={g} is not supported by the BTC kernel; supported: {GROUP_SIZES}")
+
+
+def _check_weight(x, qweight, w_scales, weight_group_size) -> tuple[int, int, int]:
+    """Validate the packed weight against x; return (N, Kp, NB)."""
+    _check_tensor("qweight", qweight, x.device, (torch.int32,))
+    if qweight.dim() != 2 or qweight.shape[1] % W_WORDS or qweight.shape[1] == 0:
+        raise ValueError(f"qweight must be (N, Kp/128*{W_WORDS}) int32, got shape {tuple(qweight.shape)}")
+    n, nb = qweight.shape[0], qweight.shape[1] // W_WORDS
+    kp = nb * BLOCK_K
+    if n % ROW_ALIGN or n == 0:
+        raise ValueError(f"qweight has N={n} rows: N must be a positive multiple of {ROW_ALIGN}")
+    if x.shape[-1] > kp:
+        raise ValueError(f"x has K={x.shape[-1]} but qweight {tuple(qweight.shape)} holds only Kp={kp}")
+    _check_tensor("w_scales", w_scales, x.device, (torch.float16,))
+    cols = 1 if weight_group_size == -1 else kp // weight_group_size
+    if tuple(w_scales.shape) != (n, cols):
+        raise ValueError(f"w_scales must be ({n}, {cols}) for weight_group_size={weight_group_size}, "
+                         f"got {tuple(w_scales.shape)}")
+    return n, kp, nb
+
+
+def _check_x(x) -> None:
+    _check_tensor("x", x, None, (torch.float16, torch.bfloat16))
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x must be (..., K) with K > 0, got shape {tuple(x.shape)}")
+
+
+def _check_out(out, lead, n, dtype, device) -> None:
+    _check_tensor("out", out, device, (dtype,))
+    if tuple(out.shape) != (*lead, n):
+        raise ValueError(f"out must have shape {(*lead, n)}, got {tuple(out.shape)}")
+
+
+def _check_bias(bias, n, dtype, device) -> None:
+    _check_tensor("bias", bias, device, (dtype, torch.float32))
+    if tuple(bias.shape) != (n,):
+        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------- launch
+PC_MAX_TOKENS = 2  # up to this M plane columns (6 * pct MMAs per block) beat tokens in columns (measured: M = 4 loses)
+
+
+def plane_column_tokens(m: int) -> int:
+    """The pct (a power of two >= m) for M = m tokens, or 0 (tokens in columns) above PC_MAX_TOKENS."""
+    return 0 if m > PC_MAX_TOKENS else 1 << (m - 1).bit_length()
+
+
+def default_config(m: int) -> TileConfig:
+    """The untuned config: 4 warps; for M <= 8 four blocks per stage (four independent MMA chains per warp, see
+    the .cu), three stages; for more tokens the wider token tile needs the registers, so two blocks, four stages."""
+    if m <= 8:
+        return TileConfig(warps=4, kb=4, stages=3, mt=8, pct=plane_column_tokens(m))
+    return TileConfig(warps=4, kb=2, stages=4, mt=16 if m <= 16 else 32)
+
+
+def choose_config(n: int, k: int, m: int, act_bits: int, device: int | None = None) -> TileConfig:
+    """The tile config for this shape: the H100-tuned table (btc_tuning.py), else ``default_config``, with the
+    plane-column scheme for few tokens and split-K resolved by ``choose_splits``."""
+    from .btc_tuning import lookup
+
+    cfg = lookup(n, k, m, act_bits) or default_config(m)
+    if cfg.mt == 8 and not cfg.pct:
+        cfg = replace(cfg, pct=plane_column_tokens(m))
+    if cfg.splits:
+        return cfg
+    dev = torch.cuda.current_device() if device is None else device
+    return replace(cfg, splits=choose_splits(cfg, n, -(-k // BLOCK_K), m, _slots(dev, cfg, act_bits)))
+
+
+def choose_splits(cfg: TileConfig, n: int, nb: int, m: int, slots: int) -> int:
+    """Split-K ways minimising (waves of CTAs) x (blocks per CTA + a pipeline-fill allowance): with fewer CTAs
+    than resident slots the SMs idle, and a last partial wave costs as much as a full one."""
+    tiles = -(-n // cfg.rows) * -(-m // cfg.mt)
+    best = None
+    for s in range(1, min(nb, 64) + 1):
+        per = -(-nb // s)
+        if -(-nb // per) != s:
+            continue  # the same as a smaller s
+        cost = -(-tiles * s // slots) * (-(-per // cfg.kb) * cfg.kb + 2 * cfg.kb)
+        if best is None or cost < best[0]:
+            best = (cost, s)
+    return best[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _slots(device: int, cfg: TileConfig, act_bits: int) -> int:
+    """Resident CTAs on the whole device for this config (occupancy from shared memory, registers, threads)."""
+    props = torch.cuda.get_device_properties(device)
+    smem_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024)
+    smem = cfg.smem_bytes(act_bits) + 1024  # the runtime reserves 1 KB per CTA
+    per_sm = min(smem_sm // smem, 2048 // (32 * cfg.warps), 32)
+    try:
+        fn = _function(device, cfg.defines(act_bits, False), "btc_gemm", cfg.smem_bytes(act_bits))
+        regs_warp = -(-fn.num_regs * 32 // 256) * 256
+        per_sm = min(per_sm, 65536 // (regs_warp * cfg.warps))
+    except Exception:  # noqa: BLE001  (occupancy is a heuristic: keep the shared-memory bound)
+        pass
+    return max(1, per_sm) * _sm_count(device)
+
+
+def _grid(cfg: TileConfig, n: int, mp: int, nb: int) -> tuple[tuple[int, int, int], int]:
+    """((grid.x, grid.y, grid.z), blocks per split); no split is left empty."""
+    per = -(-nb // max(1, min(cfg.splits, nb)))
+    return (-(-n // cfg.rows), -(-nb // per), -(-mp // cfg.mt)), per
+
+
+def _launch(fn, grid, block, args, smem, device):
+    import numpy as np
+
+    cupy = _cupy()
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, device)
+    with cupy.cuda.Device(device), stream:
+        fn(grid, block, args, shared_mem=np.int32(smem))
+
+
+def _ptr(t):
+    import numpy as np
+
+    return np.uint64(0 if t is None else t.data_ptr())
+
+
+def pack_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: int, cfg: TileConfig):
+    """(M, K) fp16/bf16 -> ((Mp, NB*A*4) int32 bit-plane words, (Mp, NB) float32 per-block scales); Mp = M
+    rounded up to 8, padded tokens zero. Word layout = packing.pack_bitplanes(xq, bits=act_bits)."""
+    import numpy as np
+
+    m, k = x2.shape
+    mp, dev = -(-m // 8) * 8, x2.device.index
+    xpack = torch.empty((mp, nb * act_bits * 4), dtype=torch.int32, device=x2.device)
+    sx = torch.empty((mp, nb), dtype=torch.float32, device=x2.device)
+    opts = cfg.defines(act_bits, x2.dtype == torch.bfloat16)
+    whole = act_group_size == -1
+    grid = (mp, 1 if whole else -(-nb // PACK_WARPS), 1)
+    args = (_ptr(x2), _ptr(xpack), _ptr(sx), np.int32(m), np.int32(k), np.int32(nb), np.int32(whole))
+    _launch(_function(dev, opts, "btc_act_pack", 0), grid, (32 * PACK_WARPS, 1, 1), args, 0, dev)
+    return xpack, sx
+
+
+def _gemm(x2, xpack, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_size, cfg, debug):
+    import numpy as np
+
+    m, dev = x2.shape[0], x2.device.index
+    if cfg.pct and m > cfg.pct:
+        raise ValueError(f"tile config {cfg} handles at most pct={cfg.pct} tokens, got M={m}")
+    n, nb, mp = qweight.shape[0], qweight.shape[1] // W_WORDS, xpack.shape[0]
+    grid, per = _grid(cfg, n, mp, nb)
+    partial = None
+    if grid[1] > 1 and not debug:
+        partial = torch.empty((grid[1], mp, n), dtype=torch.float32, device=x2.device)
+        if grid[0] * grid[2] > _MAX_TILES:
+            raise ValueError(f"too many output tiles ({grid[0] * grid[2]}) for N={n}, M={m}")
+    opts = cfg.defines(act_bits, x2.dtype == torch.bfloat16, debug)
+    smem = cfg.smem_bytes(act_bits)
+    ws_cols = w_scales.shape[1]
+    args = (
+        _ptr(qweight), _ptr(w_scales), _ptr(xpack), _ptr(sx), _ptr(bias), _ptr(y), _ptr(partial),
+        _ptr(_counters(dev)), np.int32(m), np.int32(n), np.int32(nb), np.int32(ws_cols),
+        np.int32(0 if weight_group_size == -1 else 1), np.int32(per),
+        np.int32(bias is not None and bias.dtype == torch.float32),
+    )
+    _launch(_function(dev, opts, "btc_gemm", smem), grid, (32 * cfg.warps, 1, 1), args, smem, dev)
+
+
+def btc_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    w_scales: torch.Tensor,
+    *,
+    act_bits: int,
+    act_group_size: int = 128,
+    weight_group_size: int = 128,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
+    """W6A6 / W6A8 linear layer: ``reference_linear`` on the GPU.
+
+    x: (..., K) float16 or bfloat16, CUDA, contiguous; K is the original width (<= Kp, the tail is zeros).
+    qweight: (N, Kp/128*24) int32 bit-plane words (packing.pack_bitplanes), N a multiple of 16.
+    w_scales: (N, Kp/weight_group_size) float16, or (N, 1) for weight_group_size -1.
+    act_bits: 6 or 8; act_group_size, weight_group_size: 128 or -1 (one group per row).
+    bias: (N,) in x's dtype or float32, or None. out: optional (..., N) output in x's dtype.
+    Returns (..., N) in x's dtype. config: force a tile config (tuning and tests), else ``choose_config``.
+    """
+    _check_groups(act_bits, act_group_size, weight_group_size)
+    _check_x(x)
+    n, kp, nb = _check_weight(x, qweight, w_scales, weight_group_size)
+    lead = tuple(x.shape[:-1])
+    if bias is not None:
+        _check_bias(bias, n, x.dtype, x.device)
+    if out is None:
+        out = torch.empty((*lead, n), dtype=x.dtype, device=x.device)
+    else:
+        _check_out(out, lead, n, x.dtype, x.device)
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] == 0:
+        return out
+    cfg = config or choose_config(n, kp, x2.shape[0], act_bits, x.device.index)
+    xpack, sx = pack_activations(x2, nb, act_bits, act_group_size, cfg)
+    _gemm(x2, xpack, sx, qweight, w_scales, bias, out, act_bits=act_bits, weight_group_size=weight_group_size,
+          cfg=cfg, debug=False)
+    return out
+
+
+def btc_block_accumulators(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    *,
+    act_bits: int,
+    act_group_size: int = 128,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
+    """The GEMM's exact int32 per-block dot products, (Kp/128, M, N): equal to ``reference.block_int_gemm``."""
+    _check_groups(act_bits, act_group_size, 128)
+    _check_x(x)
+    if qweight.dim() != 2:
+        raise ValueError(f"qweight must be 2-D, got shape {tuple(qweight.shape)}")
+    nb = qweight.shape[1] // W_WORDS
+    scales = torch.ones((qweight.shape[0], nb), dtype=torch.float16, device=qweight.device)
+    n, kp, nb = _check_weight(x, qweight, scales, 128)
+    x2 = x.reshape(-1, x.shape[-1])
+    m = x2.shape[0]
+    acc = torch.empty((nb, m, n), dtype=torch.int32, device=x.device)
+    if m == 0:
+        return acc
+    cfg = config or choose_config(n, kp, m, act_bits, x.device.index)
+    xpack, sx = pack_activations(x2, nb, act_bits, act_group_size, cfg)
+    _gemm(x2, xpack, sx, qweight, scales, None, acc, act_bits=act_bits, weight_group_size=128, cfg=cfg,
+          debug=True)
+    return acc
+
+
+def weight_bytes(n: int, k: int, weight_group_size: int = 128) -> int:
+    """Bytes the GEMM must stream per call: packed planes (0.75 B/weight) plus float16 scales."""
+    kp = math.ceil(k / BLOCK_K) * BLOCK_K
+    cols = 1 if weight_group_size == -1 else kp // weight_group_size
+    return n * kp * 6 // 8 + n * cols * 2

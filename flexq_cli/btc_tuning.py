@@ -1,0 +1,49 @@
+"""Tile configurations for the BTC GEMM, tuned on an NVIDIA H100 80GB HBM3 (sm_90, 132 SMs).
+
+``TUNED[(N, K, m_bucket, act_bits)] = (warps, kb, stages, mt, splits)`` (TileConfig's fields; ``btc.choose_config``
+adds the plane-column token count for M <= ``btc.PC_MAX_TOKENS``); ``m_bucket`` is M rounded up to 8, 16,
+32 or 128 (the last: anything larger). Every entry was produced by ``scripts/gpu_kernel_check.sh`` (the
+``--tune`` sweep of ``flexq_cli.kernel_bench``), which times only configurations whose block accumulators equal
+``reference.block_int_gemm`` and whose outputs pass the tolerance check; a configuration that fails is never
+written here. Shapes not in the table get ``btc.choose_config``'s heuristic.
+"""
+
+from __future__ import annotations
+
+# H100 80GB HBM3, 2026-11-22 (torch 2.11.0+cu130, CuPy 14.2.0, CUDA 13.0, sm_90): the --tune sweep over
+# kernel_bench.TUNE_CANDIDATES at M = 1 and 8, every config checked exact before timing (none was rejected).
+TUNED: dict[tuple[int, int, int, int], tuple[int, int, int, int, int]] = {
+    (8192, 8192, 8, 6): (4, 4, 3, 8, 2),
+    (8192, 8192, 8, 8): (4, 2, 4, 8, 3),
+    (10240, 8192, 8, 6): (8, 2, 4, 8, 3),
+    (10240, 8192, 8, 8): (8, 2, 4, 8, 3),
+    (28672, 8192, 8, 6): (4, 4, 4, 8, 1),
+    (28672, 8192, 8, 8): (4, 4, 3, 8, 1),
+    (8192, 28672, 8, 6): (8, 4, 2, 8, 2),
+    (8192, 28672, 8, 8): (4, 4, 3, 8, 2),
+    (4096, 4096, 8, 6): (8, 4, 2, 8, 4),
+    (4096, 4096, 8, 8): (8, 4, 2, 8, 4),
+    (12288, 4096, 8, 6): (4, 4, 3, 8, 1),
+    (12288, 4096, 8, 8): (4, 4, 3, 8, 1),
+    (11008, 4096, 8, 6): (4, 4, 3, 8, 1),
+    (11008, 4096, 8, 8): (4, 4, 3, 8, 1),
+    (4096, 11008, 8, 6): (8, 4, 2, 8, 4),
+    (4096, 11008, 8, 8): (8, 4, 2, 8, 4),
+}
+
+
+def m_bucket(m: int) -> int:
+    for b in (8, 16, 32):
+        if m <= b:
+            return b
+    return 128
+
+
+def lookup(n: int, k: int, m: int, act_bits: int):
+    """The tuned TileConfig for this shape, or None."""
+    from .btc import TileConfig
+
+    entry = TUNED.get((n, k, m_bucket(m), act_bits))
+    if entry is None:
+        return None
+    return TileConfig(*entry)

@@ -1,0 +1,314 @@
+"""The kernel benchmark harness behind ``flexq bench --kernel`` (and ``python -m flexq_cli.kernel_bench``).
+
+For each (N, K) and M it times, in one run and on the same device: the whole W6A8 and W6A6 layer ops (fp16 in,
+fp16 out, activation quantize-and-pack included), cuBLAS fp16 (``torch.matmul``), cuBLAS int8
+(``torch._int_mm``, B column-major) and fp8 (``torch._scaled_mm``). Every op is validated against its reference
+before it is timed. Timing: each op is captured once in a CUDA graph (so host overhead stays out), warmed up,
+then replayed ``repeats`` times between CUDA events with L2 flushed before each (a 256 MB write); the median
+is reported with the achieved weight bandwidth next to a measured device-to-device copy bandwidth.
+``back_to_back`` adds FlexQ's method: 200 calls back to back on the same buffers, no flush, mean per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import torch
+
+from . import btc
+from .packing import pack_bitplanes
+from .primitives import BLOCK_K, pad_k, quantize_activation
+from .reference import block_int_gemm, block_scales, scaled_sum
+
+OPS = ("W6A8", "W6A6", "fp16", "int8", "fp8")
+FLUSH_BYTES = 256 << 20
+B2B_CALLS = 200
+
+
+# ----------------------------------------------------------------------------------------------- timing
+def _graph(fn, calls: int = 1) -> torch.cuda.CUDAGraph:
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()  # warm-up: compile, cuBLAS handles and workspaces
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, stream=s):
+            for _ in range(calls):
+                fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    return g
+
+
+def time_us(fn, repeats: int, flush: torch.Tensor | None) -> float:
+    """Median microseconds of one call, graph-replayed, L2 flushed before each repeat when ``flush`` is given."""
+    g = _graph(fn)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        if flush is not None:
+            flush.zero_()
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
+
+
+def time_back_to_back_us(fn) -> float:
+    """Mean microseconds per call over B2B_CALLS calls back to back on the same buffers (no flush)."""
+    g = _graph(fn, B2B_CALLS)
+    g.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    g.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / B2B_CALLS
+
+
+def copy_bandwidth_GBps(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy rate, bytes read plus bytes written."""
+    a = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    us = time_us(lambda: b.copy_(a), 20, None)
+    return 2 * nbytes / us / 1e3
+
+
+# ----------------------------------------------------------------------------------------------- the ops
+def _btc_op(x, qweight, ws, wq, act_bits, cfg=None):
+    fn = lambda: btc.btc_linear(x, qweight, ws, act_bits=act_bits, config=cfg)  # noqa: E731
+    acc = btc.btc_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
+    # reference quantization on the CPU: PyTorch's CUDA `tensor / scalar` multiplies by the reciprocal, which is
+    # not the IEEE division the numerics specify (see tests/test_btc_gpu.py)
+    kp = wq.shape[1]
+    xq, sx = quantize_activation(pad_k(x.float().cpu(), kp), act_bits, 128)
+    ref_acc = block_int_gemm(xq.cuda(), wq)
+    if not torch.equal(acc, ref_acc):
+        raise AssertionError(f"BTC accumulators differ from the reference (A{act_bits}, {cfg})")
+    ref = scaled_sum(ref_acc, block_scales(sx.cuda(), 128, kp), block_scales(ws, 128, kp))
+    _close(fn().float(), ref, 2e-3, f"W6A{act_bits}")
+    return fn
+
+
+def _close(y, ref, rtol, what):
+    err = (y - ref).norm() / ref.norm().clamp_min(1e-30)
+    if not torch.isfinite(y).all() or err > rtol:
+        raise AssertionError(f"{what}: relative error {err:.3g} > {rtol}")
+
+
+def _baselines(x, w16):
+    """fp16, int8 and fp8 ops on the same (M, K) x (N, K) problem, each checked against an fp32 product."""
+    m, k = x.shape
+    ref = x.float() @ w16.float().T
+    fp16 = lambda: torch.matmul(x, w16.T)  # noqa: E731
+    _close(fp16().float(), ref, 2e-3, "fp16")
+    mp = max(m, 17)  # cuBLASLt int8 needs M > 16: smaller M is padded (and timed padded)
+    a8 = torch.randint(-128, 128, (mp, k), dtype=torch.int8, device="cuda")
+    w8 = torch.randint(-128, 128, (w16.shape[0], k), dtype=torch.int8, device="cuda")
+    int8 = lambda: torch._int_mm(a8, w8.T)  # noqa: E731  (w8.T: column-major B, the fast path)
+    if not torch.equal(int8(), (a8.double() @ w8.double().T).to(torch.int32)):
+        raise AssertionError("int8: _int_mm differs from the exact product")
+    mf = -(-m // 16) * 16  # fp8 GEMM dimensions must be multiples of 16
+    af = torch.nn.functional.pad(x, (0, 0, 0, mf - m)).to(torch.float8_e4m3fn)
+    wf = w16.to(torch.float8_e4m3fn)
+    one = torch.ones((), device="cuda")
+    fp8 = lambda: torch._scaled_mm(af, wf.T, scale_a=one, scale_b=one, out_dtype=torch.float16)  # noqa: E731
+    _close(fp8().float(), af.float() @ wf.float().T, 2e-3, "fp8")
+    return {"fp16": (fp16, 2 * w16.numel()), "int8": (int8, w8.numel()), "fp8": (fp8, wf.numel())}
+
+
+def _layer(n: int, k: int):
+    kp = -(-k // BLOCK_K) * BLOCK_K
+    wq = torch.randint(-32, 32, (n, kp), dtype=torch.int8, device="cuda")
+    wq[:, k:] = 0
+    ws = (torch.rand((n, kp // 128), device="cuda") * 2e-3 + 1e-4).half()
+    qweight = torch.cat([pack_bitplanes(wq[i : i + 2048]) for i in range(0, n, 2048)])
+    w16 = (wq[:, :k].float() * ws.float().repeat_interleave(128, 1)[:, :k]).half()
+    return wq, ws, qweight, w16
+
+
+# ----------------------------------------------------------------------------------------------- harness
+def _versions() -> dict:
+    import cupy
+
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "cupy": cupy.__version__,
+            "arch": btc.compiled_arch(), "driver": _driver()}
+
+
+def _driver() -> str:
+    try:
+        import subprocess
+
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def _bench_shape(n, k, ms, repeats, flush, back_to_back):
+    wq, ws, qweight, w16 = _layer(n, k)
+    rows = []
+    for m in ms:
+        x = (torch.randn((m, k), device="cuda") * 2).half()
+        ops = {f"W6A{a}": (_btc_op(x, qweight, ws, wq, a), btc.weight_bytes(n, k)) for a in (8, 6)}
+        ops.update(_baselines(x, w16))
+        times = {op: time_us(fn, repeats, flush) for op, (fn, _) in ops.items()}
+        for op, (fn, nbytes) in ops.items():
+            row = {"N": n, "K": k, "M": m, "op": op, "median_us": round(times[op], 2),
+                   "weight_GBps": round(nbytes / times[op] / 1e3, 1),
+                   "speedup_vs_fp16": round(times["fp16"] / times[op], 3)}
+            if op.startswith("W6"):
+                row["speedup_vs_int8"] = round(times["int8"] / times[op], 3)
+                row["speedup_vs_fp8"] = round(times["fp8"] / times[op], 3)
+                row["config"] = str(btc.choose_config(n, qweight.shape[1] // 24 * 128, m, int(op[-1])))
+            if back_to_back:
+                row["b2b_us"] = round(time_back_to_back_us(fn), 2)
+            rows.append(row)
+    return rows
+
+
+def run_kernel_bench(shapes: list[tuple[int, int]], ms: list[int], *, repeats: int = 50, flush_l2: bool = True,
+                     back_to_back: bool = False) -> dict:
+    """Time the BTC layer ops and the library baselines; returns a JSON-able dict (see the module docstring)."""
+    ok, why = btc.available()
+    if not ok:
+        raise btc.BtcUnavailable(f"the kernel bench cannot run: {why}", btc.INSTALL_HINT)
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda") if flush_l2 else None
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "device": torch.cuda.get_device_name(), "versions": _versions(),
+              "copy_bandwidth_GBps": round(copy_bandwidth_GBps(), 1), "repeats": repeats, "flush_l2": flush_l2,
+              "rows": []}
+    for n, k in shapes:
+        result["rows"] += _bench_shape(n, k, ms, repeats, flush, back_to_back)
+        torch.cuda.empty_cache()
+    return result
+
+
+def format_table(result: dict):
+    """A rich Table of the bench result: one line per (shape, M, op)."""
+    from rich.table import Table
+
+    t = Table(title=f"{result['device']}  copy {result['copy_bandwidth_GBps']} GB/s  {result['date']}")
+    cols = ["N", "K", "M", "op", "median_us", "weight_GBps", "speedup_vs_fp16", "speedup_vs_int8",
+            "speedup_vs_fp8", "b2b_us"]
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in result["rows"]:
+        t.add_row(*[str(r.get(c, "")) for c in cols])
+    return t
+
+
+def summary(result: dict, max_m: int = 8) -> str:
+    """Plain-text digest: one line per (shape, M) with both BTC ops and the baselines, then per-model geometric
+    mean speedups of W6A6 / W6A8 over M <= max_m."""
+    import math
+
+    by = {}
+    for r in result["rows"]:
+        by.setdefault((r["N"], r["K"], r["M"]), {})[r["op"]] = r
+    lines = [f"copy {result['copy_bandwidth_GBps']} GB/s; N K M | A6 us (b2b) GB/s | A8 us (b2b) | fp16 int8 fp8 us"]
+    for (n, k, m), ops in by.items():
+        a6, a8 = ops["W6A6"], ops["W6A8"]
+        lines.append(f"{n} {k} {m} | {a6['median_us']} ({a6.get('b2b_us', '-')}) {a6['weight_GBps']} | "
+                     f"{a8['median_us']} ({a8.get('b2b_us', '-')}) | {ops['fp16']['median_us']} "
+                     f"{ops['int8']['median_us']} {ops['fp8']['median_us']}")
+    for name, shapes in SHAPES.items():
+        for op in ("W6A6", "W6A8"):
+            for base in ("fp16", "int8", "fp8"):
+                v = [by[key][op][f"speedup_vs_{base}" if base != "fp16" else "speedup_vs_fp16"]
+                     for key in by if (key[0], key[1]) in shapes and key[2] <= max_m]
+                if v:
+                    lines.append(f"geomean {name} {op} vs {base} (M<={max_m}): "
+                                 f"{math.exp(sum(map(math.log, v)) / len(v)):.2f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- tuning
+# (warps, kb, stages) at mt = 8; kb 4 runs four independent MMA chains per warp (see kernels/btc_gemm.cu)
+TUNE_CANDIDATES = [(4, 4, 3), (4, 4, 4), (8, 4, 2), (8, 4, 3), (2, 4, 4), (4, 2, 4), (8, 2, 4), (4, 2, 6)]
+
+
+def tune(shapes, ms=(1, 8), repeats: int = 30) -> dict:
+    """Sweep tile configs (and split-K around the heuristic) per shape and act bits; only configs whose
+    accumulators are exact and whose outputs match the reference are timed (``_btc_op`` raises otherwise, and
+    such a config is skipped). Returns btc_tuning.TUNED entries."""
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    table = {}
+    for n, k in shapes:
+        wq, ws, qweight, _ = _layer(n, k)
+        xs = [(torch.randn((m, k), device="cuda") * 2).half() for m in ms]
+        for a in (6, 8):
+            best = None
+            for warps, kb, stages in TUNE_CANDIDATES:
+                base = btc.TileConfig(warps=warps, kb=kb, stages=stages, mt=8)
+                for splits in _split_candidates(n, wq.shape[1], base, a):
+                    cfg = replace(base, splits=splits)
+                    try:  # each M with the plane-column token count btc.choose_config would give it
+                        total = sum(time_us(_btc_op(x, qweight, ws, wq, a, replace(
+                            cfg, pct=btc.plane_column_tokens(x.shape[0]))), repeats, flush) for x in xs)
+                    except AssertionError as e:
+                        print(f"REJECTED {n}x{k} A{a} {cfg}: {e}", flush=True)
+                        continue
+                    if best is None or total < best[0]:
+                        best = (total, cfg)
+            cfg = best[1]
+            table[(n, k, 8, a)] = (cfg.warps, cfg.kb, cfg.stages, cfg.mt, cfg.splits)
+            heur = btc.choose_config(n, k, 1, a)
+            print(f"tuned {n}x{k} A{a}: {cfg} {best[0] / len(ms):.1f} us (heuristic {heur})", flush=True)
+        torch.cuda.empty_cache()
+    return table
+
+
+def _split_candidates(n: int, kp: int, cfg: btc.TileConfig, act_bits: int) -> list[int]:
+    nb = kp // BLOCK_K
+    tiles = -(-n // cfg.rows)
+    slots = btc._slots(torch.cuda.current_device(), cfg, act_bits)
+    cands = {max(1, min(nb, round(f * slots / tiles))) for f in (0.5, 1, 2, 3)}
+    cands.add(btc.choose_splits(cfg, n, nb, 1, slots))
+    return sorted(cands)
+
+
+SHAPES = {
+    "llama2-7b": [(4096, 4096), (12288, 4096), (11008, 4096), (4096, 11008)],
+    "llama2-70b": [(8192, 8192), (10240, 8192), (28672, 8192), (8192, 28672)],
+    "llama3-8b": [(6144, 4096), (14336, 4096), (4096, 14336)],
+    "smollm2": [(576, 576), (192, 576), (1536, 576), (576, 1536)],
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", default="kernel_bench.json")
+    p.add_argument("--models", default="llama2-70b,llama2-7b,llama3-8b,smollm2")
+    p.add_argument("--ms", default="1,2,4,8,16,32,128")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--tune", action="store_true")
+    args = p.parse_args(argv)
+    shapes = [s for name in args.models.split(",") for s in SHAPES[name]]
+    if args.tune:
+        from . import btc_tuning
+
+        table = tune(shapes)
+        btc_tuning.TUNED.update(table)  # the bench below then runs the tuned configs
+        print("TUNED = {")
+        for key, val in table.items():
+            print(f"    {key}: {val},")
+        print("}")
+    res = run_kernel_bench(shapes, [int(m) for m in args.ms.split(",")], repeats=args.repeats, back_to_back=True)
+    with open(args.json, "w") as f:
+        json.dump(res, f, indent=1)
+    from rich.console import Console
+
+    Console(width=200).print(format_table(res))
+    print(summary(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One device call: environment, nvcc SASS check, GPU tests, compute-sanitizer, kernel bench.
+# Usage (device machine, repo root): scripts/gpu_kernel_check.sh [quick|full|test|bench|tune|iter]
+# (test: full tests + sanitizer, no bench)
+# (iter: quick tests + tune + bench; MODELS and MS narrow the bench, e.g. MODELS=llama2-70b MS=1,8)
+# Logs and JSON go to $OUT (default ./out); a short summary is printed last.
+set -uo pipefail
+MODE=${1:-full}
+OUT=${OUT:-out}; mkdir -p "$OUT"
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+summary=()
+
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; nvcc --version | tail -1
+  $PY -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__)"; } > "$OUT/env.txt" 2>&1
+
+# SASS: the BMMA instructions are there, no local memory
+nvcc -std=c++17 -arch=sm_90 -cubin -o /tmp/btc.cubin --resource-usage kernels/btc_gemm.cu > "$OUT/sass.txt" 2>&1
+cuobjdump -sass /tmp/btc.cubin | grep -oE 'BMMA[.A-Z0-9]*|LDSM[.A-Z0-9]*|LDGSTS[.A-Z0-9]*|LDL|STL' | sort | uniq -c >> "$OUT/sass.txt" 2>&1
+summary+=("sass: $(grep -c BMMA "$OUT/sass.txt") bmma kinds; $(grep -E 'spill' "$OUT/sass.txt" | head -1)")
+
+if [[ $MODE == quick || $MODE == full || $MODE == iter || $MODE == test ]]; then
+  sel=(); [[ $MODE == quick || $MODE == iter ]] && sel=(-k "576 or 1536 or errors or pack or graph or variants or config")
+  $PY -m pytest -q tests/test_btc_gpu.py tests/test_kernels_compile.py "${sel[@]}" -p no:cacheprovider \
+      > "$OUT/pytest.txt" 2>&1
+  summary+=("pytest: $(tail -1 "$OUT/pytest.txt")")
+  cat > /tmp/san.py <<'PYEOF'
+import torch
+from flexq_cli import btc
+from flexq_cli.packing import pack_bitplanes
+for n, k, m, a, cfg in [(192, 576, 3, 6, None), (1536, 576, 1, 8, None), (576, 1536, 2, 6, None),
+                        (576, 1536, 17, 8, btc.TileConfig(splits=3)),
+                        (1536, 576, 9, 8, btc.TileConfig(mt=16, splits=2))]:
+    wq = torch.randint(-32, 32, (n, -(-k // 128) * 128), dtype=torch.int8, device="cuda")
+    ws = torch.rand((n, wq.shape[1] // 128), device="cuda").half()
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    btc.btc_linear(x, pack_bitplanes(wq), ws, act_bits=a, config=cfg)
+    btc.btc_block_accumulators(x, pack_bitplanes(wq), act_bits=a, config=cfg)
+torch.cuda.synchronize(); print("sanitizer workload done")
+PYEOF
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool $tool --error-exitcode 9 $PY /tmp/san.py > "$OUT/sanitizer_$tool.txt" 2>&1
+    summary+=("sanitizer $tool: rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.txt" | tail -1)")
+  done
+fi
+
+if [[ $MODE == full || $MODE == bench || $MODE == tune || $MODE == iter ]]; then
+  extra=(); [[ $MODE == tune || $MODE == iter ]] && extra=(--tune)
+  [[ -n ${MODELS:-} ]] && extra+=(--models "$MODELS")
+  [[ -n ${MS:-} ]] && extra+=(--ms "$MS")
+  $PY -m flexq_cli.kernel_bench --json "$OUT/bench.json" "${extra[@]}" > "$OUT/bench.txt" 2>&1
+  summary+=("bench rc=$?")
+  cat "$OUT/bench.txt" | tail -60
+fi
+tail -25 "$OUT/pytest.txt" 2>/dev/null
+printf '%s\n' "${summary[@]}"

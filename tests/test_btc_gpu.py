@@ -1,0 +1,246 @@
+"""The BTC GEMM against the pure-PyTorch reference: integer block accumulators exactly, outputs within a bound.
+
+Tolerance, stated: the kernel's integer part is exact and its epilogue repeats the reference's fp32 operations
+(sx * sw, times acc, added in block order) with IEEE ops; the only fp32 difference is split-K, which adds the
+same terms in another association. Any order of n fp32 additions is within (n - 1) * 2^-24 * sum|terms| of any
+other (Higham's bound gamma_{n-1}), so we allow 2 * NB * 2^-24 * sum_b |acc_b * sx * sw| for that, plus one ulp
+of the output dtype at |ref| for the final rounding (half an ulp each side, and a rounding that crosses a
+binade). fp32 matrix units (tf32) are switched off for the reference.
+
+Activation quantization for the reference runs on the CPU: on CUDA, PyTorch computes ``absmax / qmax`` (a
+tensor divided by a Python scalar) as ``absmax * (1 / qmax)``, which is not the IEEE division primitives.py
+specifies and differs in the last bit for some inputs (and then flips a code). The CPU path divides exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from flexq_cli.packing import pack_bitplanes
+from flexq_cli.primitives import BLOCK_K, pad_k, quantize_activation
+from flexq_cli.reference import block_int_gemm, block_scales
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device", allow_module_level=True)
+pytest.importorskip("cupy", reason="CuPy is not installed: pip install 'flexq[cuda]'")
+
+from flexq_cli import btc  # noqa: E402  (after the skips: importing is harmless, running needs CuPy)
+
+DEV = torch.device("cuda")
+SMALL_SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # SmolLM2 (N, K)
+SHAPES_7B = [(4096, 4096), (12288, 4096), (11008, 4096), (4096, 11008)]
+SHAPES_L3 = [(6144, 4096), (14336, 4096), (4096, 14336)]
+SHAPES_70B = [(8192, 8192), (10240, 8192), (28672, 8192), (8192, 28672)]
+M_ALL = [1, 2, 3, 7, 8, 16, 17, 31, 64, 128]
+M_FEW = [1, 3, 8, 17, 64]  # the giant shapes: keep the runtime sane
+CASES = [(s, m) for s in SMALL_SHAPES + SHAPES_7B for m in M_ALL] + [
+    (s, m) for s in SHAPES_L3 + SHAPES_70B for m in M_FEW
+]
+
+torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@functools.lru_cache(maxsize=2)
+def _layer(n: int, k: int, wgroup: int = 128, seed: int = 0):
+    """Random int6 codes (K tail zero), float16 scales and the packed words, packed in row chunks."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    kp = -(-k // BLOCK_K) * BLOCK_K
+    wq = torch.randint(-32, 32, (n, kp), generator=g, device=DEV, dtype=torch.int8)
+    wq[:, k:] = 0
+    cols = 1 if wgroup == -1 else kp // wgroup
+    ws = (torch.rand((n, cols), generator=g, device=DEV) * 2e-3 + 1e-4).to(torch.float16)
+    qweight = torch.cat([pack_bitplanes(wq[i : i + 2048]) for i in range(0, n, 2048)])
+    return wq, ws, qweight
+
+
+def _x(m: int, k: int, dtype=torch.float16) -> torch.Tensor:
+    x = torch.randn((m, k), device=DEV, dtype=torch.float32)
+    x[:, torch.randint(0, k, (max(1, k // 64),), device=DEV)] *= 20  # a few outlier channels, like real LLMs
+    return x.to(dtype)
+
+
+def _ulp(v: torch.Tensor, dtype) -> torch.Tensor:
+    mant, tiny = (10, 2.0**-24) if dtype == torch.float16 else (7, 2.0**-133)
+    _, e = torch.frexp(v.abs())
+    return torch.ldexp(torch.ones_like(v), e - 1 - mant).clamp_min(tiny)
+
+
+def _quantize(x, kp, act_bits, agroup):
+    """primitives.quantize_activation on the CPU (exact IEEE division, see the module docstring)."""
+    xq, sx = quantize_activation(pad_k(x.float().cpu(), kp), act_bits, agroup)
+    return xq.to(DEV), sx.to(DEV)
+
+
+def _reference32(x, wq, ws, act_bits, agroup, wgroup, bias=None):
+    """(fp32 reference before the output cast, sum of |terms|, per-block accumulators)."""
+    kp = wq.shape[1]
+    xq, sx = _quantize(x, kp, act_bits, agroup)
+    acc = block_int_gemm(xq, wq)
+    s = block_scales(sx, agroup, kp).T[:, :, None] * block_scales(ws, wgroup, kp).T[:, None, :]  # (B, M, N)
+    y = torch.zeros(acc.shape[1:], device=DEV)
+    for b in range(acc.shape[0]):
+        y += acc[b].float() * s[b]
+    bound = (acc.float() * s).abs().sum(0)
+    if bias is not None:
+        y += bias.float()
+    return y, bound, acc
+
+
+def _check_output(y, x, wq, ws, act_bits, agroup=128, wgroup=128, bias=None):
+    ref32, bound, _ = _reference32(x, wq, ws, act_bits, agroup, wgroup, bias)
+    nb = wq.shape[1] // BLOCK_K
+    tol = _ulp(ref32, y.dtype) + 2 * nb * 2.0**-24 * bound
+    assert not torch.isnan(y).any(), "unwritten (NaN-poisoned) outputs remain"
+    err = (y.float() - ref32).abs()
+    assert (err <= tol).all(), f"max err {err.max().item():.3g}, worst err/tol {(err / tol).max().item():.3g}"
+
+
+@pytest.mark.parametrize("act_bits", [6, 8])
+@pytest.mark.parametrize("shape,m", CASES, ids=[f"{n}x{k}-m{m}" for (n, k), m in CASES])
+def test_block_accumulators_exact(shape, m, act_bits):
+    n, k = shape
+    wq, _, qweight = _layer(n, k)
+    x = _x(m, k)
+    acc = btc.btc_block_accumulators(x, qweight, act_bits=act_bits)
+    xq, _ = _quantize(x, wq.shape[1], act_bits, 128)
+    assert torch.equal(acc, block_int_gemm(xq, wq))
+
+
+@pytest.mark.parametrize("act_bits", [6, 8])
+@pytest.mark.parametrize("shape,m", CASES, ids=[f"{n}x{k}-m{m}" for (n, k), m in CASES])
+def test_linear_matches_reference(shape, m, act_bits):
+    n, k = shape
+    wq, ws, qweight = _layer(n, k)
+    x = _x(m, k)
+    out = torch.full((m, n), float("nan"), dtype=x.dtype, device=DEV)
+    y = btc.btc_linear(x, qweight, ws, act_bits=act_bits, act_group_size=128, weight_group_size=128, out=out)
+    assert y is out
+    _check_output(y, x, wq, ws, act_bits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("agroup,wgroup", [(128, 128), (-1, 128), (128, -1), (-1, -1)])
+@pytest.mark.parametrize("bias_dtype", [None, "x", torch.float32])
+def test_variants(dtype, agroup, wgroup, bias_dtype):
+    n, k, m = 1536, 576, 5
+    wq, ws, qweight = _layer(n, k, wgroup, seed=1)
+    x = _x(m, k, dtype).reshape(1, m, k)  # leading dims are kept
+    bias = None if bias_dtype is None else torch.randn(n, device=DEV).to(dtype if bias_dtype == "x" else bias_dtype)
+    for act_bits in (6, 8):
+        y = btc.btc_linear(x, qweight, ws, act_bits=act_bits, act_group_size=agroup, weight_group_size=wgroup,
+                           bias=bias)
+        assert y.shape == (1, m, n) and y.dtype == dtype
+        _check_output(y.reshape(m, n), x.reshape(m, k), wq, ws, act_bits, agroup, wgroup, bias)
+
+
+CONFIGS = [
+    btc.TileConfig(warps=w, kb=kb, stages=st, mt=mt, splits=sp)
+    for (w, kb, st, mt, sp) in [(4, 2, 4, 8, 1), (4, 2, 4, 8, 5), (2, 4, 3, 8, 3), (8, 1, 6, 8, 2), (4, 2, 2, 16, 7),
+                                (4, 1, 4, 32, 2), (1, 4, 2, 8, 64), (8, 2, 4, 16, 1), (4, 4, 3, 8, 1), (4, 4, 4, 8, 4),
+                                (8, 4, 2, 8, 2), (8, 4, 3, 8, 3), (2, 4, 4, 8, 7), (4, 2, 6, 8, 2), (4, 4, 3, 16, 2),
+                                (4, 4, 3, 32, 1)]
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+@pytest.mark.parametrize("m", [1, 9, 40])
+def test_every_tile_config_exact(cfg, m):
+    """Every config the tuner may pick: exact accumulators and outputs (K = 4096 + an odd tail of blocks)."""
+    n, k = 1088, 4224
+    wq, ws, qweight = _layer(n, k, seed=2)
+    for act_bits in (6, 8):
+        x = _x(m, k)
+        acc = btc.btc_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
+        xq, _ = _quantize(x, wq.shape[1], act_bits, 128)
+        assert torch.equal(acc, block_int_gemm(xq, wq))
+        y = btc.btc_linear(x, qweight, ws, act_bits=act_bits, config=cfg)
+        _check_output(y, x, wq, ws, act_bits)
+
+
+PC_CONFIGS = [
+    btc.TileConfig(warps=w, kb=kb, stages=st, mt=8, splits=sp, pct=pct)
+    for (w, kb, st, sp, pct) in [(4, 4, 3, 1, 1), (4, 4, 3, 5, 2), (8, 2, 4, 3, 4), (2, 1, 2, 2, 8), (4, 4, 4, 4, 8),
+                                 (8, 4, 2, 2, 1), (1, 4, 3, 64, 4)]
+]
+
+
+@pytest.mark.parametrize("cfg", PC_CONFIGS, ids=str)
+def test_plane_column_configs_exact(cfg):
+    """The plane-column scheme (activation planes in the MMA's columns) for every M up to its token count."""
+    n, k = 1088, 4224
+    wq, ws, qweight = _layer(n, k, seed=4)
+    for m in sorted({1, max(1, cfg.pct - 1), cfg.pct}):
+        for act_bits in (6, 8):
+            x = _x(m, k)
+            acc = btc.btc_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
+            xq, _ = _quantize(x, wq.shape[1], act_bits, 128)
+            assert torch.equal(acc, block_int_gemm(xq, wq))
+            out = torch.full((m, n), float("nan"), dtype=x.dtype, device=DEV)
+            _check_output(btc.btc_linear(x, qweight, ws, act_bits=act_bits, config=cfg, out=out), x, wq, ws, act_bits)
+    with pytest.raises(ValueError, match="pct"):
+        btc.btc_linear(_x(cfg.pct + 1, k), qweight, ws, act_bits=6, config=cfg)
+
+
+@pytest.mark.parametrize("k", [13, 576, 4100])
+@pytest.mark.parametrize("agroup", [128, -1])
+@pytest.mark.parametrize("act_bits", [6, 8])
+def test_pack_matches_packing(k, agroup, act_bits):
+    """The quantize-and-pack kernel's words and scales equal packing.pack_bitplanes / quantize_activation."""
+    m = 11
+    kp = -(-k // BLOCK_K) * BLOCK_K
+    x = _x(m, k, torch.bfloat16)
+    xpack, sx = btc.pack_activations(x, kp // BLOCK_K, act_bits, agroup, btc.TileConfig())
+    xq, sref = _quantize(x, kp, act_bits, agroup)
+    assert torch.equal(xpack[:m], pack_bitplanes(xq, bits=act_bits))
+    assert torch.equal(sx[:m], block_scales(sref, agroup, kp))
+    assert not xpack[m:].any() and not sx[m:].any()  # padded tokens are zero
+
+
+def test_cuda_graph_capture():
+    n, k, m = 576, 1536, 4
+    wq, ws, qweight = _layer(n, k, seed=3)
+    x = _x(m, k)
+    btc.btc_linear(x, qweight, ws, act_bits=6)  # compile and warm up outside the capture
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        with torch.cuda.graph(g):
+            y = btc.btc_linear(x, qweight, ws, act_bits=6)
+    for _ in range(2):
+        x.copy_(_x(m, k))
+        y.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        _check_output(y, x, wq, ws, 6)
+
+
+def test_errors():
+    wq, ws, qweight = _layer(192, 576)
+    x = _x(2, 576)
+    ok = dict(act_bits=6, act_group_size=128, weight_group_size=128)
+    bad = [
+        (x.float(), qweight, ws, ok, "dtype"),
+        (x.cpu(), qweight, ws, ok, "device"),
+        (x.t(), qweight, ws, ok, "contiguous"),
+        (_x(2, 1000), qweight, ws, ok, "K=1000"),
+        (x, qweight[:, :-1], ws, ok, "shape"),
+        (x, qweight[:100].contiguous(), ws[:100].contiguous(), ok, "N=100"),
+        (x, qweight, ws[:, :2].contiguous(), ok, "w_scales"),
+        (x, qweight, ws.float(), ok, "dtype"),
+        (x, qweight.float(), ws, ok, "dtype"),
+        (x, qweight, ws, {**ok, "act_bits": 4}, "act_bits"),
+        (x, qweight, ws, {**ok, "act_group_size": 256}, "supported"),
+        (x, qweight, ws, {**ok, "weight_group_size": 64}, "supported"),
+    ]
+    for xx, qw, s, kw, words in bad:
+        with pytest.raises(ValueError, match=words):
+            btc.btc_linear(xx, qw, s, **kw)
+    with pytest.raises(ValueError, match="bias"):
+        btc.btc_linear(x, qweight, ws, bias=torch.zeros(191, device=DEV, dtype=x.dtype), **ok)
+    with pytest.raises(ValueError, match="out"):
+        btc.btc_linear(x, qweight, ws, out=torch.empty(2, 191, device=DEV, dtype=x.dtype), **ok)

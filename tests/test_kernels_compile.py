@@ -1,0 +1,42 @@
+"""Every CUDA source in kernels/ compiles for sm_90 with nvcc (skipped where nvcc is not on PATH; CI has it).
+
+The same files are compiled at run time by NVRTC through CuPy, so they must not include host-only headers.
+Each BTC variant the wrapper can request (6/8-bit activations, fp16/bf16, debug accumulators) is built.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from flexq_cli.btc import TileConfig
+from flexq_cli.resources import kernels_dir
+
+NVCC = shutil.which("nvcc")
+SOURCES = sorted(kernels_dir().glob("*.cu"))
+VARIANTS = [(a, bf16, dbg) for a in (6, 8) for bf16 in (False, True) for dbg in (False, True)]
+
+
+def _nvcc(src, *defines):
+    cmd = [NVCC, "-std=c++17", "-arch=sm_90", "-cubin", "-o", "/dev/null", *defines, str(src)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
+
+
+def test_sources_exist():
+    assert any(p.name == "btc_gemm.cu" for p in SOURCES)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.name)
+def test_compiles_default(src):
+    _nvcc(src)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("act_bits,bf16,debug", VARIANTS)
+def test_btc_variants_compile(act_bits, bf16, debug):
+    for cfg in (TileConfig(warps=8, kb=1, stages=3, mt=16), TileConfig(warps=4, kb=4, stages=3, mt=8, pct=2)):
+        _nvcc(kernels_dir() / "btc_gemm.cu", *cfg.defines(act_bits, bf16, debug))
