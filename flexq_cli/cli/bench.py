@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,12 +15,18 @@ def _ints(text: str) -> list[int]:
     except ValueError:
         values = []
     if not values or min(values) < 1:
-        raise FlexQError(f"--m '{text}' is not a comma-separated list of positive integers", "e.g. --m 1,2,4,8")
+        raise FlexQError(f"'{text}' is not a comma-separated list of positive integers", "e.g. 1,2,4,8")
     return values
 
 
 def command(
     kernel: Annotated[bool, typer.Option("--kernel", help="Time the W6A6/W6A8 layer ops against cuBLAS fp16/int8/fp8.")] = False,
+    e2e: Annotated[Optional[str], typer.Option("--e2e", help="End to end: a model, or with --random-init a shape (llama-2-7b, llama-2-13b, llama-3-8b, llama-2-70b).")] = None,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Build the --e2e model from its shape with random weights.")] = False,
+    preset: Annotated[str, typer.Option(help="--e2e: quantization preset of the quantized model.")] = "w6a8",
+    batches: Annotated[str, typer.Option(help="--e2e: batch sizes, comma-separated.")] = "1,4,16",
+    prompt_len: Annotated[int, typer.Option(help="--e2e: prompt tokens.")] = 128,
+    new_tokens: Annotated[int, typer.Option(help="--e2e: generated tokens.")] = 256,
     models: Annotated[str, typer.Option(help="Comma-separated shape sets: llama2-7b, llama2-70b, llama3-8b, smollm2, all.")] = "llama2-7b,llama2-70b",
     m: Annotated[str, typer.Option("--m", help="Token counts M, comma-separated.")] = "1,2,4,8,16,32,64,128",
     repeats: Annotated[int, typer.Option(help="Timed repeats per op (median reported).")] = 50,
@@ -28,10 +34,21 @@ def command(
     back_to_back: Annotated[bool, typer.Option(help="Also time back-to-back runs on the same buffers (FlexQ's method).")] = False,
     json_out: JsonOut = None,
 ):
-    """Kernel benchmarks on a CUDA GPU: BTC W6A6/W6A8 layer ops and the library baselines in one run."""
-    if not kernel:
-        raise FlexQError("say what to benchmark", "flexq bench --kernel (end-to-end --e2e arrives with generation)")
+    """GPU benchmarks: --kernel (BTC layer ops vs cuBLAS) or --e2e (generation, FP16 vs quantized)."""
+    if kernel == (e2e is not None):
+        raise FlexQError("say what to benchmark: exactly one of --kernel and --e2e",
+                         "flexq bench --kernel, or flexq bench --e2e llama-2-7b --random-init")
     import torch
+
+    if e2e is not None:
+        from ..e2e_bench import format_table as e2e_table
+        from ..e2e_bench import run_e2e_bench
+
+        result = run_e2e_bench(e2e, random_init=random_init, preset=preset, batches=tuple(_ints(batches)),
+                               prompt_len=prompt_len, new_tokens=new_tokens)
+        ui.out.print(e2e_table(result))
+        write_json(json_out, result)
+        return
 
     if not torch.cuda.is_available():
         raise FlexQError("flexq bench --kernel needs a CUDA GPU, and none is visible", "run it on an NVIDIA GPU machine")

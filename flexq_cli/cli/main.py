@@ -8,7 +8,7 @@ import sys
 import typer
 
 from ..errors import FlexQError
-from . import analyze, bench, calibrate, eval, quantize
+from . import analyze, bench, calibrate, eval, generate, quantize
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="FlexQ: post-training INT6 (W6A6/W6A8) quantization for LLaMA-family models.")
@@ -16,6 +16,7 @@ app.command("calibrate")(calibrate.command)
 app.command("analyze")(analyze.command)
 app.command("quantize")(quantize.command)
 app.command("eval")(eval.command)
+app.command("generate")(generate.command)
 app.command("bench")(bench.command)
 
 
