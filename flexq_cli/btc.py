@@ -4,7 +4,8 @@
 
 computes ``reference.reference_linear`` on the GPU in two launches on PyTorch's current stream: the activation
 quantize-and-pack kernel (x -> bit planes + fp32 scales) and the GEMM (1-bit tensor-core MMAs, per-block fp32
-epilogue, split-K reduced deterministically). Launch scalars are numpy int32 / uint64 (CuPy checks nothing),
+epilogue, split-K reduced deterministically); on sm_90 the GEMM is a programmatic dependent launch, so its
+weight prefetch overlaps the pack kernel (``PDL``). Launch scalars are numpy int32 / uint64 (CuPy checks nothing),
 tensors go by ``data_ptr``, so the calls work under CUDA graph capture.
 
 This module is the one source of truth for the kernel's compile-time constants (``TileConfig.defines``).
@@ -276,13 +277,70 @@ def _grid(cfg: TileConfig, n: int, mp: int, nb: int) -> tuple[tuple[int, int, in
     return (-(-n // cfg.rows), -(-nb // per), -(-mp // cfg.mt)), per
 
 
+# Programmatic dependent launch (sm_90+): both kernels are launched with the programmatic-stream-serialization
+# attribute, so each may be scheduled while the kernel before it in the stream is finishing; in the .cu,
+# pdl_wait() holds back everything but the GEMM's read-only weight prefetch until that kernel has completed.
+# It hides the GEMM's launch and pipeline fill behind the pack kernel. CuPy has no launch with attributes, so
+# cuLaunchKernelEx is called through ctypes. Set False to launch plainly (the kernels' waits are then no-ops).
+PDL = True
+_CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6
+
+
+@functools.lru_cache(maxsize=None)
+def _driver_launch_ex():
+    """(cuLaunchKernelEx, CUlaunchAttribute, CUlaunchConfig) through ctypes, or None where the driver lacks it."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernelEx
+    except (OSError, AttributeError):
+        return None
+
+    class Attr(ctypes.Structure):  # CUlaunchAttribute: id, padding to 8, a 64-byte value union
+        _fields_ = [("id", ctypes.c_uint), ("pad", ctypes.c_uint), ("value", ctypes.c_uint64 * 8)]
+
+    class Config(ctypes.Structure):  # CUlaunchConfig
+        _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("smem", ctypes.c_uint),
+                    ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(Attr)), ("num_attrs", ctypes.c_uint)]
+
+    fn.argtypes = [ctypes.POINTER(Config), ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn, Attr, Config
+
+
+def _use_pdl(device: int) -> bool:
+    return PDL and torch.cuda.get_device_capability(device)[0] >= 9 and _driver_launch_ex() is not None
+
+
+def _launch_pdl(fn, grid, block, args, smem, stream: int) -> None:
+    import ctypes
+
+    import numpy as np
+
+    launch, Attr, Config = _driver_launch_ex()
+    vals = [ctypes.c_uint64(int(v)) if v.dtype == np.uint64 else ctypes.c_int32(int(v)) for v in args]
+    params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+    attr = Attr(id=_CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
+    attr.value[0] = 1  # programmaticStreamSerializationAllowed
+    cfg = Config(grid=(ctypes.c_uint * 3)(*grid), block=(ctypes.c_uint * 3)(*block), smem=smem,
+                 stream=stream, attrs=ctypes.pointer(attr), num_attrs=1)
+    handle = getattr(fn, "kernel", fn).ptr  # the CUfunction behind CuPy's RawKernel
+    rc = launch(ctypes.byref(cfg), handle, params, None)
+    if rc != 0:
+        raise RuntimeError(f"cuLaunchKernelEx failed with CUresult {rc}")
+
+
 def _launch(fn, grid, block, args, smem, device):
     import numpy as np
 
     cupy = _cupy()
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, device)
-    with cupy.cuda.Device(device), stream:
-        fn(grid, block, args, shared_mem=np.int32(smem))
+    handle = torch.cuda.current_stream(device).cuda_stream
+    with cupy.cuda.Device(device):
+        if _use_pdl(device):
+            _launch_pdl(fn, grid, block, args, smem, handle)
+            return
+        with cupy.cuda.ExternalStream(handle, device):
+            fn(grid, block, args, shared_mem=np.int32(smem))
 
 
 def _ptr(t):

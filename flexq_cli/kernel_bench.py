@@ -290,7 +290,10 @@ def main(argv=None):
     p.add_argument("--ms", default="1,2,4,8,16,32,128")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--tune", action="store_true")
+    p.add_argument("--no-pdl", action="store_true", help="launch without programmatic dependent launch (A/B)")
     args = p.parse_args(argv)
+    if args.no_pdl:
+        btc.PDL = False
     shapes = [s for name in args.models.split(",") for s in SHAPES[name]]
     if args.tune:
         from . import btc_tuning

@@ -131,6 +131,24 @@ __device__ __forceinline__ float half_to_float(u16 h) {  // weight scales are al
     return f;
 }
 
+// ---------------------------------------------------------------- programmatic dependent launch (sm_90)
+// btc.py launches both kernels with the programmatic-stream-serialization attribute, so a kernel may start
+// while the one before it in the stream is still running. Everything that reads memory another kernel writes
+// (x, xpack, sx, the counters and partials) or writes memory anybody reads comes after pdl_wait(), which
+// returns once the preceding grid has completed and its writes are visible; only the read-only weight
+// prefetch runs before it. pdl_trigger() lets the next kernel's CTAs be scheduled early (they wait in turn).
+// Launched without the attribute (or below sm_90) both are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // ================================================================ activation quantize-and-pack
 // x (M, K) fp16/bf16 row-major, K the ORIGINAL width (the tail up to NB*128 is read as zeros: no padded copy).
 // One warp per (token, block): lane l holds k = 128b + 32e + l for e = 0..3, so a warp ballot of bit p of
@@ -140,6 +158,8 @@ __device__ __forceinline__ float half_to_float(u16 h) {  // weight scales are al
 extern "C" __global__ void __launch_bounds__(32 * BTC_PACK_WARPS)
 btc_act_pack(const u16* __restrict__ x, u32* __restrict__ xpack, float* __restrict__ sx,
              int M, int K, int NB, int whole_row) {
+    pdl_wait();     // x is the previous kernel's output; xpack/sx may still be read by the previous GEMM
+    pdl_trigger();  // the GEMM may start its weight prefetch now (it waits for this grid before reading xpack)
     const int tok = blockIdx.x;  // 0 .. Mp-1; tokens >= M are padding and come out as zeros
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u16* xr = x + (size_t)tok * K;
@@ -295,9 +315,10 @@ struct Args {
     int M, N, NB, ws_cols, w_step, blocks_per_split, bias_f32;
 };
 
-// Copy one stage (BTC_KB blocks starting at block b) of weights and activations into shared memory.
-__device__ __forceinline__ void load_stage(const Args& a, char* st, int n0, int m0, int Mp, int b, int kb_end,
-                                           unsigned long long policy) {
+// Copy one stage (BTC_KB blocks starting at block b) of weights, then of activations, into shared memory. Split in
+// two so that the prologue can prefetch weights before pdl_wait() (they are read-only for every kernel).
+__device__ __forceinline__ void load_stage_w(const Args& a, char* st, int n0, int b, int kb_end,
+                                             unsigned long long policy) {
     const int nkb = min(BTC_KB, kb_end - b);  // blocks of this stage inside the split's K range
     constexpr int WCH = BTC_KB * 6;           // 16-byte chunks per row in a full stage
     for (int c = threadIdx.x; c < ROWS * WCH; c += THREADS) {
@@ -306,6 +327,9 @@ __device__ __forceinline__ void load_stage(const Args& a, char* st, int n0, int 
             cp_async16(smem_addr(st + row * W_STRIDE + w * 16), a.qweight + ((size_t)(n0 + row) * a.NB + b) * 6 + w,
                        policy);
     }
+}
+__device__ __forceinline__ void load_stage_x(const Args& a, char* st, int m0, int Mp, int b, int kb_end) {
+    const int nkb = min(BTC_KB, kb_end - b);
     constexpr int XCH = BTC_KB * A_BITS;
     char* xs = st + STAGE_W_BYTES;
     for (int c = threadIdx.x; c < X_TOKENS * XCH; c += THREADS) {
@@ -313,6 +337,11 @@ __device__ __forceinline__ void load_stage(const Args& a, char* st, int n0, int 
         if (w < nkb * A_BITS && m0 + tok < Mp)
             cp_async16(smem_addr(xs + tok * X_STRIDE + w * 16), a.xpack + ((size_t)(m0 + tok) * a.NB + b) * A_BITS + w);
     }
+}
+__device__ __forceinline__ void load_stage(const Args& a, char* st, int n0, int m0, int Mp, int b, int kb_end,
+                                           unsigned long long policy) {
+    load_stage_w(a, st, n0, b, kb_end, policy);
+    load_stage_x(a, st, m0, Mp, b, kb_end);
 }
 
 // The scales one step needs: weight rows `row`, `row + 8` and tokens tok0 + 8j + {0, 1} of blocks b0 .. b0+KB-1
@@ -438,9 +467,16 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
 #pragma unroll
     for (int i = 0; i < NOUT; ++i) yacc[i] = 0.f;
 
+    // Prologue: the first stages' weights go out before pdl_wait() (overlapping the activation pack kernel), the
+    // activations after it. Commit group s then holds stage s's activations (and, group 0, all prologue weights):
+    // waiting for group s still means stage s has landed.
+#pragma unroll
+    for (int s = 0; s < BTC_STAGES - 1; ++s)
+        if (s < nsteps) load_stage_w(a, smem + s * STAGE_BYTES, n0, kb_begin + s * BTC_KB, kb_end, policy);
+    pdl_wait();
 #pragma unroll
     for (int s = 0; s < BTC_STAGES - 1; ++s) {
-        if (s < nsteps) load_stage(a, smem + s * STAGE_BYTES, n0, m0, Mp, kb_begin + s * BTC_KB, kb_end, policy);
+        if (s < nsteps) load_stage_x(a, smem + s * STAGE_BYTES, m0, Mp, kb_begin + s * BTC_KB, kb_end);
         cp_async_commit();
     }
 #if BTC_PCT
@@ -545,6 +581,9 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
     (void)yacc;
 #endif
     cp_async_wait<0>();  // nothing may still be writing shared memory when the CTA exits
+    // The next kernel (the next layer's pack) may be scheduled now, during the epilogue and split-K reduction.
+    // Not earlier: its CTAs would sit resident (waiting) beside a single-wave GEMM for its whole main loop.
+    pdl_trigger();
 
 #if !BTC_DEBUG_ACC
     const int splits = gridDim.y;

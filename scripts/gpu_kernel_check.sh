@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: environment, nvcc SASS check, GPU tests, compute-sanitizer, kernel bench.
-# Usage (device machine, repo root): scripts/gpu_kernel_check.sh [quick|full|test|bench|tune|iter]
-# (test: full tests + sanitizer, no bench)
+# Usage (device machine, repo root): scripts/gpu_kernel_check.sh [quick|full|test|bench|tune|iter] [ab]
+# (test: full tests + sanitizer, no bench; a second argument `ab` first times MODELS_AB at MS_AB with and
+#  without programmatic dependent launch, summaries in $OUT/ab.txt)
 # (iter: quick tests + tune + bench; MODELS and MS narrow the bench, e.g. MODELS=llama2-70b MS=1,8)
 # Logs and JSON go to $OUT (default ./out); a short summary is printed last.
 set -uo pipefail
@@ -19,8 +20,17 @@ nvcc -std=c++17 -arch=sm_90 -cubin -o /tmp/btc.cubin --resource-usage kernels/bt
 cuobjdump -sass /tmp/btc.cubin | grep -oE 'BMMA[.A-Z0-9]*|LDSM[.A-Z0-9]*|LDGSTS[.A-Z0-9]*|LDL|STL' | sort | uniq -c >> "$OUT/sass.txt" 2>&1
 summary+=("sass: $(grep -c BMMA "$OUT/sass.txt") bmma kinds; $(grep -E 'spill' "$OUT/sass.txt" | head -1)")
 
+if [[ ${2:-} == ab ]]; then
+  for flag in --no-pdl ""; do
+    echo "== ${flag:-pdl}" >> "$OUT/ab.txt"
+    $PY -m flexq_cli.kernel_bench --json /tmp/ab.json --models "${MODELS_AB:-llama2-70b,llama2-7b,smollm2}" \
+        --ms "${MS_AB:-1,8}" --repeats 30 $flag 2>&1 | grep -E "^(copy|geomean|[0-9]+ [0-9]+ [0-9]+ \|)|Error" >> "$OUT/ab.txt"
+  done
+  summary+=("ab: see ab.txt")
+fi
+
 if [[ $MODE == quick || $MODE == full || $MODE == iter || $MODE == test ]]; then
-  sel=(); [[ $MODE == quick || $MODE == iter ]] && sel=(-k "576 or 1536 or errors or pack or graph or variants or config")
+  sel=(); [[ $MODE == quick || $MODE == iter ]] && sel=(-k "576 or 1536 or errors or pack or graph or variants or config or pdl")
   $PY -m pytest -q tests/test_btc_gpu.py tests/test_kernels_compile.py "${sel[@]}" -p no:cacheprovider \
       > "$OUT/pytest.txt" 2>&1
   summary+=("pytest: $(tail -1 "$OUT/pytest.txt")")
@@ -53,4 +63,5 @@ if [[ $MODE == full || $MODE == bench || $MODE == tune || $MODE == iter ]]; then
   cat "$OUT/bench.txt" | tail -60
 fi
 tail -25 "$OUT/pytest.txt" 2>/dev/null
+cat "$OUT/ab.txt" 2>/dev/null
 printf '%s\n' "${summary[@]}"

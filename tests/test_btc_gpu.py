@@ -7,9 +7,9 @@ other (Higham's bound gamma_{n-1}), so we allow 2 * NB * 2^-24 * sum_b |acc_b * 
 of the output dtype at |ref| for the final rounding (half an ulp each side, and a rounding that crosses a
 binade). fp32 matrix units (tf32) are switched off for the reference.
 
-Activation quantization for the reference runs on the CPU: on CUDA, PyTorch computes ``absmax / qmax`` (a
-tensor divided by a Python scalar) as ``absmax * (1 / qmax)``, which is not the IEEE division primitives.py
-specifies and differs in the last bit for some inputs (and then flips a code). The CPU path divides exactly.
+Activation quantization for the reference runs on the CPU, away from the device under test. (primitives.py
+divides by a tensor, ``absmax / full_like(absmax, qmax)``, so the codes are the same on CPU and CUDA; a Python
+scalar divisor would make CUDA multiply by the reciprocal, which differs in the last bit for some inputs.)
 """
 
 from __future__ import annotations
@@ -216,6 +216,26 @@ def test_cuda_graph_capture():
         y.fill_(float("nan"))
         g.replay()
         torch.cuda.synchronize()
+        _check_output(y, x, wq, ws, 6)
+
+
+def test_chained_calls_pdl(monkeypatch):
+    """Each call's pack kernel reads the previous call's output while, with programmatic dependent launch, the
+    kernels may overlap: the chain must equal plain launches bit for bit, and each step the reference."""
+    n = k = 576
+    wq, ws, qweight = _layer(n, k, seed=5)
+    x0 = _x(3, k)
+    chains = {}
+    for pdl in (False, True):
+        monkeypatch.setattr(btc, "PDL", pdl)
+        x, ys = x0, []
+        for _ in range(6):
+            x = btc.btc_linear(x, qweight, ws, act_bits=6)
+            ys.append(x)
+        torch.cuda.synchronize()
+        chains[pdl] = ys
+    assert all(torch.equal(a, b) for a, b in zip(chains[False], chains[True]))
+    for x, y in zip([x0] + chains[True][:-1], chains[True]):
         _check_output(y, x, wq, ws, 6)
 
 
