@@ -72,7 +72,7 @@ def measure(model, batch: int, prompt_len: int, new_tokens: int, vocab: int) -> 
     gen = torch.Generator().manual_seed(batch)
     prompts = torch.randint(0, vocab, (batch, prompt_len), generator=gen).tolist()
     cfg = SamplingConfig(max_new_tokens=new_tokens, stop_at_eos=False)
-    generate_tokens(model, prompts, SamplingConfig(max_new_tokens=4, stop_at_eos=False))  # warm-up, compile
+    generate_tokens(model, prompts, cfg)  # warm-up with the same shapes: kernel selection, CuPy compiles
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     runs = [generate_tokens(model, prompts, cfg) for _ in range(2)]
@@ -82,45 +82,48 @@ def measure(model, batch: int, prompt_len: int, new_tokens: int, vocab: int) -> 
 
 
 def run_e2e_bench(model_name: str, *, random_init: bool, preset: str = "w6a8", batches=(1, 4, 16),
-                  prompt_len: int = 128, new_tokens: int = 256) -> dict:
-    """FP16 then the quantized model (quantized in place on the GPU), same prompts and harness."""
+                  prompt_len: int = 128, new_tokens: int = 256, fuse: bool = True) -> dict:
+    """FP16, then a fresh copy quantized in place on the GPU; same prompts, harness and fusion for both."""
     from .arch import spec_for_config
     from .config import load_preset
+    from .fusion import fuse_shared_inputs
     from .loading import load_fp_model, resolve_model
     from .quantize import quantize_model
 
     if not torch.cuda.is_available():
         raise FlexQError("flexq bench --e2e needs a CUDA GPU, and none is visible", "run it on an NVIDIA GPU machine")
     config = load_preset(preset)
+    build = (lambda: random_model(model_name)) if random_init else (
+        lambda: load_fp_model(resolve_model(model_name), torch.float16, "cuda")[0])
     bw = copy_bandwidth_GBps()
-    if random_init:
-        model = random_model(model_name)
-    else:
-        model = load_fp_model(resolve_model(model_name), torch.float16, "cuda")[0]
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": torch.cuda.get_device_name(),
               "model": model_name, "random_init": random_init, "preset": preset, "prompt_len": prompt_len,
-              "new_tokens": new_tokens, "copy_bandwidth_GBps": round(bw, 1), "versions": _versions(), "rows": []}
-    vocab = model.config.vocab_size
+              "new_tokens": new_tokens, "fused": fuse, "copy_bandwidth_GBps": round(bw, 1),
+              "versions": _versions(), "rows": []}
     context = prompt_len + new_tokens // 2  # the mean context over the decode
-    for b in batches:
-        row = {"model": "fp16", **measure(model, b, prompt_len, new_tokens, vocab)}
-        roofline = b * bw * 1e9 / step_bytes(model, b, context)
-        row["roofline_tok_s"], row["of_roofline"] = round(roofline, 1), round(row["decode_tok_s"] / roofline, 3)
-        result["rows"].append(row)
-    start = time.perf_counter()
-    quantize_model(model, spec_for_config(model.config), config, torch.float16)
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    result["quantize_s"] = round(time.perf_counter() - start, 1)
-    for b in batches:
-        row = {"model": preset, **measure(model, b, prompt_len, new_tokens, vocab)}
-        roofline = b * bw * 1e9 / step_bytes(model, b, context)
-        row["roofline_tok_s"], row["of_roofline"] = round(roofline, 1), round(row["decode_tok_s"] / roofline, 3)
-        fp = next(r for r in result["rows"] if r["model"] == "fp16" and r["batch"] == b)
+    for name in ("fp16", preset):
+        model = build()
+        spec = spec_for_config(model.config)
+        if name != "fp16":
+            start = time.perf_counter()
+            quantize_model(model, spec, config, torch.float16)
+            torch.cuda.synchronize()
+            result["quantize_s"] = round(time.perf_counter() - start, 1)
+        if fuse:
+            fuse_shared_inputs(model, spec)
+        torch.cuda.empty_cache()
+        for b in batches:
+            row = {"model": name, **measure(model, b, prompt_len, new_tokens, model.config.vocab_size)}
+            roofline = b * bw * 1e9 / step_bytes(model, b, context)
+            row["roofline_tok_s"], row["of_roofline"] = round(roofline, 1), round(row["decode_tok_s"] / roofline, 3)
+            result["rows"].append(row)
+        del model
+        torch.cuda.empty_cache()
+    for row in result["rows"][len(batches):]:
+        fp = next(r for r in result["rows"] if r["model"] == "fp16" and r["batch"] == row["batch"])
         row["decode_speedup"] = round(row["decode_tok_s"] / fp["decode_tok_s"], 2)
         row["prefill_speedup"] = round(fp["prefill_ms"] / row["prefill_ms"], 2)
         row["memory_ratio"] = round(row["peak_GiB"] / fp["peak_GiB"], 3)
-        result["rows"].append(row)
     return result
 
 

@@ -67,3 +67,33 @@ def test_generate_cli(tiny_llama):
     assert out.strip()
     code, _, err = run_cli("generate", tiny_llama, "--prompt", "x", "--max-new-tokens", 600, "--device", "cpu")
     assert code == 1 and "exceeds the model's 512 positions" in err
+
+
+def test_fused_qkv_and_gate_up_give_the_same_bits(tiny_llama, tmp_path):
+    from flexq_cli.arch import spec_for_config
+    from flexq_cli.fusion import SharedOutputSlice, fuse_shared_inputs
+    from flexq_cli.quantize import load_quantized, quantize
+
+    quantize(str(tiny_llama), tmp_path / "q", preset="flexq")
+    model, _, _ = load_quantized(tmp_path / "q")
+    ids = torch.randint(0, 1000, (2, 24))
+    with torch.no_grad():
+        before = model(ids).logits
+        assert fuse_shared_inputs(model, spec_for_config(model.config)) == 2 * 2  # (q,k,v) and (gate,up) x 2 layers
+        after = model(ids).logits
+    assert isinstance(model.model.layers[0].self_attn.k_proj, SharedOutputSlice)
+    assert torch.equal(before, after)
+
+
+def test_fused_float_linears_match_within_float_rounding(fp_model):
+    import copy
+
+    from flexq_cli.arch import spec_for_config
+    from flexq_cli.fusion import fuse_shared_inputs
+
+    fused = copy.deepcopy(fp_model)
+    assert fuse_shared_inputs(fused, spec_for_config(fused.config)) == 4
+    ids = torch.randint(0, 1000, (1, 20))
+    with torch.no_grad():
+        a, b = fp_model(ids).logits, fused(ids).logits
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)  # float32: one GEMM of concatenated rows, same sums

@@ -27,6 +27,7 @@ def command(
     batches: Annotated[str, typer.Option(help="--e2e: batch sizes, comma-separated.")] = "1,4,16",
     prompt_len: Annotated[int, typer.Option(help="--e2e: prompt tokens.")] = 128,
     new_tokens: Annotated[int, typer.Option(help="--e2e: generated tokens.")] = 256,
+    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="--e2e: one GEMM for q/k/v and one for gate/up.")] = True,
     models: Annotated[str, typer.Option(help="Comma-separated shape sets: llama2-7b, llama2-70b, llama3-8b, smollm2, all.")] = "llama2-7b,llama2-70b",
     m: Annotated[str, typer.Option("--m", help="Token counts M, comma-separated.")] = "1,2,4,8,16,32,64,128",
     repeats: Annotated[int, typer.Option(help="Timed repeats per op (median reported).")] = 50,
@@ -45,7 +46,7 @@ def command(
         from ..e2e_bench import run_e2e_bench
 
         result = run_e2e_bench(e2e, random_init=random_init, preset=preset, batches=tuple(_ints(batches)),
-                               prompt_len=prompt_len, new_tokens=new_tokens)
+                               prompt_len=prompt_len, new_tokens=new_tokens, fuse=fuse)
         ui.out.print(e2e_table(result))
         write_json(json_out, result)
         return

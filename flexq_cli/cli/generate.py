@@ -20,6 +20,7 @@ def command(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = _D.top_p,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = _D.seed,
     graph: Annotated[bool, typer.Option("--graph/--no-graph", help="Capture the decode step in a CUDA graph.")] = True,
+    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="One GEMM for q/k/v and one for gate/up (same bits).")] = True,
     device: Device = "auto",
     dtype: Dtype = "auto",
     backend: Backend = "auto",
@@ -30,6 +31,11 @@ def command(
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                          seed=seed)
     net, tokenizer, _ = load_for_eval(model, parse_device(device), parse_dtype(dtype), parse_backend(backend))
+    if fuse:
+        from ..arch import spec_for_config
+        from ..fusion import fuse_shared_inputs
+
+        fuse_shared_inputs(net, spec_for_config(net.config))
     ids = [tokenizer(p).input_ids for p in prompt]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     r = generate_tokens(net, ids, cfg, eos_id=tokenizer.eos_token_id, use_graph=graph, pad_id=pad)

@@ -1,0 +1,107 @@
+"""Fuse linears that read the same input (q/k/v; gate/up) into one GEMM, for inference.
+
+Each member is replaced by a ``SharedOutputSlice`` that asks one fused layer for the output of the
+whole group and returns its own columns. The group's GEMM (and its activation quantize-and-pack) runs once per
+input tensor: the first member's call computes it, the others find the same input object and reuse the result.
+Columns are independent in the W6Ax numerics (per-token activation scales, per-row weight scales), so a fused
+quantized layer gives exactly the bits the separate layers give (16-bit ones: the same math, another GEMM
+shape, so possibly other float rounding). Which linears share an input comes from arch.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .arch import decoder_layers
+from .modules import QuantLinear, replace_module
+
+
+class _SharedOutput:
+    """Remembers the last input object and its output, so group members reading one input share one GEMM."""
+
+    _last = None
+
+    def output_for(self, x: torch.Tensor) -> torch.Tensor:
+        if self._last is None or self._last[0] is not x:
+            self._last = (x, self(x))
+        return self._last[1]
+
+
+class FusedLinear(_SharedOutput, nn.Linear):
+    """16-bit linears fused the same way, so an FP16 baseline gets the same treatment."""
+
+    @classmethod
+    def concat(cls, members: list[nn.Linear]) -> "FusedLinear":
+        w = members[0].weight
+        fused = cls(w.shape[1], sum(m.out_features for m in members), bias=members[0].bias is not None,
+                    device="meta", dtype=w.dtype)
+        fused.weight = nn.Parameter(torch.cat([m.weight for m in members]), requires_grad=False)
+        if fused.bias is not None:
+            fused.bias = nn.Parameter(torch.cat([m.bias for m in members]), requires_grad=False)
+        return fused
+
+
+class FusedQuantLinear(_SharedOutput, QuantLinear):
+    """A QuantLinear whose rows are the concatenated rows of several."""
+
+    @classmethod
+    def concat(cls, members: list[QuantLinear]) -> "FusedQuantLinear":
+        first = members[0]
+        has_bias = any(m.bias is not None for m in members)
+        bias_dtype = next((m.bias.dtype for m in members if m.bias is not None), torch.float16)
+        fused = cls(first.in_features, sum(m.out_features for m in members), bias=has_bias, act_bits=first.act_bits,
+                    weight_group_size=first.weight_group_size, act_group_size=first.act_group_size,
+                    dtype=bias_dtype, device="meta")
+        fused.qweight = torch.cat([m.qweight for m in members])
+        fused.scales = torch.cat([m.scales for m in members])
+        if has_bias:
+            fused.bias = torch.cat([m.bias if m.bias is not None else torch.zeros(m.out_features, dtype=bias_dtype,
+                                                                                   device=m.qweight.device)
+                                    for m in members])
+        fused.backend = first.backend
+        return fused
+
+
+class SharedOutputSlice(nn.Module):
+    """Stands in for one member of a fused group: columns [start, stop) of the group's output."""
+
+    def __init__(self, fused: _SharedOutput, start: int, stop: int):
+        super().__init__()
+        self.fused = [fused]  # a list, so the shared module is not registered once per member
+        self.start, self.stop = start, stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused[0].output_for(x)[..., self.start:self.stop]
+
+
+def _fused_class(members: list[nn.Module]):
+    """FusedQuantLinear or FusedLinear when every member can join one GEMM, else None."""
+    if len(members) < 2:
+        return None
+    if all(type(m) is QuantLinear for m in members):
+        keys = {(m.in_features, m.act_bits, m.weight_group_size, m.act_group_size, m.backend) for m in members}
+        return FusedQuantLinear if len(keys) == 1 else None
+    if all(type(m) is nn.Linear for m in members):
+        keys = {(m.in_features, m.weight.dtype, m.bias is None) for m in members}
+        return FusedLinear if len(keys) == 1 else None
+    return None
+
+
+def fuse_shared_inputs(model: nn.Module, spec) -> int:
+    """Fuse every group of quantized linears that share an input and a configuration; returns groups fused."""
+    count = 0
+    for i, layer in enumerate(decoder_layers(model, spec)):
+        for group in spec.groups:
+            members = [layer.get_submodule(name) for name in group.linears]
+            fused_class = _fused_class(members)
+            if fused_class is None:
+                continue
+            fused = fused_class.concat(members)
+            layer.add_module(f"fused_{group.linears[0].replace('.', '_')}", fused)
+            start = 0
+            for name, member in zip(group.linears, members):
+                replace_module(layer, name, SharedOutputSlice(fused, start, start + member.out_features))
+                start += member.out_features
+            count += 1
+    return count
