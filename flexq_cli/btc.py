@@ -2,11 +2,11 @@
 
     y = btc_linear(x, qweight, w_scales, act_bits=6, act_group_size=128, weight_group_size=128)
 
-computes ``reference.reference_linear`` on the GPU in two launches on PyTorch's current stream: the activation
-quantize-and-pack kernel (x -> bit planes + fp32 scales) and the GEMM (1-bit tensor-core MMAs, per-block fp32
-epilogue, split-K reduced deterministically); on sm_90 the GEMM is a programmatic dependent launch, so its
-weight prefetch overlaps the pack kernel (``PDL``). Launch scalars are numpy int32 / uint64 (CuPy checks nothing),
-tensors go by ``data_ptr``, so the calls work under CUDA graph capture.
+computes ``reference.reference_linear`` on the GPU, bit for bit, in two launches on PyTorch's current stream: the
+activation quantize-and-pack kernel (x -> bit planes + fp32 scales) and the GEMM (1-bit tensor-core MMAs, the fp32
+epilogue in the format's canonical order, split-K only at epilogue-chunk boundaries); on sm_90 the GEMM is a
+programmatic dependent launch, so its weight prefetch overlaps the pack kernel (``PDL``). Launch scalars are
+numpy int32 / uint64 (CuPy checks nothing), tensors go by ``data_ptr``, so the calls work under CUDA graph capture.
 
 This module is the one source of truth for the kernel's compile-time constants (``TileConfig.defines``).
 CuPy is imported inside the functions that need it; without it they raise :class:`BtcUnavailable`.
@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .errors import BackendUnavailable
-from .primitives import BLOCK_K
+from .primitives import BLOCK_K, EPILOGUE_CHUNK_BLOCKS
 from .resources import kernel_source
 
 ACT_BITS = (6, 8)
@@ -75,6 +75,7 @@ class TileConfig:
             f"-DBTC_ACT_BITS={act_bits}", f"-DBTC_WARPS={self.warps}", f"-DBTC_KB={self.kb}",
             f"-DBTC_STAGES={self.stages}", f"-DBTC_MT={self.mt}", f"-DBTC_BF16={int(bf16)}",
             f"-DBTC_DEBUG_ACC={int(debug)}", f"-DBTC_PACK_WARPS={PACK_WARPS}", f"-DBTC_PCT={self.pct}",
+            f"-DBTC_CHUNK={EPILOGUE_CHUNK_BLOCKS}",
         )
 
     def smem_bytes(self, act_bits: int) -> int:
@@ -246,9 +247,9 @@ def choose_splits(cfg: TileConfig, n: int, nb: int, m: int, slots: int) -> int:
     tiles = -(-n // cfg.rows) * -(-m // cfg.mt)
     best = None
     for s in range(1, min(nb, 64) + 1):
-        per = -(-nb // s)
+        per = split_blocks(nb, s)
         if -(-nb // per) != s:
-            continue  # the same as a smaller s
+            continue  # the same as a smaller s (splits begin at epilogue-chunk boundaries)
         cost = -(-tiles * s // slots) * (-(-per // cfg.kb) * cfg.kb + 2 * cfg.kb)
         if best is None or cost < best[0]:
             best = (cost, s)
@@ -271,9 +272,24 @@ def _slots(device: int, cfg: TileConfig, act_bits: int) -> int:
     return max(1, per_sm) * _sm_count(device)
 
 
+def split_blocks(nb: int, splits: int) -> int:
+    """128-K blocks per split for ``splits`` ways over NB blocks: ceil(NB / splits) rounded up to whole epilogue
+    chunks (``primitives.EPILOGUE_CHUNK_BLOCKS``), so every chunk sum is formed inside one CTA and the output
+    does not depend on the split (see reference.scaled_sum). Fewer splits than asked may result."""
+    c = EPILOGUE_CHUNK_BLOCKS
+    per = -(-nb // max(1, min(splits, nb)))
+    return min(-(-per // c) * c, nb) if per < nb else nb
+
+
+def partial_slots(nb: int, per: int) -> int:
+    """fp32 split-K slots per output: split 0's running sum, then one per chunk of the later splits."""
+    chunks = -(-nb // EPILOGUE_CHUNK_BLOCKS)
+    return chunks - per // EPILOGUE_CHUNK_BLOCKS + 1
+
+
 def _grid(cfg: TileConfig, n: int, mp: int, nb: int) -> tuple[tuple[int, int, int], int]:
     """((grid.x, grid.y, grid.z), blocks per split); no split is left empty."""
-    per = -(-nb // max(1, min(cfg.splits, nb)))
+    per = split_blocks(nb, cfg.splits)
     return (-(-n // cfg.rows), -(-nb // per), -(-mp // cfg.mt)), per
 
 
@@ -376,7 +392,7 @@ def _gemm(x2, xpack, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_s
     grid, per = _grid(cfg, n, mp, nb)
     partial = None
     if grid[1] > 1 and not debug:
-        partial = torch.empty((grid[1], mp, n), dtype=torch.float32, device=x2.device)
+        partial = torch.empty((partial_slots(nb, per), mp, n), dtype=torch.float32, device=x2.device)
         if grid[0] * grid[2] > _MAX_TILES:
             raise ValueError(f"too many output tiles ({grid[0] * grid[2]}) for N={n}, M={m}")
     opts = cfg.defines(act_bits, x2.dtype == torch.bfloat16, debug)

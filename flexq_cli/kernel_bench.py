@@ -92,8 +92,9 @@ def _btc_op(x, qweight, ws, wq, act_bits, cfg=None):
     ref_acc = block_int_gemm(xq.cuda(), wq)
     if not torch.equal(acc, ref_acc):
         raise AssertionError(f"BTC accumulators differ from the reference (A{act_bits}, {cfg})")
-    ref = scaled_sum(ref_acc, block_scales(sx.cuda(), 128, kp), block_scales(ws, 128, kp))
-    _close(fn().float(), ref, 2e-3, f"W6A{act_bits}")
+    ref = scaled_sum(ref_acc, block_scales(sx.cuda(), 128, kp), block_scales(ws, 128, kp)).to(x.dtype)
+    if not torch.equal(fn().view(torch.int16), ref.view(torch.int16)):  # the epilogue order is canonical: same bits
+        raise AssertionError(f"BTC outputs differ from the reference bit pattern (A{act_bits}, {cfg})")
     return fn
 
 

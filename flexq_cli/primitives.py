@@ -21,6 +21,10 @@ import math
 import torch
 
 BLOCK_K = 128  # K is always padded to a multiple of this: the packing unit of the format (see packing.py)
+# 128-K blocks per epilogue chunk: the fp32 output sums the block terms chunk by chunk in this fixed order, so
+# that every backend (reference.scaled_sum, kernels/btc_gemm.cu via -DBTC_CHUNK) gives the same bits. Split-K
+# kernels split only at chunk boundaries. Part of the format's numerics: changing it changes outputs.
+EPILOGUE_CHUNK_BLOCKS = 2
 
 
 def qrange(bits: int) -> tuple[int, int]:

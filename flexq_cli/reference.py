@@ -8,6 +8,19 @@ K block b, and ``sx``/``sw`` are the activation/weight scales of the groups that
 The integer products are computed with float32 matrix products of integer-valued tensors: inside one block
 |acc| <= 128 * 32 * 128 = 2^19 < 2^24, so every partial sum is an exactly representable float32 integer
 whatever order the library adds in. The result is then converted to int32 without rounding.
+
+The float epilogue has one canonical order, part of the format (every backend gives the same bits), with
+C = ``primitives.EPILOGUE_CHUNK_BLOCKS`` blocks per chunk and every operation a single IEEE float32 rounding
+(round to nearest even; no fused multiply-add, no flush to zero):
+
+    term_b = float32(acc_b) * (sx[m, b] * sw[n, b])        two multiplies, each rounded
+    p_c    = ((term_cC + term_cC+1) + ...) + term_cC+C-1    chunk c, blocks in order (the last chunk may be short)
+    y      = ((p_0 + p_1) + p_2) + ...                      chunks in order
+    y      = y + float32(bias[n]);  out = y rounded to the output dtype
+
+Each sum begins with its first term (not 0 + term: that would turn a -0 into +0). PyTorch's elementwise ops are
+single-rounded on CPU and CUDA alike, so ``scaled_sum`` gives the same bits on both; a kernel may split K only at
+chunk boundaries and must add the chunk sums in chunk order (kernels/btc_gemm.cu, docs/kernel.md).
 """
 
 from __future__ import annotations
@@ -15,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from .errors import NonFiniteError
-from .primitives import BLOCK_K, pad_k, quantize_activation
+from .primitives import BLOCK_K, EPILOGUE_CHUNK_BLOCKS, pad_k, quantize_activation
 
 _CHUNK_ELEMENTS = 1 << 25  # 128 MB of float32 per temporary
 
@@ -42,10 +55,17 @@ def block_scales(scales: torch.Tensor, group_size: int, kp: int) -> torch.Tensor
 
 
 def scaled_sum(acc: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
-    """(B, M, N) block sums and (M, B), (N, B) float32 block scales -> (M, N) float32:
-    sum over b of float32(acc[b]) * (sx[:, b] * sw[:, b]) (a reduction over b; its order is the library's)."""
-    scale = sx.T[:, :, None] * sw.T[:, None, :]  # (B, M, N)
-    return scale.mul_(acc).sum(dim=0)
+    """(B, M, N) block sums (int32, or exact integers in float32) and (M, B), (N, B) float32 block scales ->
+    (M, N) float32 in the canonical order of the module docstring: terms, chunk sums over
+    ``EPILOGUE_CHUNK_BLOCKS`` blocks in block order, then the chunk sums in chunk order."""
+    terms = (sx.T[:, :, None] * sw.T[:, None, :]).mul_(acc)  # (B, M, N): fp32(sx * sw), then times acc
+    y = None
+    for c0 in range(0, terms.shape[0], EPILOGUE_CHUNK_BLOCKS):
+        p = terms[c0].clone()
+        for b in range(c0 + 1, min(c0 + EPILOGUE_CHUNK_BLOCKS, terms.shape[0])):
+            p.add_(terms[b])
+        y = p if y is None else y.add_(p)
+    return y
 
 
 def reference_linear(

@@ -1,7 +1,10 @@
 // Bit-serial BTC GEMM for W6A6 / W6A8 on Hopper (sm_90), plus the activation quantize-and-pack kernel.
 //
-//   y[m, n] = sum over 128-wide K blocks b (in order) of float(acc[b, m, n]) * (sx[m, b] * sw[n, b])  (+ bias[n])
+//   y[m, n] = sum over 128-wide K blocks b of float(acc[b, m, n]) * (sx[m, b] * sw[n, b])  (+ bias[n])
 //   acc[b, m, n] = sum_{k in block b} xq[m, k] * wq[n, k]      (exact int32, see flexq_cli/reference.py)
+// in the format's canonical fp32 order (reference.scaled_sum), bit for bit: term_b = (float)acc * (sx * sw)
+// (two rounded multiplies), chunk sums p_c of BTC_CHUNK consecutive blocks added in block order, y = the p_c
+// added in chunk order, then + bias, then one rounding to fp16/bf16.
 //
 // Compiled at run time by CuPy RawModule (NVRTC); flexq_cli/btc.py is the one source of truth for the -D
 // options below. Host-only headers are avoided on purpose (NVRTC has none): fp16/bf16 are handled as raw
@@ -36,8 +39,12 @@
 // CTA: BTC_WARPS warps x 16 weight rows, BTC_MT tokens, the K range of one split. Weights stream through a
 //   BTC_STAGES-deep cp.async pipeline of BTC_KB blocks per stage: weights are read exactly once (decode is
 //   memory bound), so 16-byte coalesced copies, L2 evict-first, and several stages in flight per CTA.
-// Split-K (grid.y) fills the 132 SMs when N is small; the last CTA of a tile (a counter per tile, reset by that
-//   CTA) sums the fp32 partials in split order, so the result is deterministic.
+// Split-K (grid.y) fills the 132 SMs when N is small. Splits begin at chunk boundaries (btc.py), so each chunk
+//   sum p_c is formed inside one CTA. Split 0 keeps the running y = ((p_0 + p_1) + ...) over its own chunks (a
+//   prefix of the canonical order) and stores it in slot 0; every later split stores each of its chunk sums
+//   p_c in its own slot (c - cps + 1, cps = chunks per split); the last CTA of a tile (a counter per tile,
+//   reset by that CTA) adds the slots in order. The result equals the unsplit kernel and the reference bit for
+//   bit whatever the tile/split configuration.
 
 #ifndef BTC_ACT_BITS
 #define BTC_ACT_BITS 8
@@ -66,6 +73,9 @@
 #ifndef BTC_PACK_WARPS
 #define BTC_PACK_WARPS 4
 #endif
+#ifndef BTC_CHUNK
+#define BTC_CHUNK 2  // primitives.EPILOGUE_CHUNK_BLOCKS (btc.py always passes it; the default only serves nvcc checks)
+#endif
 
 typedef unsigned int u32;
 typedef unsigned short u16;
@@ -88,6 +98,7 @@ typedef unsigned short u16;
 static_assert(A_BITS == 6 || A_BITS == 8, "activation bits must be 6 or 8");
 static_assert(BTC_MT % 8 == 0, "tokens per CTA must be a multiple of 8");
 static_assert(BTC_STAGES >= 2, "the pipeline needs two stages at least");
+static_assert(BTC_CHUNK >= 1 && (BTC_CHUNK & (BTC_CHUNK - 1)) == 0, "epilogue chunk: a power of two of blocks");
 static_assert(BTC_PCT == 0 || ((BTC_PCT & (BTC_PCT - 1)) == 0 && BTC_PCT <= 8 && BTC_MT == 8),
               "plane columns: PCT in 1, 2, 4, 8 tokens and an 8-token tile");
 // token rows of a stage that the MMAs read (plane columns read only the first PCT tokens)
@@ -310,7 +321,7 @@ struct Args {
     const float* sx;       // (Mp, NB) float32
     const void* bias;      // (N,) float32 (bias_f32 = 1) or the output dtype, or null
     void* y;               // (M, N) output dtype; debug: (NB, M, N) int32 block accumulators
-    float* partial;        // (splits, Mp, N) float32 split-K partials (only when splits > 1)
+    float* partial;        // (slots, Mp, N) float32: split 0's prefix, then chunk sums (only when splits > 1)
     int* counters;         // (grid.x * grid.z) arrival counters, zero between launches
     int M, N, NB, ws_cols, w_step, blocks_per_split, bias_f32;
 };
@@ -430,9 +441,10 @@ __device__ __forceinline__ void pc_block(const u32 (&af)[W_BITS][2], u32 xaddr, 
 }
 #endif
 
-// Block b's exact accumulator `acc` of output i into the fp32 sum: the reference's exact sequence (sx * sw), times
-// acc, added in block order (IEEE PTX ops: no FMA contraction, no flush to zero). Debug: write acc itself.
-__device__ __forceinline__ void block_epilogue(const Args& a, float& y, int acc, const StepScales& sc, int i, int kb,
+// Block b's exact accumulator `acc` of output i into its chunk sum `cs`: term = (float)acc * (sx * sw), two rounded
+// multiplies, added in block order (IEEE PTX ops: no FMA contraction, no flush to zero), as reference.scaled_sum.
+// Debug: write acc itself.
+__device__ __forceinline__ void block_epilogue(const Args& a, float& cs, int acc, const StepScales& sc, int i, int kb,
                                                int b, int tok, int row, bool owned) {
 #if BTC_DEBUG_ACC
     if (owned && tok < a.M) ((int*)a.y)[((size_t)b * a.M + tok) * a.N + row] = acc;
@@ -440,8 +452,42 @@ __device__ __forceinline__ void block_epilogue(const Args& a, float& y, int acc,
     const int h = BTC_PCT ? (i & 1) : ((i >> 1) & 1);  // row g or g + 8
     const float sxv = BTC_PCT ? sc.sx[i / 2][kb][0] : sc.sx[i / 4][kb][i & 1];
     const float s = fmul_ieee(sxv, half_to_float(sc.sw[kb][h]));
-    y = fadd_ieee(y, fmul_ieee((float)acc, s));
+    cs = fadd_ieee(cs, fmul_ieee((float)acc, s));
 #endif
+}
+
+// Block b closes its chunk (c = b / BTC_CHUNK): the chunk's last block, or the split's last (splits begin and end
+// at chunk boundaries except the final one, which ends at NB).
+__device__ __forceinline__ bool chunk_ends(int b, int kb_end) { return (b + 1) % BTC_CHUNK == 0 || b + 1 == kb_end; }
+
+// A finished chunk sum: split 0 adds it to the running y (chunk order), a later split stores it in its slot
+// (c - cps + 1) for the last CTA's in-order reduction. Sums start at -0.0f, the identity of IEEE addition
+// (-0 + x == x for every x, +0 included), so each equals the sum that begins with its first term, as the reference.
+__device__ __forceinline__ void chunk_flush(const Args& a, float& y, float& cs, int b, int tok, int row, bool owned,
+                                            int Mp, int cps) {
+#if !BTC_DEBUG_ACC
+    if (blockIdx.y == 0)
+        y = fadd_ieee(y, cs);
+    else if (owned && tok < a.M)
+        __stcg(a.partial + ((size_t)(b / BTC_CHUNK - cps + 1) * Mp + tok) * a.N + row, cs);
+    cs = -0.f;
+#endif
+}
+
+// The last CTA of a split tile: slot 0 (split 0's prefix) plus slots 1 .. slots-1 (chunk sums) in order. The loads
+// are independent, so they go out eight at a time ahead of the dependent adds (one L2 round trip per eight).
+__device__ __forceinline__ float reduce_slots(const float* p, size_t stride, int slots) {
+    float y = __ldcg(p);
+    int s = 1;
+    for (; s + 8 <= slots; s += 8) {
+        float v[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) v[u] = __ldcg(p + (s + u) * stride);
+#pragma unroll
+        for (int u = 0; u < 8; ++u) y = fadd_ieee(y, v[u]);
+    }
+    for (; s < slots; ++s) y = fadd_ieee(y, __ldcg(p + s * stride));
+    return y;
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
@@ -463,9 +509,10 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
     unsigned long long policy;  // weights are read exactly once: do not let them evict the activations from L2
     asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
 
-    float yacc[NOUT];
+    const int cps = a.blocks_per_split / BTC_CHUNK;  // chunks per split (splits > 1: a multiple of BTC_CHUNK blocks)
+    float yacc[NOUT], csum[NOUT];  // running y (split 0) and the open chunk's sum, see chunk_flush
 #pragma unroll
-    for (int i = 0; i < NOUT; ++i) yacc[i] = 0.f;
+    for (int i = 0; i < NOUT; ++i) yacc[i] = csum[i] = -0.f;
 
     // Prologue: the first stages' weights go out before pdl_wait() (overlapping the activation pack kernel), the
     // activations after it. Commit group s then holds stage s's activations (and, group 0, all prologue weights):
@@ -538,8 +585,12 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
             const int b = b0 + kb;
             if (b >= kb_end) break;
 #pragma unroll
-            for (int i = 0; i < NOUT; ++i) block_epilogue(a, yacc[i], acc[i], cur, i, kb, b, m0 + out_tok(i, t),
+            for (int i = 0; i < NOUT; ++i) block_epilogue(a, csum[i], acc[i], cur, i, kb, b, m0 + out_tok(i, t),
                                                          wrow + out_row(i, g), out_owned(i, t));
+            if (chunk_ends(b, kb_end))
+#pragma unroll
+                for (int i = 0; i < NOUT; ++i) chunk_flush(a, yacc[i], csum[i], b, m0 + out_tok(i, t),
+                                                           wrow + out_row(i, g), out_owned(i, t), Mp, cps);
         }
 #else
 #pragma unroll
@@ -570,15 +621,22 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
 #pragma unroll
                 for (int r = 0; r < 4; ++r) {
                     const int i = 4 * j + r;
-                    block_epilogue(a, yacc[i], P[kb][r] - Q[kb][r], cur, i, kb, b, m0 + out_tok(i, t),
+                    block_epilogue(a, csum[i], P[kb][r] - Q[kb][r], cur, i, kb, b, m0 + out_tok(i, t),
                                    wrow + out_row(i, g), true);
                 }
+                if (chunk_ends(b, kb_end))
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) chunk_flush(a, yacc[4 * j + r], csum[4 * j + r], b,
+                                                            m0 + out_tok(4 * j + r, t), wrow + out_row(4 * j + r, g),
+                                                            true, Mp, cps);
             }
         }
 #endif
     }
 #if BTC_DEBUG_ACC
     (void)yacc;
+    (void)csum;
+    (void)cps;
 #endif
     cp_async_wait<0>();  // nothing may still be writing shared memory when the CTA exits
     // The next kernel (the next layer's pack) may be scheduled now, during the epilogue and split-K reduction.
@@ -588,12 +646,12 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
 #if !BTC_DEBUG_ACC
     const int splits = gridDim.y;
     if (splits > 1) {
-        // write this split's partial; the last CTA of the tile to arrive sums all of them in split order
-        if (warp_live)
+        // split 0's running sum (its chunks, in order) goes to slot 0; the later splits' chunk sums are stored already
+        if (blockIdx.y == 0 && warp_live)
 #pragma unroll
             for (int i = 0; i < NOUT; ++i) {
                 const int tok = m0 + out_tok(i, t), row = wrow + out_row(i, g);
-                if (out_owned(i, t) && tok < a.M) a.partial[((size_t)blockIdx.y * Mp + tok) * a.N + row] = yacc[i];
+                if (out_owned(i, t) && tok < a.M) __stcg(a.partial + (size_t)tok * a.N + row, yacc[i]);
             }
         __threadfence();
         __syncthreads();
@@ -606,15 +664,13 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
         __syncthreads();
         if (!is_last) return;
         __threadfence();
+        const int slots = (a.NB + BTC_CHUNK - 1) / BTC_CHUNK - cps + 1;
         if (warp_live)
 #pragma unroll
             for (int i = 0; i < NOUT; ++i) {
                 const int tok = m0 + out_tok(i, t), row = wrow + out_row(i, g);
-                float sum = 0.f;
-                if (out_owned(i, t) && tok < a.M)
-                    for (int s = 0; s < splits; ++s)
-                        sum = fadd_ieee(sum, __ldcg(a.partial + ((size_t)s * Mp + tok) * a.N + row));
-                yacc[i] = sum;
+                if (out_owned(i, t) && tok < a.M) yacc[i] = reduce_slots(a.partial + (size_t)tok * a.N + row,
+                                                                         (size_t)Mp * a.N, slots);
             }
     }
     if (!warp_live) return;

@@ -15,10 +15,16 @@ summary=()
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; nvcc --version | tail -1
   $PY -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__)"; } > "$OUT/env.txt" 2>&1
 
-# SASS: the BMMA instructions are there, no local memory
-nvcc -std=c++17 -arch=sm_90 -cubin -o /tmp/btc.cubin --resource-usage kernels/btc_gemm.cu > "$OUT/sass.txt" 2>&1
-cuobjdump -sass /tmp/btc.cubin | grep -oE 'BMMA[.A-Z0-9]*|LDSM[.A-Z0-9]*|LDGSTS[.A-Z0-9]*|LDL|STL' | sort | uniq -c >> "$OUT/sass.txt" 2>&1
-summary+=("sass: $(grep -c BMMA "$OUT/sass.txt") bmma kinds; $(grep -E 'spill' "$OUT/sass.txt" | head -1)")
+# SASS: the BMMA instructions are there, no local memory, no FFMA (the epilogue is mul.rn / add.rn, never fused),
+# for the default M <= 8 configs of both schemes, compiled with btc.py's -D options (EPILOGUE_CHUNK_BLOCKS included)
+: > "$OUT/sass.txt"; ffma=0
+for pct in 0 1; do
+  defs=$($PY -c "from flexq_cli import btc; print(' '.join(btc.default_config(1 if $pct else 8).defines(6, False)))")
+  nvcc -std=c++17 -arch=sm_90 -cubin -ftz=true -o /tmp/btc.cubin --resource-usage $defs kernels/btc_gemm.cu >> "$OUT/sass.txt" 2>&1
+  cuobjdump -sass /tmp/btc.cubin | grep -oE 'BMMA[.A-Z0-9]*|LDSM[.A-Z0-9]*|LDGSTS[.A-Z0-9]*|LDL|STL|FFMA' | sort | uniq -c >> "$OUT/sass.txt" 2>&1
+  ffma=$((ffma + $(cuobjdump -sass -fun btc_gemm /tmp/btc.cubin | grep -c FFMA)))
+done
+summary+=("sass: $(grep -c BMMA "$OUT/sass.txt") bmma kinds; FFMA in btc_gemm: $ffma; $(grep -E 'spill' "$OUT/sass.txt" | head -1)")
 
 if [[ ${2:-} == ab ]]; then
   for flag in --no-pdl ""; do

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from flexq_cli.packing import pack_bitplanes, packed_words, unpack_bitplanes
 from flexq_cli.primitives import (dequantize, fake_quantize_activation, pad_k, padded_k, qrange, quantize_activation, quantize_weight,
                                   weight_scales)
-from flexq_cli.reference import block_int_gemm, reference_linear
+from flexq_cli.primitives import EPILOGUE_CHUNK_BLOCKS
+from flexq_cli.reference import block_int_gemm, reference_linear, scaled_sum
 
 
 @pytest.mark.parametrize("n,kp", [(1, 128), (3, 640), (17, 1536), (64, 256), (5, 11008)])
@@ -129,3 +131,59 @@ def test_fake_quantization_is_bit_identical_to_quantize_then_dequantize(bits, gr
     x[2, :128] = 0  # a zero group
     q, s = quantize_activation(x, bits, group)
     assert torch.equal(fake_quantize_activation(x, bits, group), dequantize(q, s, group))
+
+
+def _scaled_sum_scalar(acc, sx, sw):
+    """The canonical epilogue order, one output at a time in NumPy float32 scalars (each op one IEEE rounding)."""
+    c = EPILOGUE_CHUNK_BLOCKS
+    nb, m, n = acc.shape
+    y = np.zeros((m, n), dtype=np.float32)
+    for i in range(m):
+        for j in range(n):
+            chunks = []
+            for c0 in range(0, nb, c):
+                terms = [np.float32(acc[b, i, j]) * (np.float32(sx[i, b]) * np.float32(sw[j, b]))
+                         for b in range(c0, min(c0 + c, nb))]
+                p = terms[0]
+                for t in terms[1:]:
+                    p = np.float32(p + t)
+                chunks.append(p)
+            acc_y = chunks[0]
+            for p in chunks[1:]:
+                acc_y = np.float32(acc_y + p)
+            y[i, j] = acc_y
+    return y
+
+
+def _random_epilogue_case(nb, m, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    acc = torch.randint(-(1 << 19), 1 << 19, (nb, m, n), generator=g, dtype=torch.int32)
+    acc[:, 0, 0] = 0  # an all-zero output: its terms are +-0
+    sx = torch.rand((m, nb), generator=g) * 0.1
+    sw = (torch.rand((n, nb), generator=g) * 2e-3).half().float()  # weight scales come from float16
+    sw[0, :] = -sw[0, :]  # a negative scale makes -0 terms (the sign of an exact zero must survive)
+    return acc, sx, sw
+
+
+@pytest.mark.parametrize("nb", [1, 2, 3, 5, 8, 11])
+def test_scaled_sum_follows_the_canonical_order(nb):
+    """scaled_sum equals a scalar float32 implementation of the documented order, bit for bit."""
+    acc, sx, sw = _random_epilogue_case(nb, 3, 5, seed=nb)
+    y = scaled_sum(acc, sx, sw)
+    ref = _scaled_sum_scalar(acc.numpy(), sx.numpy(), sw.numpy())
+    assert np.array_equal(y.numpy().view(np.int32), ref.view(np.int32))
+    assert np.array_equal(scaled_sum(acc.float(), sx, sw).numpy().view(np.int32), ref.view(np.int32))
+
+
+@pytest.mark.parametrize("nb", [4, 7, 12])
+def test_scaled_sum_split_at_chunk_boundaries_is_the_same(nb):
+    """A split-K kernel's scheme, split 0's running sum plus each later chunk's sum in order, gives the same bits
+    wherever the split falls on a chunk boundary."""
+    c = EPILOGUE_CHUNK_BLOCKS
+    acc, sx, sw = _random_epilogue_case(nb, 4, 6, seed=100 + nb)
+    full = scaled_sum(acc, sx, sw).view(torch.int32)
+    for split in range(c, nb, c):
+        y = scaled_sum(acc[:split], sx[:, :split], sw[:, :split])
+        for c0 in range(split, nb, c):
+            y = y + scaled_sum(acc[c0:c0 + c], sx[:, c0:c0 + c], sw[:, c0:c0 + c])
+        assert torch.equal(y.view(torch.int32), full)
