@@ -64,15 +64,19 @@ class FusedQuantLinear(_SharedOutput, QuantLinear):
 
 
 class SharedOutputSlice(nn.Module):
-    """Stands in for one member of a fused group: columns [start, stop) of the group's output."""
+    """Stands in for one member of a fused group: columns [start, stop) of the group's output. The group's last
+    member drops the fused layer's reference to that output, so no layer keeps its output alive after use."""
 
-    def __init__(self, fused: _SharedOutput, start: int, stop: int):
+    def __init__(self, fused: _SharedOutput, start: int, stop: int, last: bool):
         super().__init__()
         self.fused = [fused]  # a list, so the shared module is not registered once per member
-        self.start, self.stop = start, stop
+        self.start, self.stop, self.last = start, stop, last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fused[0].output_for(x)[..., self.start:self.stop]
+        y = self.fused[0].output_for(x)[..., self.start:self.stop]
+        if self.last:
+            self.fused[0]._last = None
+        return y
 
 
 def _fused_class(members: list[nn.Module]):
@@ -100,8 +104,9 @@ def fuse_shared_inputs(model: nn.Module, spec) -> int:
             fused = fused_class.concat(members)
             layer.add_module(f"fused_{group.linears[0].replace('.', '_')}", fused)
             start = 0
-            for name, member in zip(group.linears, members):
-                replace_module(layer, name, SharedOutputSlice(fused, start, start + member.out_features))
+            for j, (name, member) in enumerate(zip(group.linears, members)):
+                last = j == len(members) - 1
+                replace_module(layer, name, SharedOutputSlice(fused, start, start + member.out_features, last))
                 start += member.out_features
             count += 1
     return count

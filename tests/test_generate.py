@@ -97,3 +97,17 @@ def test_fused_float_linears_match_within_float_rounding(fp_model):
     with torch.no_grad():
         a, b = fp_model(ids).logits, fused(ids).logits
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)  # float32: one GEMM of concatenated rows, same sums
+
+
+def test_fused_layers_keep_no_output_alive(tiny_llama, tmp_path):
+    from flexq_cli.arch import spec_for_config
+    from flexq_cli.fusion import FusedQuantLinear, fuse_shared_inputs
+    from flexq_cli.quantize import load_quantized, quantize
+
+    quantize(str(tiny_llama), tmp_path / "q", preset="w6a8")
+    model, _, _ = load_quantized(tmp_path / "q")
+    fuse_shared_inputs(model, spec_for_config(model.config))
+    with torch.no_grad():
+        model(torch.randint(0, 1000, (1, 8)))
+    fused = [m for m in model.modules() if isinstance(m, FusedQuantLinear)]
+    assert fused and all(m._last is None for m in fused)
