@@ -26,7 +26,7 @@ from .calibrate import load_calibration
 from .config import QuantConfig
 from .errors import FlexQError
 from .loading import fingerprint, load_fp_model, resolve_model
-from .modules import SimQuantLinear, replace_module
+from .modules import SimQuantLinear
 
 FILENAME = "plan.safetensors"
 
@@ -39,6 +39,7 @@ class AnalyzeConfig:
     samples: int = 4  # calibration samples used
     seqlen: int = 512  # tokens of each sample used
     metric: str = "kl"  # "kl" or "dnll": what ranks the layers
+    weight_samples: int | None = None  # calibration samples for GPTQ / output clip weights (None: all)
 
     def __post_init__(self):
         if self.metric not in ("kl", "dnll"):
@@ -47,6 +48,8 @@ class AnalyzeConfig:
             raise ValueError(f"a8_budget is a fraction in [0, 1], got {self.a8_budget}")
         if self.samples < 1 or self.seqlen < 2:
             raise ValueError("samples >= 1 and seqlen >= 2 are required")
+        if self.weight_samples is not None and self.weight_samples < 1:
+            raise ValueError("weight_samples must be >= 1")
 
 
 class _LayerInputs:
@@ -67,24 +70,26 @@ class _LayerInputs:
 class _Reference:
     """The base model's next-token distribution on one sample, kept in the form the KL needs.
 
-    KL(p || q) per position = sum p log p - sum p * logits_q + logsumexp(logits_q): one reduction over the
-    perturbed logits instead of a full log-softmax.
+    With d = logits - base_logits, KL(p || q) per position = logsumexp(log p + d) - sum p * d. Both terms are
+    small and computed from small quantities, so float32 keeps them accurate (the textbook
+    sum p log p - sum p * logits + logsumexp(logits) cancels terms of size ~10 and leaves ~3e-4 of noise).
     """
 
     def __init__(self, logits: torch.Tensor, labels: torch.Tensor):
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (T, V)
-        self.p = logp.exp()
-        self.neg_entropy = (self.p * logp).sum(dim=-1)  # (T,)
+        self.logits = logits.float()  # (T, V)
+        self.logp = torch.log_softmax(self.logits, dim=-1)
+        self.p = self.logp.exp()
+        self.norm = torch.logsumexp(self.logp, dim=-1)  # float32's log(sum p) != 0 residue, removed from the KL
         self.labels = labels  # (T - 1,) next tokens
-        self.nll = -logp[:-1].gather(1, labels[:, None]).mean().item()
+        self.nll = -self.logp[:-1].gather(1, labels[:, None]).mean().item()
 
     def kl_and_nll(self, logits: torch.Tensor) -> tuple[float, float]:
         """Mean KL(base || this) over positions, and mean next-token NLL, of (T, V) logits."""
-        logits = logits.float()
-        lse = torch.logsumexp(logits, dim=-1)
-        kl = self.neg_entropy - (self.p * logits).sum(dim=-1) + lse
-        nll = (lse[:-1] - logits[:-1].gather(1, self.labels[:, None])[:, 0]).mean()
-        return kl.mean().item(), nll.item()
+        d = logits.float() - self.logits
+        kl = torch.logsumexp(self.logp + d, dim=-1) - self.norm - (self.p * d).sum(dim=-1)
+        logp_labels = (self.logp + d)[:-1].gather(1, self.labels[:, None])[:, 0]
+        lse = torch.logsumexp(self.logp[:-1] + d[:-1], dim=-1)
+        return kl.mean().item(), (lse - logp_labels).mean().item()
 
 
 def _head(model, spec, hidden: torch.Tensor) -> torch.Tensor:
@@ -180,10 +185,7 @@ def analyze(model_name: str, calib: Path, cfg: AnalyzeConfig, base: QuantConfig,
     ids = ids[: cfg.samples, : cfg.seqlen].long()
     with atomic_output_dir(out, force) as tmp:
         model, _, spec = load_fp_model(ref, torch.float32, device)
-        sims = {}
-        for name in linear_names(model, spec):
-            sims[name] = SimQuantLinear(model.get_submodule(name), base, act_bits=8)
-            replace_module(model, name, sims[name])
+        sims = simulated_model(model, spec, base, calib_tensors, cfg.weight_samples)
         names = list(sims)
         if scores_from is None:
             kl, dnll = measure_sensitivity(model, spec, sims, ids)
@@ -203,6 +205,21 @@ def analyze(model_name: str, calib: Path, cfg: AnalyzeConfig, base: QuantConfig,
         save_artifact(tmp / FILENAME, {"kl": kl, "dnll": dnll}, manifest)
         write_report(tmp, names, kl, dnll, set(chosen), summary)
     return {"out": str(out), "names": names, "kl": kl, "dnll": dnll, "chosen": chosen, **summary}
+
+
+def simulated_model(model, spec, base: QuantConfig, calib_tensors: dict, weight_samples: int | None):
+    """Replace every decoder linear by a SimQuantLinear at A8, in place, after the same transforms the
+    quantizer applies (smoothing, clip search, GPTQ): the sensitivity is measured on the model that will ship."""
+    from .algorithms.sequential import prepare_quantized
+
+    sims = {}
+
+    def make(name, linear, codes, scales):
+        sims[name] = SimQuantLinear(linear, base, 8, codes, scales)
+        return sims[name]
+
+    prepare_quantized(model, spec, base, make, calib_tensors, weight_samples)
+    return {name: sims[name] for name in linear_names(model, spec)}
 
 
 def _reuse_scores(plan: Path, model_fp: str, names: list[str], base: QuantConfig):

@@ -16,6 +16,7 @@ from .errors import FlexQError
 from .primitives import check_group_size
 
 ACT_BITS = (6, 8)
+WEIGHT_CLIP = ("none", "mse", "output")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,12 @@ class QuantConfig:
     act_group_size: int = 128  # -1: one scale per token
     act_bits: int = 6  # default activation bits of a decoder linear
     act_bits_overrides: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+    # Accuracy algorithms (docs/accuracy.md). They change which codes and scales are written, never the format.
+    weight_clip: str = "none"  # per-group scale search: none (absmax), mse (weight error), output (layer output)
+    gptq: bool = False  # GPTQ error compensation with the calibration Hessian
+    gptq_damp: float = 0.01  # damping, as a fraction of the Hessian's mean diagonal
+    gptq_act_order: bool = False  # columns by decreasing Hessian diagonal (group scales then fixed up front)
+    smooth_alpha: float | None = None  # SmoothQuant migration strength; None: no smoothing
 
     def __post_init__(self):
         if self.weight_bits != 6:
@@ -41,6 +48,24 @@ class QuantConfig:
                 raise ValueError(f"activation bits must be one of {ACT_BITS}, got {bits} for {pattern or 'default'}")
             if pattern and pattern.startswith("re:"):
                 re.compile(pattern[3:])
+        if self.weight_clip not in WEIGHT_CLIP:
+            raise ValueError(f"weight_clip must be one of {WEIGHT_CLIP}, got {self.weight_clip!r}")
+        if not isinstance(self.gptq, bool) or not isinstance(self.gptq_act_order, bool):
+            raise ValueError("gptq and gptq_act_order must be true or false")
+        if not 0.0 < self.gptq_damp < 1.0:
+            raise ValueError(f"gptq_damp must be in (0, 1), got {self.gptq_damp}")
+        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
+            raise ValueError(f"smooth_alpha must be null or in [0, 1], got {self.smooth_alpha}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether quantizing with this config reads calibration data (statistics or activations)."""
+        return self.gptq or self.weight_clip == "output" or self.smooth_alpha is not None
+
+    @property
+    def needs_activations(self) -> bool:
+        """Whether the weights are chosen with calibration activations (layer by layer), not from weights alone."""
+        return self.gptq or self.weight_clip == "output"
 
     def act_bits_for(self, name: str) -> int:
         """Activation bits of the linear called ``name`` (its full module name)."""

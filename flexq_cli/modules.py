@@ -40,7 +40,10 @@ class QuantLinear(nn.Module):
         self._codes = None  # unpacked int8 codes, cached for the reference path
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, act_bits: int, config: QuantConfig, name: str = "") -> "QuantLinear":
+    def from_linear(cls, linear: nn.Linear, act_bits: int, config: QuantConfig, name: str = "",
+                    codes: torch.Tensor | None = None, scales: torch.Tensor | None = None) -> "QuantLinear":
+        """Pack ``linear``: round to nearest with absmax scales, or the precomputed ``codes`` ((N, Kp) int8) and
+        ``scales`` ((N, Kp / g) float16) that an algorithm (GPTQ, clip search) chose for it."""
         w = linear.weight.detach()
         if not torch.isfinite(w).all():
             raise NonFiniteError(f"weight of {name or 'a linear layer'} has {int((~torch.isfinite(w)).sum())} "
@@ -50,7 +53,7 @@ class QuantLinear(nn.Module):
         layer = cls(linear.in_features, linear.out_features, bias=has_bias, act_bits=act_bits,
                     weight_group_size=config.weight_group_size, act_group_size=config.act_group_size,
                     dtype=dtype, device=w.device)
-        q, scales = quantize_weight(pad_k(w.float(), layer.padded_in), config.weight_bits, config.weight_group_size)
+        q, scales = _codes_and_scales(linear, layer.padded_in, config, codes, scales)
         layer.qweight.copy_(pack_bitplanes(q))
         layer.scales.copy_(scales)
         if has_bias:
@@ -108,12 +111,12 @@ class SimQuantLinear(nn.Module):
     runs hundreds of forward passes through it. ``act_bits`` is mutable (None: activations unquantized).
     """
 
-    def __init__(self, linear: nn.Linear, config: QuantConfig, act_bits: int | None):
+    def __init__(self, linear: nn.Linear, config: QuantConfig, act_bits: int | None,
+                 codes: torch.Tensor | None = None, scales: torch.Tensor | None = None):
         super().__init__()
         self.in_features, self.config, self.act_bits = linear.in_features, config, act_bits
         self.padded_in = padded_k(linear.in_features, config.weight_group_size, config.act_group_size)
-        q, s = quantize_weight(pad_k(linear.weight.detach().float(), self.padded_in), config.weight_bits,
-                               config.weight_group_size)
+        q, s = _codes_and_scales(linear, self.padded_in, config, codes, scales)
         self.weight = nn.Parameter(dequantize(q, s, config.weight_group_size), requires_grad=False)  # (N, Kp)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
 
@@ -122,6 +125,20 @@ class SimQuantLinear(nn.Module):
         if self.act_bits is not None:
             xf = fake_quantize_activation(xf, self.act_bits, self.config.act_group_size)
         return nn.functional.linear(xf, self.weight, self.bias).to(x.dtype)
+
+
+def _codes_and_scales(linear: nn.Linear, padded_in: int, config: QuantConfig, codes, scales):
+    """The given (codes, scales), checked against the layer's shape, or round-to-nearest ones."""
+    if codes is None and scales is None:
+        return quantize_weight(pad_k(linear.weight.detach().float(), padded_in), config.weight_bits,
+                               config.weight_group_size)
+    n_scales = 1 if config.weight_group_size <= 0 else padded_in // config.weight_group_size
+    if codes is None or scales is None or codes.shape != (linear.out_features, padded_in) \
+            or scales.shape != (linear.out_features, n_scales) or codes.dtype != torch.int8:
+        raise ValueError(f"precomputed codes/scales must be int8 ({linear.out_features}, {padded_in}) and "
+                         f"({linear.out_features}, {n_scales}); got {None if codes is None else tuple(codes.shape)} "
+                         f"and {None if scales is None else tuple(scales.shape)}")
+    return codes.to(linear.weight.device), scales.to(device=linear.weight.device, dtype=torch.float16)
 
 
 def set_backend(model: nn.Module, backend: str) -> None:

@@ -12,6 +12,7 @@ embeddings, norms and lm_head stay 16-bit.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,27 +54,54 @@ def resolve_config(preset: str | None, plan: Path | None, model_fingerprint: str
         if (chosen.weight_group_size, chosen.act_group_size) != (base.weight_group_size, base.act_group_size):
             raise FlexQError(f"--preset {preset} uses other group sizes than the plan in {plan} was measured with",
                              "drop --preset, or re-run flexq analyze with that preset")
+        if chosen.smooth_alpha != base.smooth_alpha:
+            raise FlexQError(f"--preset {preset} smooths with alpha {chosen.smooth_alpha}, but the plan in {plan} was "
+                             f"measured with {base.smooth_alpha}", "re-run flexq analyze with that preset")
         base = chosen
     config = base.with_plan(manifest.extra["act_bits"], manifest.extra["default"])
     return config, {"plan": str(plan), "plan_summary": manifest.extra.get("summary", {})}
 
 
 @torch.no_grad()
-def quantize_model(model, spec, config: QuantConfig, keep_dtype: torch.dtype) -> QuantizeResult:
-    """Replace every decoder linear of ``model`` by a QuantLinear, in place; cast the rest to ``keep_dtype``."""
+def quantize_model(model, spec, config: QuantConfig, keep_dtype: torch.dtype, calib: dict | None = None,
+                   calib_samples: int | None = None) -> tuple[QuantizeResult, dict]:
+    """Replace every decoder linear of ``model`` by a QuantLinear, in place (after smoothing, with the weight
+    algorithm of ``config``); cast the rest to ``keep_dtype``. ``calib``: calibration tensors, when the config
+    needs them. Returns the result and the algorithms' summary."""
+    from .algorithms.sequential import prepare_quantized
+
     names = linear_names(model, spec)
-    params = packed = scale_bytes = zero = a8 = 0
-    for name in ui.track(names, "quantizing", total=len(names)):
-        linear = model.get_submodule(name)
-        layer = QuantLinear.from_linear(linear, config.act_bits_for(name), config, name)
-        replace_module(model, name, layer)
-        params += linear.weight.numel()
-        packed += layer.qweight.numel() * 4
-        scale_bytes += layer.scales.numel() * 2
-        zero += int((layer.scales == 0).sum())
-        a8 += layer.act_bits == 8
+    params = sum(model.get_submodule(n).weight.numel() for n in names)
+
+    def make(name, linear, codes, scales):
+        return QuantLinear.from_linear(linear, config.act_bits_for(name), config, name, codes, scales)
+
+    summary = prepare_quantized(model, spec, config, make, calib, calib_samples)
+    layers = [model.get_submodule(n) for n in names]
+    packed = sum(layer.qweight.numel() * 4 for layer in layers)
+    scale_bytes = sum(layer.scales.numel() * 2 for layer in layers)
+    zero = sum(int((layer.scales == 0).sum()) for layer in layers)
+    a8 = sum(layer.act_bits == 8 for layer in layers)
     cast_unquantized(model, keep_dtype)
-    return QuantizeResult("", len(names), a8, params, packed, scale_bytes, zero)
+    return QuantizeResult("", len(names), a8, params, packed, scale_bytes, zero), summary
+
+
+def load_calibration_for(calib: Path | None, config: QuantConfig, model_fp: str, samples: int | None):
+    """The calibration tensors the config needs (validated against the model), or None when it needs none."""
+    if not config.needs_calibration:
+        return None
+    if calib is None:
+        needs = [k for k, on in (("gptq", config.gptq), ("weight_clip: output", config.weight_clip == "output"),
+                                 ("smooth_alpha", config.smooth_alpha is not None)) if on]
+        raise FlexQError(f"this config ({', '.join(needs)}) needs calibration data",
+                         "pass --calib DIR (the output of flexq calibrate for this model)")
+    from .calibrate import load_calibration
+
+    _, tensors = load_calibration(calib, model_fp)
+    if samples is not None and not 1 <= samples <= tensors["input_ids"].shape[0]:
+        raise FlexQError(f"--calib-samples {samples} is outside 1..{tensors['input_ids'].shape[0]} "
+                         f"(the samples in {calib})", "lower it, or calibrate with more samples")
+    return tensors
 
 
 def cast_unquantized(model, dtype: torch.dtype) -> None:
@@ -99,18 +127,24 @@ def keep_dtype_for(config) -> torch.dtype:
 
 
 def quantize(model_name: str, out: Path, *, preset: str | None = None, plan: Path | None = None,
-             force: bool = False, device: str = "cpu", max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> QuantizeResult:
+             calib: Path | None = None, calib_samples: int | None = None, force: bool = False, device: str = "cpu",
+             max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> QuantizeResult:
     ref = resolve_model(model_name)
     fp = fingerprint(ref)
     config, origin = resolve_config(preset, plan, fp)
+    calib_tensors = load_calibration_for(calib, config, fp, calib_samples)
     with atomic_output_dir(out, force) as tmp:
+        start = time.perf_counter()
         model, tokenizer, spec = load_fp_model(ref, torch.float32, device)
         keep = keep_dtype_for(model.config)
-        result = quantize_model(model, spec, config, keep)
+        result, algorithms = quantize_model(model, spec, config, keep, calib_tensors, calib_samples)
+        algorithms["seconds"] = round(time.perf_counter() - start, 2)
+        if calib_tensors is not None:
+            algorithms["calibration"] = str(calib)
         manifest = Manifest(stage="quantized", source={"model": ref.model_id, "fingerprint": fp},
                             config={"quant": config.to_dict()},
                             extra={"origin": origin, "keep_dtype": str(keep).removeprefix("torch."),
-                                   "layers": linear_names(model, spec)})
+                                   "layers": linear_names(model, spec), "algorithms": algorithms})
         save_quantized(tmp, model, tokenizer, manifest, config, max_shard_bytes)
     return QuantizeResult(str(out), *list(result.__dict__.values())[1:])
 

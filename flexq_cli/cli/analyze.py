@@ -24,7 +24,10 @@ def command(
     samples: Annotated[int, typer.Option(help="Calibration samples measured.")] = _D.samples,
     seqlen: Annotated[int, typer.Option(help="Tokens of each sample measured.")] = _D.seqlen,
     metric: Annotated[str, typer.Option(help="Ranking score: kl (final-logit KL) or dnll (calibration loss).")] = "kl",
-    preset: Annotated[str, typer.Option(help="Base quantization config (group sizes) to measure with.")] = "w6a8",
+    preset: Annotated[str, typer.Option(help="Base quantization config (group sizes, smoothing, weight algorithm) "
+                                              "to measure with.")] = "w6a8",
+    weight_samples: Annotated[Optional[int], typer.Option(help="Calibration samples for GPTQ / output-clip weights "
+                                                                "(default: all).")] = None,
     scores_from: Annotated[Optional[Path], typer.Option(help="Reuse the scores of an earlier plan (re-budget without re-measuring).")] = None,
     show: Annotated[int, typer.Option(help="Rows of the ranking to print.")] = 15,
     device: Device = "auto",
@@ -32,7 +35,7 @@ def command(
 ):
     """Measure each linear's sensitivity to 6-bit activations and choose the A8 set under a budget."""
     cfg = AnalyzeConfig(a8_budget=a8_budget, a8_count=a8_count, kl_target=kl_target, samples=samples,
-                        seqlen=seqlen, metric=metric)
+                        seqlen=seqlen, metric=metric, weight_samples=weight_samples)
     r = analyze(model, calib, cfg, load_preset(preset), out, force=force, device=parse_device(device),
                 scores_from=scores_from)
     table = Table(title=f"most sensitive linears ({r['a8']} of {r['layers']} at A8)")

@@ -15,11 +15,15 @@ def command(
     out: Out,
     plan: Annotated[Optional[Path], typer.Option(help="Output of flexq analyze (per-layer activation bits).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="w6a8, w6a6, flexq, or a YAML file (default w6a8).")] = None,
+    calib: Annotated[Optional[Path], typer.Option(help="Output of flexq calibrate: needed by GPTQ, the output clip "
+                                                   "search and smoothing.")] = None,
+    calib_samples: Annotated[Optional[int], typer.Option(help="Calibration samples used (default: all).")] = None,
     device: Device = "cpu",
     force: Force = False,
 ):
     """Quantize the decoder linears to packed INT6 and write a self-contained model directory."""
-    r = quantize(model, out, preset=preset, plan=plan, force=force, device=parse_device(device))
+    r = quantize(model, out, preset=preset, plan=plan, calib=calib, calib_samples=calib_samples, force=force,
+                 device=parse_device(device))
     per_param = (r.packed_bytes + r.scale_bytes) / r.params
     ui.out.print(f"quantized {r.layers} linears ({r.a8_layers} at A8, {r.layers - r.a8_layers} at A6): "
                  f"{r.params / 1e6:.1f}M weights in {r.packed_bytes / 1e6:.1f} MB packed + {r.scale_bytes / 1e6:.2f} MB "

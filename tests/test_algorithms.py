@@ -1,0 +1,185 @@
+"""Accuracy algorithms (clip search, GPTQ, smoothing): toy linears first, then a tiny LLaMA end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import run_cli
+from flexq_cli.algorithms.clip import search_scales
+from flexq_cli.algorithms.gptq import Hessian, gptq_quantize
+from flexq_cli.config import QuantConfig
+from flexq_cli.errors import FlexQError
+from flexq_cli.primitives import dequantize, quantize_weight, quantize_with_scales
+
+
+def _toy(n=24, k=256, tokens=512, seed=0):
+    """Heavy-tailed weights and correlated inputs with a few outlier channels: where RTN leaves error behind."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * (1 + 3 * (torch.rand(n, k, generator=g) > 0.99))
+    x = torch.randn(tokens, k, generator=g) @ (torch.eye(k) + 0.3 * torch.randn(k, k, generator=g) / k ** 0.5)
+    x[:, :4] *= 8
+    return w, x
+
+
+def _out_err(w, x, codes, scales, g=128):
+    return ((x @ (w - dequantize(codes, scales, g)).T) ** 2).mean().item()
+
+
+def _hessian(x):
+    h = Hessian(x.shape[1])
+    for chunk in x.split(100):
+        h.add(chunk)
+    return h
+
+
+def test_hessian_accumulates_the_mean_outer_product():
+    _, x = _toy()
+    assert torch.allclose(_hessian(x).h, 2 * x.T @ x / len(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("group", [128, -1])
+def test_clip_search_never_loses_to_absmax_on_its_own_measure(group):
+    w, x = _toy()
+    q0, s0 = quantize_weight(w, 6, group)
+    s_mse = search_scales(w, 6, group)
+    assert s_mse.dtype == torch.float16 and s_mse.shape == s0.shape and torch.all(s_mse <= s0)
+    mse = lambda s: ((w - dequantize(quantize_with_scales(w, s, 6, group), s, group)) ** 2).sum().item()
+    assert mse(s_mse) <= mse(s0)
+    s_out = search_scales(w, 6, group, _hessian(x).h)
+    if group == -1:  # one group per row: the Hessian block is exact, so the output error cannot grow
+        assert _out_err(w, x, quantize_with_scales(w, s_out, 6, -1), s_out, -1) <= _out_err(w, x, q0, s0, -1)
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("clip", ["none", "output"])
+def test_gptq_codes_are_format_codes_and_cut_the_output_error(act_order, clip):
+    w, x = _toy()
+    codes, scales = gptq_quantize(w, _hessian(x).h, 6, 128, act_order=act_order, clip=clip)
+    q0, s0 = quantize_weight(w, 6, 128)
+    assert codes.dtype == torch.int8 and codes.shape == w.shape and scales.shape == s0.shape
+    assert scales.dtype == torch.float16 and codes.min() >= -32 and codes.max() <= 31
+    # the stored scales reproduce the codes' values exactly: code * scale is what the kernels compute with
+    assert torch.equal(quantize_with_scales(dequantize(codes, scales, 128), scales, 6, 128), codes)
+    assert _out_err(w, x, codes, scales) < 0.8 * _out_err(w, x, q0, s0)
+
+
+def test_gptq_zero_padding_stays_zero_and_per_channel_works():
+    w, x = _toy(k=200)
+    wp, xp = torch.nn.functional.pad(w, (0, 56)), torch.nn.functional.pad(x, (0, 56))
+    codes, scales = gptq_quantize(wp, _hessian(xp).h, 6, 128)
+    assert torch.all(codes[:, 200:] == 0)
+    codes, scales = gptq_quantize(wp, _hessian(xp).h, 6, -1)
+    assert scales.shape == (24, 1) and torch.all(codes[:, 200:] == 0)
+
+
+@pytest.mark.parametrize("raw,match", [({"weight_clip": "max"}, "weight_clip"), ({"gptq_damp": 0}, "gptq_damp"),
+                                       ({"smooth_alpha": 1.5}, "smooth_alpha"), ({"gptq": "yes"}, "gptq")])
+def test_bad_algorithm_options_are_rejected(raw, match):
+    with pytest.raises(FlexQError, match=match):
+        QuantConfig.from_dict(raw)
+
+
+def test_algorithm_options_round_trip_and_say_what_they_need():
+    cfg = QuantConfig(weight_clip="output", gptq=True, smooth_alpha=0.5)
+    assert QuantConfig.from_dict(cfg.to_dict()) == cfg and cfg.needs_calibration and cfg.needs_activations
+    assert not QuantConfig(weight_clip="mse").needs_calibration
+    assert QuantConfig(smooth_alpha=0.5).needs_calibration and not QuantConfig(smooth_alpha=0.5).needs_activations
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory, tiny_llama, text_file):
+    out = tmp_path_factory.mktemp("algo") / "calib"
+    code, _, err = run_cli("calibrate", tiny_llama, "--data", text_file, "--samples", 3, "--seqlen", 64,
+                           "--out", out, "--device", "cpu")
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.8])
+def test_smoothing_folds_keep_the_float_model_function(tiny_llama, calib, alpha):
+    from transformers import AutoModelForCausalLM
+
+    from flexq_cli.algorithms.smooth import smooth_model
+    from flexq_cli.arch import linear_names, spec_for_config
+    from flexq_cli.calibrate import load_calibration
+
+    _, tensors = load_calibration(calib)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    spec = spec_for_config(model.config)  # 4 query heads on 2 KV heads: the v -> o fold is grouped
+    ids = torch.randint(0, 1000, (2, 40))
+    with torch.no_grad():
+        before = model(ids).logits
+        v_before = model.model.layers[0].self_attn.v_proj.weight.clone()
+        spread = smooth_model(model, spec, {n: tensors[f"{n}.absmax"] for n in linear_names(model, spec)}, alpha)
+        after = model(ids).logits
+    assert set(spread) == {"q_proj", "o_proj", "gate_proj", "down_proj"}
+    assert alpha == 0.0 or not torch.equal(v_before, model.model.layers[0].self_attn.v_proj.weight)
+    assert torch.allclose(after, before, rtol=1e-4, atol=1e-4)
+
+
+def _preset(tmp_path, **fields) -> str:
+    path = tmp_path / "algo.yaml"
+    path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in {"act_bits": 6, **fields}.items()))
+    return str(path)
+
+
+def test_quantize_with_every_algorithm_records_them_and_loads(tmp_path, tiny_llama, calib):
+    from transformers import AutoModelForCausalLM
+
+    from flexq_cli.quantize import load_quantized
+
+    preset = _preset(tmp_path, weight_clip="output", gptq=True, gptq_act_order=True, smooth_alpha=0.5)
+    code, out, err = run_cli("quantize", tiny_llama, "--preset", preset, "--calib", calib, "--out", tmp_path / "q")
+    assert code == 0, err
+    model, _, manifest = load_quantized(tmp_path / "q")
+    quant = manifest.config["quant"]
+    assert quant["gptq"] and quant["weight_clip"] == "output" and quant["smooth_alpha"] == 0.5
+    assert manifest.extra["algorithms"]["calibration_tokens"] == 3 * 64
+    fp = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    ids = torch.randint(0, 1000, (1, 48))
+    with torch.no_grad():
+        lf, lq = fp(ids).logits, model(ids).logits
+    assert (lq - lf).norm() / lf.norm() < 0.2
+
+
+def test_a_config_that_needs_calibration_without_calib_is_a_one_line_error(tmp_path, tiny_llama):
+    code, out, err = run_cli("quantize", tiny_llama, "--preset", _preset(tmp_path, gptq=True), "--out", tmp_path / "q")
+    assert code != 0 and "needs calibration data" in err and "--calib" in err and "Traceback" not in err
+    assert not (tmp_path / "q").exists()
+
+
+def test_gptq_lowers_the_calibration_loss_of_the_tiny_model(tmp_path, tiny_llama, calib):
+    """Layer-by-layer GPTQ (on quantized predecessors) against RTN, on the calibration tokens themselves."""
+    from flexq_cli.calibrate import load_calibration
+    from flexq_cli.quantize import load_quantized
+
+    _, tensors = load_calibration(calib)
+    ids = tensors["input_ids"].long()
+    losses = {}
+    for name, fields in (("rtn", {}), ("gptq", {"gptq": True})):
+        code, _, err = run_cli("quantize", tiny_llama, "--preset", _preset(tmp_path, act_bits=8, **fields),
+                               "--calib", calib, "--out", tmp_path / name)
+        assert code == 0, err
+        model, _, _ = load_quantized(tmp_path / name)
+        with torch.no_grad():
+            losses[name] = model(ids, labels=ids).loss.item()
+    assert losses["gptq"] < losses["rtn"]
+
+
+def test_analyze_measures_the_smoothed_model(tmp_path, tiny_llama, calib):
+    from flexq_cli.analyze import load_plan
+
+    preset = _preset(tmp_path, act_bits=8, smooth_alpha=0.5)
+    code, out, err = run_cli("analyze", tiny_llama, "--calib", calib, "--preset", preset, "--a8-count", 3,
+                             "--samples", 2, "--seqlen", 32, "--out", tmp_path / "plan", "--device", "cpu")
+    assert code == 0, err
+    manifest, _ = load_plan(tmp_path / "plan")
+    assert manifest.config["quant"]["smooth_alpha"] == 0.5
+    code, _, err = run_cli("quantize", tiny_llama, "--plan", tmp_path / "plan", "--calib", calib, "--out", tmp_path / "q")
+    assert code == 0, err
+    code, _, err = run_cli("quantize", tiny_llama, "--plan", tmp_path / "plan", "--preset", "w6a8",
+                           "--out", tmp_path / "q2")
+    assert code != 0 and "smooths" in err
