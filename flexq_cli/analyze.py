@@ -21,14 +21,14 @@ import torch
 
 from . import ui
 from .arch import decoder_layers, layer_index, linear_names
-from .artifacts import Manifest, atomic_output_dir, load_artifact, save_artifact
+from .artifacts import ARTIFACT_FILES, Manifest, atomic_output_dir, load_artifact, save_artifact
 from .calibrate import load_calibration
 from .config import QuantConfig
 from .errors import FlexQError
 from .loading import fingerprint, load_fp_model, resolve_model
 from .modules import SimQuantLinear
 
-FILENAME = "plan.safetensors"
+FILENAME = ARTIFACT_FILES["plan"]
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ import torch
 
 from . import ui
 from .arch import linear_names
-from .artifacts import Manifest, atomic_output_dir, save_artifact
+from .artifacts import ARTIFACT_FILES, Manifest, atomic_output_dir, save_artifact
 from .data import calibration_samples, load_text, tokenize
 from .errors import NonFiniteError
 from .loading import check_seqlen, default_dtype, fingerprint, load_fp_model, resolve_model
 
-FILENAME = "calibration.safetensors"
+FILENAME = ARTIFACT_FILES["calibration"]
 TOKEN_QUANTILES = (0.0, 0.01, 0.5, 0.99, 1.0)
 
 

@@ -139,14 +139,10 @@ def _versions() -> dict:
 
 
 def format_table(result: dict):
-    from rich.table import Table
+    """A rich Table of the bench result: one line per row."""
+    from .ui import rows_table
 
-    t = Table(title=f"{result['model']}{' random-init' if result['random_init'] else ''}, prompt {result['prompt_len']}, {result['new_tokens']} new tokens; "
-                    f"{result['device']}, copy {result['copy_bandwidth_GBps']} GB/s, {result['date']}")
     cols = ["model", "batch", "prefill_ms", "decode_tok_s", "roofline_tok_s", "of_roofline", "peak_GiB", "decode_speedup",
             "prefill_speedup", "memory_ratio"]
-    for c in cols:
-        t.add_column(c, justify="right")
-    for r in result["rows"]:
-        t.add_row(*[str(r.get(c, "")) for c in cols])
-    return t
+    return rows_table(f"{result['model']}{' random-init' if result['random_init'] else ''}, prompt {result['prompt_len']}, {result['new_tokens']} new tokens; "
+                    f"{result['device']}, copy {result['copy_bandwidth_GBps']} GB/s, {result['date']}", cols, result["rows"])

@@ -193,17 +193,12 @@ def run_kernel_bench(shapes: list[tuple[int, int]], ms: list[int], *, repeats: i
 
 
 def format_table(result: dict):
-    """A rich Table of the bench result: one line per (shape, M, op)."""
-    from rich.table import Table
+    """A rich Table of the bench result: one line per row."""
+    from .ui import rows_table
 
-    t = Table(title=f"{result['device']}  copy {result['copy_bandwidth_GBps']} GB/s  {result['date']}")
     cols = ["N", "K", "M", "op", "median_us", "weight_GBps", "speedup_vs_fp16", "speedup_vs_int8",
             "speedup_vs_fp8", "b2b_us"]
-    for c in cols:
-        t.add_column(c, justify="right")
-    for r in result["rows"]:
-        t.add_row(*[str(r.get(c, "")) for c in cols])
-    return t
+    return rows_table(f"{result['device']}  copy {result['copy_bandwidth_GBps']} GB/s  {result['date']}", cols, result["rows"])
 
 
 def summary(result: dict, max_m: int = 8) -> str:

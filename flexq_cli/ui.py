@@ -15,3 +15,15 @@ def track(iterable, description: str, total: int | None = None):
                TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as progress:
         yield from progress.track(iterable, total=total, description=description)
+
+
+def rows_table(title: str, columns: list[str], rows: list[dict]):
+    """A rich Table with one right-aligned column per key and one line per row dict (missing keys blank)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(*[str(r.get(c, "")) for c in columns])
+    return table
