@@ -80,15 +80,23 @@ def collect_stats(model, spec, input_ids: torch.Tensor) -> dict[str, torch.Tenso
 
 
 def calibrate(model_name: str, cfg: CalibConfig, out: Path, *, force: bool = False, device: str = "cpu",
-              dtype: torch.dtype | None = None) -> dict:
-    """Sample, run, and write ``out/calibration.safetensors``. Returns a summary for the CLI."""
+              dtype: torch.dtype | None = None, stream: bool = False, offload_dir: Path | None = None) -> dict:
+    """Sample, run, and write ``out/calibration.safetensors``. Returns a summary for the CLI. ``stream``: one
+    decoder layer in memory at a time (streaming.py; the same statistics), ``offload_dir`` for the activations."""
     ref = resolve_model(model_name)
     text = load_text(cfg.data, "train")
+    dtype = dtype or default_dtype(device)
     with atomic_output_dir(out, force) as tmp:
-        model, tokenizer, spec = load_fp_model(ref, dtype or default_dtype(device), device)
+        if stream:
+            from .streaming import StreamedModel, collect_stats_streamed
+
+            sm = StreamedModel(ref, dtype, device)
+            model, tokenizer, spec = sm.model, sm.tokenizer(), sm.spec
+        else:
+            model, tokenizer, spec = load_fp_model(ref, dtype, device)
         check_seqlen(model.config, cfg.seqlen)
         ids = calibration_samples(tokenize(tokenizer, text), cfg.samples, cfg.seqlen, cfg.seed, cfg.offset_tokens)
-        tensors = collect_stats(model, spec, ids)
+        tensors = collect_stats_streamed(sm, ids, offload_dir) if stream else collect_stats(model, spec, ids)
         tensors["input_ids"] = ids.to(torch.int32)
         manifest = Manifest(stage="calibration", source={"model": ref.model_id, "fingerprint": fingerprint(ref)},
                             config=asdict(cfg), extra={"layers": linear_names(model, spec)})

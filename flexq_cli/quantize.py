@@ -11,6 +11,7 @@ embeddings, norms and lm_head stay 16-bit.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -128,48 +129,100 @@ def keep_dtype_for(config) -> torch.dtype:
 
 def quantize(model_name: str, out: Path, *, preset: str | None = None, plan: Path | None = None,
              calib: Path | None = None, calib_samples: int | None = None, force: bool = False, device: str = "cpu",
-             max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> QuantizeResult:
+             max_shard_bytes: int = DEFAULT_SHARD_BYTES, stream: bool = False,
+             offload_dir: Path | None = None) -> QuantizeResult:
+    """Quantize ``model_name`` into the directory ``out``: the whole model in memory, or with ``stream`` one
+    decoder layer at a time (streaming.py; the same files, ``offload_dir`` for the calibration activations)."""
     ref = resolve_model(model_name)
     fp = fingerprint(ref)
     config, origin = resolve_config(preset, plan, fp)
     calib_tensors = load_calibration_for(calib, config, fp, calib_samples)
     with atomic_output_dir(out, force) as tmp:
         start = time.perf_counter()
-        model, tokenizer, spec = load_fp_model(ref, torch.float32, device)
-        keep = keep_dtype_for(model.config)
-        result, algorithms = quantize_model(model, spec, config, keep, calib_tensors, calib_samples)
-        algorithms["seconds"] = round(time.perf_counter() - start, 2)
-        if calib_tensors is not None:
-            algorithms["calibration"] = str(calib)
-        manifest = Manifest(stage="quantized", source={"model": ref.model_id, "fingerprint": fp},
+
+        def manifest_for(keep: torch.dtype, names: list[str], algorithms: dict) -> Manifest:
+            algorithms["seconds"] = round(time.perf_counter() - start, 2)
+            if calib_tensors is not None:
+                algorithms["calibration"] = str(calib)
+            return Manifest(stage="quantized", source={"model": ref.model_id, "fingerprint": fp},
                             config={"quant": config.to_dict()},
                             extra={"origin": origin, "keep_dtype": str(keep).removeprefix("torch."),
-                                   "layers": linear_names(model, spec), "algorithms": algorithms})
-        save_quantized(tmp, model, tokenizer, manifest, config, max_shard_bytes)
+                                   "layers": names, "algorithms": algorithms})
+
+        if stream:
+            from .streaming import quantize_streamed
+
+            result = quantize_streamed(ref, config, tmp, manifest_for, calib_tensors, calib_samples, device,
+                                       max_shard_bytes, offload_dir)
+        else:
+            model, tokenizer, spec = load_fp_model(ref, torch.float32, device)
+            keep = keep_dtype_for(model.config)
+            result, algorithms = quantize_model(model, spec, config, keep, calib_tensors, calib_samples)
+            manifest = manifest_for(keep, linear_names(model, spec), algorithms)
+            save_quantized(tmp, model, tokenizer, manifest, config, max_shard_bytes)
     return QuantizeResult(str(out), *list(result.__dict__.values())[1:])
 
 
 def save_quantized(folder: Path, model, tokenizer, manifest: Manifest, config: QuantConfig, max_shard_bytes: int):
-    model.config.quantization_config = {"quant_method": QUANT_METHOD, **config.to_dict()}
-    model.config.save_pretrained(folder)
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_side_files(folder, model.config, model.generation_config, tokenizer, config)
     state = {k: v for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     shards = _split(state, max_shard_bytes)
-    if len(shards) == 1:
-        save_artifact(folder / SINGLE_FILE, shards[0], manifest)
-        return
-    weight_map, n = {}, len(shards)
+    weight_map = {}
     for i, shard in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        name = shard_file_name(i, len(shards))
         save_artifact(folder / name, shard, manifest)
         weight_map.update(dict.fromkeys(shard, name))
-    total = sum(t.numel() * t.element_size() for t in state.values())
-    (folder / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+    if len(shards) > 1:
+        write_index(folder, weight_map, sum(t.numel() * t.element_size() for t in state.values()))
+
+
+def save_side_files(folder: Path, hf_config, generation_config, tokenizer, config: QuantConfig) -> None:
+    """config.json (with the quantization config), generation_config.json and the tokenizer files."""
+    hf_config.quantization_config = {"quant_method": QUANT_METHOD, **config.to_dict()}
+    hf_config.save_pretrained(folder)
+    if generation_config is not None:
+        generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def shard_file_name(i: int, n: int) -> str:
+    return SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+
+
+def write_index(folder: Path, weight_map: dict[str, str], total_bytes: int) -> None:
+    (folder / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total_bytes}, "weight_map": weight_map},
                                                 indent=2))
+
+
+def output_plan(hf_config, config: QuantConfig, keep: torch.dtype, max_shard_bytes: int):
+    """(file name, {tensor name: meta tensor}) per shard of the quantized directory, as save_quantized lays
+    it out: the streamed writer fixes every tensor's place before any is quantized."""
+    model = quantized_skeleton(copy.deepcopy(hf_config), config, keep)  # from_config would set its dtype
+    cast_unquantized(model, keep)
+    state = model.state_dict()
+    if getattr(hf_config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    shards = _split(state, max_shard_bytes)
+    return [(shard_file_name(i, len(shards)), shard) for i, shard in enumerate(shards)]
+
+
+def quantized_skeleton(hf_config, config: QuantConfig, dtype: torch.dtype):
+    """The model of ``hf_config`` on the meta device, every decoder linear a QuantLinear of ``config``."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    spec = spec_for_config(hf_config)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    for name in linear_names(model, spec):
+        linear = model.get_submodule(name)
+        replace_module(model, name, QuantLinear(
+            linear.in_features, linear.out_features, bias=linear.bias is not None,
+            act_bits=config.act_bits_for(name), weight_group_size=config.weight_group_size,
+            act_group_size=config.act_group_size, device="meta"))
+    return model
 
 
 def _split(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
@@ -193,8 +246,7 @@ def _shard_files(folder: Path) -> list[Path]:
 
 def load_quantized(path: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32, backend: str = "auto"):
     """(model, tokenizer, manifest) of a quantized directory; compute dtype ``dtype`` for unquantized layers."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     path = Path(path)
     files = _shard_files(path)
@@ -204,15 +256,7 @@ def load_quantized(path: Path, *, device: str = "cpu", dtype: torch.dtype = torc
     config = QuantConfig.from_dict(manifest.config["quant"], f"{path} (quant config)")
     hf_config = AutoConfig.from_pretrained(path)
     del hf_config.quantization_config
-    spec = spec_for_config(hf_config)
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    for name in linear_names(model, spec):
-        linear = model.get_submodule(name)
-        replace_module(model, name, QuantLinear(
-            linear.in_features, linear.out_features, bias=linear.bias is not None,
-            act_bits=config.act_bits_for(name), weight_group_size=config.weight_group_size,
-            act_group_size=config.act_group_size, device="meta"))
+    model = quantized_skeleton(hf_config, config, dtype)
     state = {}
     for f, m in zip(files, manifests):
         state.update(load_tensors(f, m, device=device))

@@ -9,6 +9,7 @@ from rich.table import Table
 from .. import ui
 from ..analyze import AnalyzeConfig, analyze
 from ..config import load_preset
+from ..errors import FlexQError
 from .options import Device, Force, Model, Out, parse_device
 
 _D = AnalyzeConfig()
@@ -32,8 +33,14 @@ def command(
     show: Annotated[int, typer.Option(help="Rows of the ranking to print.")] = 15,
     device: Device = "auto",
     force: Force = False,
+    stream: Annotated[bool, typer.Option("--stream", help="Not supported: the analysis reruns every later layer "
+                                          "for each linear (docs/scale.md); it needs the model in memory.")] = False,
 ):
     """Measure each linear's sensitivity to 6-bit activations and choose the A8 set under a budget."""
+    if stream:
+        raise FlexQError("flexq analyze cannot stream: each linear's score reruns every later decoder layer, so a "
+                         "streamed analysis would read the model once per layer (docs/scale.md)",
+                         "run analyze where the model fits in memory (a GPU), or quantize with --preset flexq")
     cfg = AnalyzeConfig(a8_budget=a8_budget, a8_count=a8_count, kl_target=kl_target, samples=samples,
                         seqlen=seqlen, metric=metric, weight_samples=weight_samples)
     r = analyze(model, calib, cfg, load_preset(preset), out, force=force, device=parse_device(device),

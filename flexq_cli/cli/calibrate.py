@@ -6,7 +6,8 @@ import typer
 
 from .. import ui
 from ..calibrate import CalibConfig, calibrate
-from .options import Device, Dtype, Force, Model, Out, Seqlen, parse_device, parse_dtype
+from .options import (Device, Dtype, Force, Model, OffloadDir, Out, Seqlen, Stream, parse_device, parse_dtype,
+                      parse_offload_dir)
 
 _D = CalibConfig()
 
@@ -22,9 +23,12 @@ def command(
     device: Device = "auto",
     dtype: Dtype = "auto",
     force: Force = False,
+    stream: Stream = False,
+    offload_dir: OffloadDir = None,
 ):
     """Sample calibration text and record each decoder linear's input statistics."""
     cfg = CalibConfig(data=data, samples=samples, seqlen=seqlen, seed=seed, offset_tokens=offset_tokens)
-    summary = calibrate(model, cfg, out, force=force, device=parse_device(device), dtype=parse_dtype(dtype))
+    summary = calibrate(model, cfg, out, force=force, device=parse_device(device), dtype=parse_dtype(dtype),
+                        stream=stream, offload_dir=parse_offload_dir(stream, offload_dir))
     ui.out.print(f"calibration: {summary['samples']} x {summary['seqlen']} tokens, {summary['layers']} linears "
                  f"-> {summary['out']}")

@@ -18,6 +18,10 @@ Dtype = Annotated[str, typer.Option(help="Compute dtype of unquantized layers: a
 Backend = Annotated[str, typer.Option(help="Quantized linears: auto (kernel on CUDA, reference on CPU), reference, btc.")]
 Seqlen = Annotated[int, typer.Option(help="Tokens per sequence.")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
+Stream = Annotated[bool, typer.Option("--stream", help="One decoder layer in memory at a time, read from the "
+                                      "safetensors shards: for models larger than memory; same results.")]
+OffloadDir = Annotated[Optional[Path], typer.Option(help="With --stream: keep the calibration activations in this "
+                                                         "directory instead of in memory.")]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -38,6 +42,18 @@ def parse_dtype(dtype: str) -> torch.dtype | None:
     if dtype not in DTYPES:
         raise FlexQError(f"unknown --dtype '{dtype}'", f"use auto or one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def parse_offload_dir(stream: bool, offload_dir: Path | None) -> Path | None:
+    """``--offload-dir`` checked up front: only with --stream, and a writable directory."""
+    if offload_dir is None:
+        return None
+    if not stream:
+        raise FlexQError("--offload-dir is used only with --stream", "add --stream, or drop --offload-dir")
+    from ..streaming import check_offload_dir
+
+    check_offload_dir(offload_dir, 0)
+    return offload_dir
 
 
 def parse_backend(backend: str) -> str:

@@ -7,7 +7,7 @@ import typer
 
 from .. import ui
 from ..quantize import quantize
-from .options import Device, Force, Model, Out, parse_device
+from .options import Device, Force, Model, OffloadDir, Out, Stream, parse_device, parse_offload_dir
 
 
 def command(
@@ -20,10 +20,12 @@ def command(
     calib_samples: Annotated[Optional[int], typer.Option(help="Calibration samples used (default: all).")] = None,
     device: Device = "cpu",
     force: Force = False,
+    stream: Stream = False,
+    offload_dir: OffloadDir = None,
 ):
     """Quantize the decoder linears to packed INT6 and write a self-contained model directory."""
     r = quantize(model, out, preset=preset, plan=plan, calib=calib, calib_samples=calib_samples, force=force,
-                 device=parse_device(device))
+                 device=parse_device(device), stream=stream, offload_dir=parse_offload_dir(stream, offload_dir))
     per_param = (r.packed_bytes + r.scale_bytes) / r.params
     ui.out.print(f"quantized {r.layers} linears ({r.a8_layers} at A8, {r.layers - r.a8_layers} at A6): "
                  f"{r.params / 1e6:.1f}M weights in {r.packed_bytes / 1e6:.1f} MB packed + {r.scale_bytes / 1e6:.2f} MB "

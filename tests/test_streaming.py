@@ -1,0 +1,173 @@
+"""``--stream``: calibrate and quantize one decoder layer at a time give the full-model path's artifacts, bit for bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from flexq_cli import streaming
+
+GPTQ_SMOOTH = "act_bits: 6\ngptq: true\ngptq_act_order: true\nweight_clip: mse\nsmooth_alpha: 0.5\n"
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def assert_same_artifact(a: Path, b: Path) -> None:
+    """Same files, same tensors bit for bit, same config and index."""
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    ta, tb = _tensors(a), _tensors(b)
+    assert ta.keys() == tb.keys()
+    assert not [k for k in ta if ta[k].dtype != tb[k].dtype or not torch.equal(ta[k], tb[k])]
+    for name in ("config.json", "model.safetensors.index.json"):
+        if (a / name).is_file():
+            assert (a / name).read_text() == (b / name).read_text()
+
+
+@pytest.fixture(scope="module")
+def sharded_llama(tmp_path_factory, tiny_llama) -> Path:
+    """The tiny LLaMA re-saved as several safetensors shards with an index (as large checkpoints come)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("sharded") / "llama"
+    AutoModelForCausalLM.from_pretrained(tiny_llama).save_pretrained(path, max_shard_size="200KB")
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(path)
+    assert (path / "model.safetensors.index.json").is_file()
+    return path
+
+
+@pytest.fixture(scope="module")
+def calib_dirs(tmp_path_factory, sharded_llama, text_file):
+    """Full-model and streamed calibration of the sharded tiny LLaMA (the streamed one through the CLI)."""
+    root = tmp_path_factory.mktemp("stream-calib")
+    args = ("calibrate", sharded_llama, "--data", text_file, "--samples", 3, "--seqlen", 64, "--device", "cpu")
+    for name, extra in (("full", ()), ("stream", ("--stream",))):
+        code, _, err = run_cli(*args, "--out", root / name, *extra)
+        assert code == 0, err
+    return root
+
+
+def test_streamed_calibration_statistics_are_bit_identical(calib_dirs):
+    from flexq_cli.calibrate import load_calibration
+
+    (ma, a), (mb, b) = load_calibration(calib_dirs / "full"), load_calibration(calib_dirs / "stream")
+    assert a.keys() == b.keys() and ma.extra == mb.extra
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_offloaded_calibration_is_bit_identical_and_cleans_up(calib_dirs, sharded_llama, text_file, tmp_path):
+    from flexq_cli.calibrate import load_calibration
+
+    offload = tmp_path / "acts"
+    offload.mkdir()
+    code, _, err = run_cli("calibrate", sharded_llama, "--data", text_file, "--samples", 3, "--seqlen", 64,
+                           "--device", "cpu", "--out", tmp_path / "c", "--stream", "--offload-dir", offload)
+    assert code == 0, err
+    _, a = load_calibration(calib_dirs / "full")
+    _, b = load_calibration(tmp_path / "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list(offload.iterdir())
+
+
+@pytest.mark.parametrize("preset", ["w6a8", "flexq-best", "gptq-smooth"])
+def test_streamed_quantize_is_bit_identical(preset, calib_dirs, sharded_llama, tmp_path, monkeypatch):
+    """Round to nearest (packed in many row chunks), smoothing + output clip search, GPTQ with act-order and
+    smoothing; the output sharded into several files."""
+    from flexq_cli.quantize import quantize
+
+    monkeypatch.setattr(streaming, "ROW_CHUNK_ELEMENTS", 3000)  # ~20 rows per chunk: several per linear
+    if preset == "gptq-smooth":
+        preset = str(tmp_path / "gptq.yaml")
+        Path(preset).write_text(GPTQ_SMOOTH)
+    kw = dict(preset=preset, calib=calib_dirs / "full", max_shard_bytes=150_000)
+    quantize(str(sharded_llama), tmp_path / "full", **kw)
+    quantize(str(sharded_llama), tmp_path / "stream", stream=True, **kw)
+    assert (tmp_path / "stream" / "model.safetensors.index.json").is_file()
+    assert_same_artifact(tmp_path / "full", tmp_path / "stream")
+
+
+def test_streamed_gptq_with_offload_loads_and_matches(calib_dirs, sharded_llama, tmp_path):
+    from flexq_cli.quantize import load_quantized
+
+    (tmp_path / "gptq.yaml").write_text(GPTQ_SMOOTH)
+    (tmp_path / "acts").mkdir()
+    base = ("quantize", sharded_llama, "--preset", tmp_path / "gptq.yaml", "--calib", calib_dirs / "full")
+    code, _, err = run_cli(*base, "--out", tmp_path / "full")
+    assert code == 0, err
+    code, out, err = run_cli(*base, "--out", tmp_path / "stream", "--stream", "--offload-dir", tmp_path / "acts")
+    assert code == 0, err
+    assert_same_artifact(tmp_path / "full", tmp_path / "stream")
+    model, _, manifest = load_quantized(tmp_path / "stream")  # digests checked on load
+    assert manifest.extra["algorithms"]["stream"] == {"offload": True}
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randint(0, 1000, (1, 16))).logits).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--stream", "--offload-dir", "MISSING"), "--offload-dir"),
+    (("--offload-dir", "."), "only with --stream"),
+])
+def test_bad_offload_dir_is_one_line(args, message, tiny_llama, tmp_path):
+    args = tuple(str(tmp_path / "nope") if a == "MISSING" else a for a in args)
+    code, _, err = run_cli("quantize", tiny_llama, "--out", tmp_path / "q", *args)
+    assert code == 1 and message in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("flexq: error:")
+    assert not (tmp_path / "q").exists()
+
+
+def test_analyze_refuses_to_stream(tiny_llama, tmp_path):
+    code, _, err = run_cli("analyze", tiny_llama, "--calib", tmp_path, "--out", tmp_path / "p", "--stream")
+    assert code == 1 and "cannot stream" in err and len(err.strip().splitlines()) == 1
+
+
+def test_shard_writer_output_reads_back_with_safetensors(tmp_path):
+    """Headers written last, padded with spaces: safetensors readers accept them, and the digest checks."""
+    from flexq_cli.artifacts import Manifest, load_tensors, read_manifest
+
+    tensors = {"a": torch.arange(6, dtype=torch.int32).reshape(2, 3), "b": torch.randn(5).half(),
+               "c": torch.randn(3, 2).bfloat16(), "e": torch.empty(0, dtype=torch.float16)}
+    meta = {k: torch.empty_like(v, device="meta") for k, v in tensors.items()}
+    writer = streaming.ShardWriter(tmp_path, [("model-00001-of-00002.safetensors", {"a": meta["a"], "c": meta["c"]}),
+                                              ("model-00002-of-00002.safetensors", {"b": meta["b"], "e": meta["e"]})])
+    for k in ("e", "c", "b", "a"):
+        writer.write(k, tensors[k])
+    writer.finish(Manifest(stage="quantized", source={}))
+    got = {}
+    for f in sorted(tmp_path.glob("model-*.safetensors")):
+        got.update(load_tensors(f, read_manifest(f)))
+    assert all(torch.equal(got[k], tensors[k]) for k in tensors)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert index["weight_map"]["b"] == "model-00002-of-00002.safetensors"
+
+
+def test_bfloat16_checkpoint_quantizes_identically_from_its_stored_dtype(tiny_llama, tmp_path):
+    """Round to nearest reads 16-bit weights as stored (no float32 copy of the layer): same codes and tensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flexq_cli.quantize import quantize
+
+    src = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).save_pretrained(src)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(src)
+    quantize(str(src), tmp_path / "full", preset="w6a6")
+    quantize(str(src), tmp_path / "stream", preset="w6a6", stream=True)
+    assert_same_artifact(tmp_path / "full", tmp_path / "stream")
+
+
+@pytest.mark.slow  # ~100 s on 2 CPU cores: two whole quantizations of SmolLM2-135M
+def test_streamed_quantize_on_smollm2_is_bit_identical(smollm2_dir, tmp_path):
+    from flexq_cli.quantize import quantize
+
+    quantize(str(smollm2_dir), tmp_path / "full", preset="w6a6")
+    quantize(str(smollm2_dir), tmp_path / "stream", preset="w6a6", stream=True)
+    assert_same_artifact(tmp_path / "full", tmp_path / "stream")
