@@ -9,21 +9,20 @@ programmatic dependent launch, so its weight prefetch overlaps the pack kernel (
 numpy int32 / uint64 (CuPy checks nothing), tensors go by ``data_ptr``, so the calls work under CUDA graph capture.
 
 This module is the one source of truth for the kernel's compile-time constants (``TileConfig.defines``).
-CuPy is imported inside the functions that need it; without it they raise :class:`BtcUnavailable`.
+CuPy is imported inside the functions that need it (cuda_launch.py); without it they raise
+:class:`cuda_launch.KernelUnavailable`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import threading
 from dataclasses import dataclass, replace
 
 import torch
 
-from .errors import BackendUnavailable
+from . import cuda_launch as cl
 from .primitives import BLOCK_K, EPILOGUE_CHUNK_BLOCKS
-from .resources import kernel_source
 
 ACT_BITS = (6, 8)
 GROUP_SIZES = (128, -1)  # act_group_size / weight_group_size the kernel supports
@@ -32,11 +31,6 @@ ROW_ALIGN = 16  # N must be a multiple of one MMA's 16 weight rows
 PACK_WARPS = 4  # warps per CTA of the activation pack kernel
 KERNEL_FILE = "btc_gemm.cu"
 _MAX_TILES = 1 << 16  # split-K arrival counters kept per device
-INSTALL_HINT = "pip install 'flexq[cuda]' (cupy-cuda12x) or 'flexq[cuda13]' (cupy-cuda13x)"
-
-
-class BtcUnavailable(BackendUnavailable, RuntimeError):
-    """CuPy or a suitable GPU is missing: the BTC kernel cannot run here."""
 
 
 @dataclass(frozen=True)
@@ -85,86 +79,13 @@ class TileConfig:
         return self.stages * (w + x)
 
 
-# ----------------------------------------------------------------------------------------------- compile / cache
-def _cupy():
-    try:
-        import cupy
-    except ImportError as e:
-        raise BtcUnavailable(f"the BTC kernel needs CuPy, which is not installed ({e})", INSTALL_HINT) from e
-    return cupy
-
-
-def available() -> tuple[bool, str]:
-    """(True, device description) when the BTC kernel can run here, else (False, why)."""
-    if not torch.cuda.is_available():
-        return False, "no CUDA device visible to PyTorch"
-    try:
-        _cupy()
-    except BtcUnavailable as e:
-        return False, f"{e.message}; {e.hint}"
-    major, minor = torch.cuda.get_device_capability()
-    if major < 8:
-        return False, f"compute capability {major}.{minor}: the b1 m16n8k256 MMA needs sm_80 or newer"
-    return True, f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
-
-
-_lock = threading.Lock()
-
-
-@functools.lru_cache(maxsize=None)
-def _module(device: int, options: tuple[str, ...]):
-    """The compiled RawModule for (device, options), built by NVRTC for the device's own SASS (sm_<cc>, cubin),
-    so Hopper runs native code, not JIT-ed PTX. CuPy also keeps its on-disk cache keyed by source and options."""
-    cupy = _cupy()
-    major, minor = torch.cuda.get_device_capability(device)
-    arch = f"-arch=sm_{major}{minor}"  # named explicitly: native SASS for this device (CuPy adds the same)
-    with _lock, cupy.cuda.Device(device):
-        mod = cupy.RawModule(code=kernel_source(KERNEL_FILE), options=("-std=c++17", arch, *options))
-        mod.compile()
-    return mod
-
-
-def compiled_arch() -> str:
-    """The -arch option CuPy's NVRTC path uses on the current device (e.g. '-arch=sm_90'), for reports."""
-    from cupy.cuda import compiler
-
-    get = getattr(compiler, "_get_arch_for_options_for_nvrtc", None)
-    return get()[0] if get else f"sm_{compiler._get_arch()}"
-
-
-@functools.lru_cache(maxsize=None)
-def _function(device: int, options: tuple[str, ...], name: str, smem: int):
-    fn = _module(device, options).get_function(name)
-    if smem > 48 * 1024:  # more than 48 KB of dynamic shared memory must be asked for
-        fn.max_dynamic_shared_size_bytes = smem
-    return fn
-
-
 @functools.lru_cache(maxsize=None)
 def _counters(device: int) -> torch.Tensor:
     """Split-K arrival counters: zero between launches (the last CTA of each tile resets its own)."""
     return torch.zeros(_MAX_TILES, dtype=torch.int32, device=torch.device("cuda", device))
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: int) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 # ----------------------------------------------------------------------------------------------- validation
-def _check_tensor(name: str, t, device, dtypes) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cuda" or (device is not None and t.device != device):
-        raise ValueError(f"{name} must be on {device or 'a CUDA device'}, got {t.device}")
-    if t.dtype not in dtypes:
-        raise ValueError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} with shape {tuple(t.shape)} must be contiguous")
-    if t.data_ptr() % 16:
-        raise ValueError(f"{name} must be 16-byte aligned (data_ptr {t.data_ptr():#x})")
-
-
 def _check_groups(act_bits: int, act_group_size: int, weight_group_size: int) -> None:
     if act_bits not in ACT_BITS:
         raise ValueError(f"act_bits must be one of {ACT_BITS}, got {act_bits}")
@@ -175,7 +96,7 @@ def _check_groups(act_bits: int, act_group_size: int, weight_group_size: int) ->
 
 def _check_weight(x, qweight, w_scales, weight_group_size) -> tuple[int, int, int]:
     """Validate the packed weight against x; return (N, Kp, NB)."""
-    _check_tensor("qweight", qweight, x.device, (torch.int32,))
+    cl.check_tensor("qweight", qweight, x.device, (torch.int32,))
     if qweight.dim() != 2 or qweight.shape[1] % W_WORDS or qweight.shape[1] == 0:
         raise ValueError(f"qweight must be (N, Kp/128*{W_WORDS}) int32, got shape {tuple(qweight.shape)}")
     n, nb = qweight.shape[0], qweight.shape[1] // W_WORDS
@@ -184,7 +105,7 @@ def _check_weight(x, qweight, w_scales, weight_group_size) -> tuple[int, int, in
         raise ValueError(f"qweight has N={n} rows: N must be a positive multiple of {ROW_ALIGN}")
     if x.shape[-1] > kp:
         raise ValueError(f"x has K={x.shape[-1]} but qweight {tuple(qweight.shape)} holds only Kp={kp}")
-    _check_tensor("w_scales", w_scales, x.device, (torch.float16,))
+    cl.check_tensor("w_scales", w_scales, x.device, (torch.float16,))
     cols = 1 if weight_group_size == -1 else kp // weight_group_size
     if tuple(w_scales.shape) != (n, cols):
         raise ValueError(f"w_scales must be ({n}, {cols}) for weight_group_size={weight_group_size}, "
@@ -193,21 +114,49 @@ def _check_weight(x, qweight, w_scales, weight_group_size) -> tuple[int, int, in
 
 
 def _check_x(x) -> None:
-    _check_tensor("x", x, None, (torch.float16, torch.bfloat16))
+    cl.check_tensor("x", x, None, (torch.float16, torch.bfloat16))
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"x must be (..., K) with K > 0, got shape {tuple(x.shape)}")
 
 
 def _check_out(out, lead, n, dtype, device) -> None:
-    _check_tensor("out", out, device, (dtype,))
+    cl.check_tensor("out", out, device, (dtype,))
     if tuple(out.shape) != (*lead, n):
         raise ValueError(f"out must have shape {(*lead, n)}, got {tuple(out.shape)}")
 
 
 def _check_bias(bias, n, dtype, device) -> None:
-    _check_tensor("bias", bias, device, (dtype, torch.float32))
+    cl.check_tensor("bias", bias, device, (dtype, torch.float32))
     if tuple(bias.shape) != (n,):
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+
+
+def check_linear_args(x, qweight, w_scales, bias, out, act_bits, act_group_size, weight_group_size):
+    """Validate a W6Ax linear call (both kernels share it); return (x as (M, K), the (..., N) output, Kp)."""
+    _check_groups(act_bits, act_group_size, weight_group_size)
+    _check_x(x)
+    n, kp, _ = _check_weight(x, qweight, w_scales, weight_group_size)
+    lead = tuple(x.shape[:-1])
+    if bias is not None:
+        _check_bias(bias, n, x.dtype, x.device)
+    if out is None:
+        out = torch.empty((*lead, n), dtype=x.dtype, device=x.device)
+    else:
+        _check_out(out, lead, n, x.dtype, x.device)
+    return x.reshape(-1, x.shape[-1]), out, kp
+
+
+def check_accumulator_args(x, qweight, act_bits, act_group_size):
+    """Validate a block-accumulator call; return (x as (M, K), unit weight scales, the (NB, M, N) int32 output)."""
+    _check_groups(act_bits, act_group_size, 128)
+    _check_x(x)
+    if qweight.dim() != 2:
+        raise ValueError(f"qweight must be 2-D, got shape {tuple(qweight.shape)}")
+    nb = qweight.shape[1] // W_WORDS
+    scales = torch.ones((qweight.shape[0], nb), dtype=torch.float16, device=qweight.device)
+    n, _, nb = _check_weight(x, qweight, scales, 128)
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2, scales, torch.empty((nb, x2.shape[0], n), dtype=torch.int32, device=x.device)
 
 
 # ----------------------------------------------------------------------------------------------- launch
@@ -264,12 +213,12 @@ def _slots(device: int, cfg: TileConfig, act_bits: int) -> int:
     smem = cfg.smem_bytes(act_bits) + 1024  # the runtime reserves 1 KB per CTA
     per_sm = min(smem_sm // smem, 2048 // (32 * cfg.warps), 32)
     try:
-        fn = _function(device, cfg.defines(act_bits, False), "btc_gemm", cfg.smem_bytes(act_bits))
+        fn = cl.function(device, KERNEL_FILE, cfg.defines(act_bits, False), "btc_gemm", cfg.smem_bytes(act_bits))
         regs_warp = -(-fn.num_regs * 32 // 256) * 256
         per_sm = min(per_sm, 65536 // (regs_warp * cfg.warps))
     except Exception:  # noqa: BLE001  (occupancy is a heuristic: keep the shared-memory bound)
         pass
-    return max(1, per_sm) * _sm_count(device)
+    return max(1, per_sm) * cl.sm_count(device)
 
 
 def split_blocks(nb: int, splits: int) -> int:
@@ -293,78 +242,6 @@ def _grid(cfg: TileConfig, n: int, mp: int, nb: int) -> tuple[tuple[int, int, in
     return (-(-n // cfg.rows), -(-nb // per), -(-mp // cfg.mt)), per
 
 
-# Programmatic dependent launch (sm_90+): both kernels are launched with the programmatic-stream-serialization
-# attribute, so each may be scheduled while the kernel before it in the stream is finishing; in the .cu,
-# pdl_wait() holds back everything but the GEMM's read-only weight prefetch until that kernel has completed.
-# It hides the GEMM's launch and pipeline fill behind the pack kernel. CuPy has no launch with attributes, so
-# cuLaunchKernelEx is called through ctypes. Set False to launch plainly (the kernels' waits are then no-ops).
-PDL = True
-_CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6
-
-
-@functools.lru_cache(maxsize=None)
-def _driver_launch_ex():
-    """(cuLaunchKernelEx, CUlaunchAttribute, CUlaunchConfig) through ctypes, or None where the driver lacks it."""
-    import ctypes
-
-    try:
-        fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernelEx
-    except (OSError, AttributeError):
-        return None
-
-    class Attr(ctypes.Structure):  # CUlaunchAttribute: id, padding to 8, a 64-byte value union
-        _fields_ = [("id", ctypes.c_uint), ("pad", ctypes.c_uint), ("value", ctypes.c_uint64 * 8)]
-
-    class Config(ctypes.Structure):  # CUlaunchConfig
-        _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("smem", ctypes.c_uint),
-                    ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(Attr)), ("num_attrs", ctypes.c_uint)]
-
-    fn.argtypes = [ctypes.POINTER(Config), ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
-    fn.restype = ctypes.c_int
-    return fn, Attr, Config
-
-
-def _use_pdl(device: int) -> bool:
-    return PDL and torch.cuda.get_device_capability(device)[0] >= 9 and _driver_launch_ex() is not None
-
-
-def _launch_pdl(fn, grid, block, args, smem, stream: int) -> None:
-    import ctypes
-
-    import numpy as np
-
-    launch, Attr, Config = _driver_launch_ex()
-    vals = [ctypes.c_uint64(int(v)) if v.dtype == np.uint64 else ctypes.c_int32(int(v)) for v in args]
-    params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
-    attr = Attr(id=_CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
-    attr.value[0] = 1  # programmaticStreamSerializationAllowed
-    cfg = Config(grid=(ctypes.c_uint * 3)(*grid), block=(ctypes.c_uint * 3)(*block), smem=smem,
-                 stream=stream, attrs=ctypes.pointer(attr), num_attrs=1)
-    handle = getattr(fn, "kernel", fn).ptr  # the CUfunction behind CuPy's RawKernel
-    rc = launch(ctypes.byref(cfg), handle, params, None)
-    if rc != 0:
-        raise RuntimeError(f"cuLaunchKernelEx failed with CUresult {rc}")
-
-
-def _launch(fn, grid, block, args, smem, device):
-    import numpy as np
-
-    cupy = _cupy()
-    handle = torch.cuda.current_stream(device).cuda_stream
-    with cupy.cuda.Device(device):
-        if _use_pdl(device):
-            _launch_pdl(fn, grid, block, args, smem, handle)
-            return
-        with cupy.cuda.ExternalStream(handle, device):
-            fn(grid, block, args, shared_mem=np.int32(smem))
-
-
-def _ptr(t):
-    import numpy as np
-
-    return np.uint64(0 if t is None else t.data_ptr())
-
-
 def pack_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: int, cfg: TileConfig):
     """(M, K) fp16/bf16 -> ((Mp, NB*A*4) int32 bit-plane words, (Mp, NB) float32 per-block scales); Mp = M
     rounded up to 8, padded tokens zero. Word layout = packing.pack_bitplanes(xq, bits=act_bits)."""
@@ -377,8 +254,8 @@ def pack_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: i
     opts = cfg.defines(act_bits, x2.dtype == torch.bfloat16)
     whole = act_group_size == -1
     grid = (mp, 1 if whole else -(-nb // PACK_WARPS), 1)
-    args = (_ptr(x2), _ptr(xpack), _ptr(sx), np.int32(m), np.int32(k), np.int32(nb), np.int32(whole))
-    _launch(_function(dev, opts, "btc_act_pack", 0), grid, (32 * PACK_WARPS, 1, 1), args, 0, dev)
+    args = (cl.ptr(x2), cl.ptr(xpack), cl.ptr(sx), np.int32(m), np.int32(k), np.int32(nb), np.int32(whole))
+    cl.launch(cl.function(dev, KERNEL_FILE, opts, "btc_act_pack", 0), grid, (32 * PACK_WARPS, 1, 1), args, 0, dev)
     return xpack, sx
 
 
@@ -399,12 +276,12 @@ def _gemm(x2, xpack, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_s
     smem = cfg.smem_bytes(act_bits)
     ws_cols = w_scales.shape[1]
     args = (
-        _ptr(qweight), _ptr(w_scales), _ptr(xpack), _ptr(sx), _ptr(bias), _ptr(y), _ptr(partial),
-        _ptr(_counters(dev)), np.int32(m), np.int32(n), np.int32(nb), np.int32(ws_cols),
+        cl.ptr(qweight), cl.ptr(w_scales), cl.ptr(xpack), cl.ptr(sx), cl.ptr(bias), cl.ptr(y), cl.ptr(partial),
+        cl.ptr(_counters(dev)), np.int32(m), np.int32(n), np.int32(nb), np.int32(ws_cols),
         np.int32(0 if weight_group_size == -1 else 1), np.int32(per),
         np.int32(bias is not None and bias.dtype == torch.float32),
     )
-    _launch(_function(dev, opts, "btc_gemm", smem), grid, (32 * cfg.warps, 1, 1), args, smem, dev)
+    cl.launch(cl.function(dev, KERNEL_FILE, opts, "btc_gemm", smem), grid, (32 * cfg.warps, 1, 1), args, smem, dev)
 
 
 def btc_linear(
@@ -428,21 +305,12 @@ def btc_linear(
     bias: (N,) in x's dtype or float32, or None. out: optional (..., N) output in x's dtype.
     Returns (..., N) in x's dtype. config: force a tile config (tuning and tests), else ``choose_config``.
     """
-    _check_groups(act_bits, act_group_size, weight_group_size)
-    _check_x(x)
-    n, kp, nb = _check_weight(x, qweight, w_scales, weight_group_size)
-    lead = tuple(x.shape[:-1])
-    if bias is not None:
-        _check_bias(bias, n, x.dtype, x.device)
-    if out is None:
-        out = torch.empty((*lead, n), dtype=x.dtype, device=x.device)
-    else:
-        _check_out(out, lead, n, x.dtype, x.device)
-    x2 = x.reshape(-1, x.shape[-1])
+    x2, out, kp = check_linear_args(x, qweight, w_scales, bias, out, act_bits, act_group_size, weight_group_size)
+    n = qweight.shape[0]
     if x2.shape[0] == 0:
         return out
     cfg = config or choose_config(n, kp, x2.shape[0], act_bits, x.device.index)
-    xpack, sx = pack_activations(x2, nb, act_bits, act_group_size, cfg)
+    xpack, sx = pack_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)
     _gemm(x2, xpack, sx, qweight, w_scales, bias, out, act_bits=act_bits, weight_group_size=weight_group_size,
           cfg=cfg, debug=False)
     return out
@@ -457,16 +325,9 @@ def btc_block_accumulators(
     config: TileConfig | None = None,
 ) -> torch.Tensor:
     """The GEMM's exact int32 per-block dot products, (Kp/128, M, N): equal to ``reference.block_int_gemm``."""
-    _check_groups(act_bits, act_group_size, 128)
-    _check_x(x)
-    if qweight.dim() != 2:
-        raise ValueError(f"qweight must be 2-D, got shape {tuple(qweight.shape)}")
-    nb = qweight.shape[1] // W_WORDS
-    scales = torch.ones((qweight.shape[0], nb), dtype=torch.float16, device=qweight.device)
-    n, kp, nb = _check_weight(x, qweight, scales, 128)
-    x2 = x.reshape(-1, x.shape[-1])
-    m = x2.shape[0]
-    acc = torch.empty((nb, m, n), dtype=torch.int32, device=x.device)
+    x2, scales, acc = check_accumulator_args(x, qweight, act_bits, act_group_size)
+    n, nb, m = qweight.shape[0], acc.shape[0], x2.shape[0]
+    kp = nb * BLOCK_K
     if m == 0:
         return acc
     cfg = config or choose_config(n, kp, m, act_bits, x.device.index)

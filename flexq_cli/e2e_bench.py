@@ -51,20 +51,6 @@ def step_bytes(model, batch: int, context: int) -> int:
     return params + kv
 
 
-def copy_bandwidth_GBps(nbytes: int = 1 << 30) -> float:
-    a = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        b.copy_(a)
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * nbytes * 10 / (start.elapsed_time(end) * 1e-3) / 1e9
-
-
 def measure(model, batch: int, prompt_len: int, new_tokens: int, vocab: int) -> dict:
     """Median prefill latency, decode tok/s over ``new_tokens`` steps, and peak memory during generation."""
     from .generate import SamplingConfig, generate_tokens
@@ -95,6 +81,8 @@ def run_e2e_bench(model_name: str, *, random_init: bool, preset: str = "w6a8", b
     config = load_preset(preset)
     build = (lambda: random_model(model_name)) if random_init else (
         lambda: load_fp_model(resolve_model(model_name), torch.float16, "cuda")[0])
+    from .kernel_bench import copy_bandwidth_GBps
+
     bw = copy_bandwidth_GBps()
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": torch.cuda.get_device_name(),
               "model": model_name, "random_init": random_init, "preset": preset, "prompt_len": prompt_len,

@@ -1,12 +1,14 @@
 """The kernel benchmark harness behind ``flexq bench --kernel`` (and ``python -m flexq_cli.kernel_bench``).
 
 For each (N, K) and M it times, in one run and on the same device: the whole W6A8 and W6A6 layer ops (fp16 in,
-fp16 out, activation quantize-and-pack included), cuBLAS fp16 (``torch.matmul``), cuBLAS int8
+fp16 out, activation quantize-and-pack included) on both kernels (BTC and INT8, with the one dispatch.py picks
+marked), cuBLAS fp16 (``torch.matmul``), cuBLAS int8
 (``torch._int_mm``, B column-major) and fp8 (``torch._scaled_mm``). Every op is validated against its reference
 before it is timed. Timing: each op is captured once in a CUDA graph (so host overhead stays out), warmed up,
 then replayed ``repeats`` times between CUDA events with L2 flushed before each (a 256 MB write); the median
 is reported with the achieved weight bandwidth next to a measured device-to-device copy bandwidth.
-``back_to_back`` adds FlexQ's method: 200 calls back to back on the same buffers, no flush, mean per call.
+``back_to_back`` adds FlexQ's method for M <= 16: 200 calls back to back on the same buffers, no flush, mean per
+call.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ from datetime import datetime, timezone
 
 import torch
 
-from . import btc
+from . import btc, cuda_launch, int8_kernel
+from .dispatch import choose_kernel
 from .packing import pack_bitplanes
 from .primitives import BLOCK_K, pad_k, quantize_activation
-from .reference import block_int_gemm, block_scales, scaled_sum
+from .reference import block_int_gemm, reference_linear
 
-OPS = ("W6A8", "W6A6", "fp16", "int8", "fp8")
+OPS = ("W6A8/btc", "W6A8/int8", "W6A6/btc", "W6A6/int8", "fp16", "int8", "fp8")
 FLUSH_BYTES = 256 << 20
 B2B_CALLS = 200
+B2B_MAX_M = 16  # back-to-back timing is FlexQ's decode method: not worth 200 calls at prefill sizes
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -82,19 +86,24 @@ def copy_bandwidth_GBps(nbytes: int = 1 << 30) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- the ops
-def _btc_op(x, qweight, ws, wq, act_bits, cfg=None):
-    fn = lambda: btc.btc_linear(x, qweight, ws, act_bits=act_bits, config=cfg)  # noqa: E731
-    acc = btc.btc_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
-    # reference quantization on the CPU: PyTorch's CUDA `tensor / scalar` multiplies by the reciprocal, which is
-    # not the IEEE division the numerics specify (see tests/test_btc_gpu.py)
+KERNEL_OPS = {"btc": (btc.btc_linear, btc.btc_block_accumulators),
+              "int8": (int8_kernel.int8_linear, int8_kernel.int8_block_accumulators)}
+ACC_CHECK_LIMIT = 1 << 28  # block accumulators are compared up to this many (NB x M x N); outputs always
+
+
+def _kernel_op(kernel, x, qweight, ws, wq, act_bits, cfg=None):
+    """The layer op of one kernel, validated before it is timed: integer block accumulators equal to the reference
+    (where they fit in memory) and outputs equal to ``reference_linear`` bit for bit (the canonical epilogue)."""
+    linear, accumulators = KERNEL_OPS[kernel]
+    fn = lambda: linear(x, qweight, ws, act_bits=act_bits, config=cfg)  # noqa: E731
     kp = wq.shape[1]
-    xq, sx = quantize_activation(pad_k(x.float().cpu(), kp), act_bits, 128)
-    ref_acc = block_int_gemm(xq.cuda(), wq)
-    if not torch.equal(acc, ref_acc):
-        raise AssertionError(f"BTC accumulators differ from the reference (A{act_bits}, {cfg})")
-    ref = scaled_sum(ref_acc, block_scales(sx.cuda(), 128, kp), block_scales(ws, 128, kp)).to(x.dtype)
-    if not torch.equal(fn().view(torch.int16), ref.view(torch.int16)):  # the epilogue order is canonical: same bits
-        raise AssertionError(f"BTC outputs differ from the reference bit pattern (A{act_bits}, {cfg})")
+    if kp // BLOCK_K * x.shape[0] * wq.shape[0] <= ACC_CHECK_LIMIT:
+        xq, _ = quantize_activation(pad_k(x.float(), kp), act_bits, 128)
+        if not torch.equal(accumulators(x, qweight, act_bits=act_bits, config=cfg), block_int_gemm(xq, wq)):
+            raise AssertionError(f"{kernel} accumulators differ from the reference (A{act_bits}, {cfg})")
+    ref = reference_linear(x, wq, ws, act_bits=act_bits, act_group_size=128, weight_group_size=128)
+    if not torch.equal(fn().view(torch.int16), ref.view(torch.int16)):
+        raise AssertionError(f"{kernel} outputs differ from the reference bit pattern (A{act_bits}, {cfg})")
     return fn
 
 
@@ -140,7 +149,7 @@ def _versions() -> dict:
     import cupy
 
     return {"torch": torch.__version__, "cuda": torch.version.cuda, "cupy": cupy.__version__,
-            "arch": btc.compiled_arch(), "driver": _driver()}
+            "arch": cuda_launch.compiled_arch(), "driver": _driver()}
 
 
 def _driver() -> str:
@@ -158,7 +167,8 @@ def _bench_shape(n, k, ms, repeats, flush, back_to_back):
     rows = []
     for m in ms:
         x = (torch.randn((m, k), device="cuda") * 2).half()
-        ops = {f"W6A{a}": (_btc_op(x, qweight, ws, wq, a), btc.weight_bytes(n, k)) for a in (8, 6)}
+        ops = {f"W6A{a}/{kern}": (_kernel_op(kern, x, qweight, ws, wq, a), btc.weight_bytes(n, k))
+               for a in (8, 6) for kern in KERNEL_OPS}
         ops.update(_baselines(x, w16))
         times = {op: time_us(fn, repeats, flush) for op, (fn, _) in ops.items()}
         for op, (fn, nbytes) in ops.items():
@@ -166,21 +176,25 @@ def _bench_shape(n, k, ms, repeats, flush, back_to_back):
                    "weight_GBps": round(nbytes / times[op] / 1e3, 1),
                    "speedup_vs_fp16": round(times["fp16"] / times[op], 3)}
             if op.startswith("W6"):
+                act_bits, kern = int(op[3]), op.split("/")[1]
                 row["speedup_vs_int8"] = round(times["int8"] / times[op], 3)
                 row["speedup_vs_fp8"] = round(times["fp8"] / times[op], 3)
-                row["config"] = str(btc.choose_config(n, qweight.shape[1] // 24 * 128, m, int(op[-1])))
-            if back_to_back:
+                row["dispatched"] = choose_kernel(m, n, qweight.shape[1] // 24 * 128, act_bits) == kern
+                if kern == "btc":
+                    row["config"] = str(btc.choose_config(n, qweight.shape[1] // 24 * 128, m, act_bits))
+            if back_to_back and m <= B2B_MAX_M:
                 row["b2b_us"] = round(time_back_to_back_us(fn), 2)
             rows.append(row)
+        del x, ops
     return rows
 
 
 def run_kernel_bench(shapes: list[tuple[int, int]], ms: list[int], *, repeats: int = 50, flush_l2: bool = True,
                      back_to_back: bool = False) -> dict:
     """Time the BTC layer ops and the library baselines; returns a JSON-able dict (see the module docstring)."""
-    ok, why = btc.available()
+    ok, why = cuda_launch.available()
     if not ok:
-        raise btc.BtcUnavailable(f"the kernel bench cannot run: {why}", btc.INSTALL_HINT)
+        raise cuda_launch.KernelUnavailable(f"the kernel bench cannot run: {why}", cuda_launch.INSTALL_HINT)
     flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda") if flush_l2 else None
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(), "versions": _versions(),
@@ -196,34 +210,80 @@ def format_table(result: dict):
     """A rich Table of the bench result: one line per row."""
     from .ui import rows_table
 
-    cols = ["N", "K", "M", "op", "median_us", "weight_GBps", "speedup_vs_fp16", "speedup_vs_int8",
+    cols = ["N", "K", "M", "op", "dispatched", "median_us", "weight_GBps", "speedup_vs_fp16", "speedup_vs_int8",
             "speedup_vs_fp8", "b2b_us"]
     return rows_table(f"{result['device']}  copy {result['copy_bandwidth_GBps']} GB/s  {result['date']}", cols, result["rows"])
 
 
-def summary(result: dict, max_m: int = 8) -> str:
-    """Plain-text digest: one line per (shape, M) with both BTC ops and the baselines, then per-model geometric
-    mean speedups of W6A6 / W6A8 over M <= max_m."""
+def _geomean(values: list[float]) -> float:
     import math
 
+    return math.exp(sum(map(math.log, values)) / len(values))
+
+
+def summary(result: dict) -> str:
+    """Plain-text digest: per (shape, M) both kernels at both activation widths and the baselines; then per model
+    the geometric-mean speedups of the dispatched op for decode (M <= 8) and prefill (M 512..4096), the INT8
+    kernel alone for prefill, the lowest dispatched speedup over fp16 at any M, and where INT8 overtakes BTC."""
     by = {}
     for r in result["rows"]:
         by.setdefault((r["N"], r["K"], r["M"]), {})[r["op"]] = r
-    lines = [f"copy {result['copy_bandwidth_GBps']} GB/s; N K M | A6 us (b2b) GB/s | A8 us (b2b) | fp16 int8 fp8 us"]
+    lines = [f"copy {result['copy_bandwidth_GBps']} GB/s; N K M | A6 btc/int8 us (dispatched) | A8 btc/int8 us | "
+             "fp16 int8 fp8 us"]
     for (n, k, m), ops in by.items():
-        a6, a8 = ops["W6A6"], ops["W6A8"]
-        lines.append(f"{n} {k} {m} | {a6['median_us']} ({a6.get('b2b_us', '-')}) {a6['weight_GBps']} | "
-                     f"{a8['median_us']} ({a8.get('b2b_us', '-')}) | {ops['fp16']['median_us']} "
-                     f"{ops['int8']['median_us']} {ops['fp8']['median_us']}")
+        cells = []
+        for a in (6, 8):
+            b, i = ops[f"W6A{a}/btc"], ops[f"W6A{a}/int8"]
+            cells.append(f"{b['median_us']}/{i['median_us']} ({'int8' if i['dispatched'] else 'btc'})")
+        lines.append(f"{n} {k} {m} | {cells[0]} | {cells[1]} | {ops['fp16']['median_us']} {ops['int8']['median_us']} "
+                     f"{ops['fp8']['median_us']}")
     for name, shapes in SHAPES.items():
-        for op in ("W6A6", "W6A8"):
-            for base in ("fp16", "int8", "fp8"):
-                v = [by[key][op][f"speedup_vs_{base}" if base != "fp16" else "speedup_vs_fp16"]
-                     for key in by if (key[0], key[1]) in shapes and key[2] <= max_m]
-                if v:
-                    lines.append(f"geomean {name} {op} vs {base} (M<={max_m}): "
-                                 f"{math.exp(sum(map(math.log, v)) / len(v)):.2f}")
+        keys = [key for key in by if (key[0], key[1]) in shapes]
+        if not keys:
+            continue
+        for a in (6, 8):
+            disp = {key: next(r for op, r in by[key].items() if op.startswith(f"W6A{a}/") and r["dispatched"])
+                    for key in keys}
+            for label, sel in (("M<=8", lambda m: m <= 8), ("M 512..4096", lambda m: 512 <= m <= 4096)):
+                ks = [key for key in keys if sel(key[2])]
+                if ks:
+                    lines.append(f"geomean {name} W6A{a} dispatched, {label}: " + ", ".join(
+                        f"{_geomean([disp[key][f'speedup_vs_{b}'] for key in ks]):.2f}x {b}"
+                        for b in ("fp16", "int8", "fp8")))
+            ks = [key for key in keys if 512 <= key[2] <= 4096]
+            if ks:
+                lines.append(f"geomean {name} W6A{a} int8 kernel alone, M 512..4096: " + ", ".join(
+                    f"{_geomean([by[key][f'W6A{a}/int8'][f'speedup_vs_{b}'] for key in ks]):.2f}x {b}"
+                    for b in ("fp16", "int8")))
+            worst = min(keys, key=lambda key: disp[key]["speedup_vs_fp16"])
+            lines.append(f"lowest {name} W6A{a} dispatched vs fp16: {disp[worst]['speedup_vs_fp16']:.2f}x at "
+                         f"{worst[0]}x{worst[1]} M={worst[2]}")
+            for n, k in shapes:
+                wins = sorted(key[2] for key in keys if key[:2] == (n, k)
+                              and by[key][f"W6A{a}/int8"]["median_us"] < by[key][f"W6A{a}/btc"]["median_us"])
+                if wins:
+                    lines.append(f"crossover {n}x{k} W6A{a}: int8 faster from M={wins[0]}")
     return "\n".join(lines)
+
+
+def crossovers(result: dict) -> dict[tuple[int, int, int], int]:
+    """(N, K, act_bits) -> the M threshold (dispatch.CROSSOVER: INT8 from there on, BTC below) that loses the least
+    against the faster kernel over every timed M: the smallest sum of log(chosen time / faster time)."""
+    import math
+
+    times = {}
+    for r in result["rows"]:
+        if r["op"].startswith("W6"):
+            times.setdefault((r["N"], r["K"], int(r["op"][3])), {}).setdefault(r["M"], {})[r["op"][5:]] = r["median_us"]
+    out = {}
+    for key, per_m in times.items():
+        ms = sorted(per_m)
+
+        def loss(threshold):
+            return sum(math.log(per_m[m]["int8" if m >= threshold else "btc"] / min(per_m[m].values())) for m in ms)
+
+        out[key] = min(ms + [2 * ms[-1]], key=loss)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- tuning
@@ -233,7 +293,7 @@ TUNE_CANDIDATES = [(4, 4, 3), (4, 4, 4), (8, 4, 2), (8, 4, 3), (2, 4, 4), (4, 2,
 
 def tune(shapes, ms=(1, 8), repeats: int = 30) -> dict:
     """Sweep tile configs (and split-K around the heuristic) per shape and act bits; only configs whose
-    accumulators are exact and whose outputs match the reference are timed (``_btc_op`` raises otherwise, and
+    accumulators are exact and whose outputs match the reference are timed (``_kernel_op`` raises otherwise, and
     such a config is skipped). Returns btc_tuning.TUNED entries."""
     flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
     table = {}
@@ -247,7 +307,7 @@ def tune(shapes, ms=(1, 8), repeats: int = 30) -> dict:
                 for splits in _split_candidates(n, wq.shape[1], base, a):
                     cfg = replace(base, splits=splits)
                     try:  # each M with the plane-column token count btc.choose_config would give it
-                        total = sum(time_us(_btc_op(x, qweight, ws, wq, a, replace(
+                        total = sum(time_us(_kernel_op("btc", x, qweight, ws, wq, a, replace(
                             cfg, pct=btc.plane_column_tokens(x.shape[0]))), repeats, flush) for x in xs)
                     except AssertionError as e:
                         print(f"REJECTED {n}x{k} A{a} {cfg}: {e}", flush=True)
@@ -283,13 +343,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default="kernel_bench.json")
     p.add_argument("--models", default="llama2-70b,llama2-7b,llama3-8b,smollm2")
-    p.add_argument("--ms", default="1,2,4,8,16,32,128")
+    p.add_argument("--ms", default="1,2,4,8,16,32,64,128,256,512,1024,2048,4096")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--tune", action="store_true")
     p.add_argument("--no-pdl", action="store_true", help="launch without programmatic dependent launch (A/B)")
     args = p.parse_args(argv)
     if args.no_pdl:
-        btc.PDL = False
+        cuda_launch.PDL = False
     shapes = [s for name in args.models.split(",") for s in SHAPES[name]]
     if args.tune:
         from . import btc_tuning
@@ -307,6 +367,10 @@ def main(argv=None):
 
     Console(width=200).print(format_table(res))
     print(summary(res))
+    print("CROSSOVER = {")
+    for key, val in crossovers(res).items():
+        print(f"    {key}: {val},")
+    print("}")
 
 
 if __name__ == "__main__":

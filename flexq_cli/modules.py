@@ -11,7 +11,7 @@ from .packing import pack_bitplanes, packed_words, unpack_bitplanes
 from .primitives import dequantize, fake_quantize_activation, pad_k, padded_k, quantize_weight
 from .reference import reference_linear
 
-BACKENDS = ("auto", "reference", "btc")
+BACKENDS = ("auto", "reference", "btc", "int8")
 
 
 class QuantLinear(nn.Module):
@@ -21,8 +21,9 @@ class QuantLinear(nn.Module):
       qweight: (N, Kp / 128 * 24) int32 bit-plane words (layout: packing.py)
       scales:  (N, Kp / weight_group_size) float16, or (N, 1) per output channel
       bias:    (N,) in the model's 16-bit dtype, when the source linear had one
-    ``backend``: "reference" (pure PyTorch, any device), "btc" (the CUDA kernel), or "auto" (btc for CUDA
-    inputs, reference for CPU inputs; a CUDA input without a usable kernel is an error, never a silent fallback).
+    ``backend``: "reference" (pure PyTorch, any device), "btc" or "int8" (one CUDA kernel), or "auto" (on CUDA the
+    kernel dispatch.py picks for the token count, on the CPU the reference; a CUDA input without a usable kernel
+    is an error, never a silent fallback). Every backend gives the same bits.
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool, act_bits: int,
@@ -76,11 +77,18 @@ class QuantLinear(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if resolve_backend(self.backend, x) == "btc":
-            from .btc import btc_linear
+        backend = resolve_backend(self.backend, x)
+        if backend == "auto":
+            from .dispatch import choose_kernel
 
-            return btc_linear(x, self.qweight, self.scales, act_bits=self.act_bits, bias=self.bias,
-                              act_group_size=self.act_group_size, weight_group_size=self.weight_group_size)
+            backend = choose_kernel(x.numel() // x.shape[-1], self.out_features, self.padded_in, self.act_bits)
+        if backend != "reference":
+            from .btc import btc_linear
+            from .int8_kernel import int8_linear
+
+            kernel = btc_linear if backend == "btc" else int8_linear
+            return kernel(x, self.qweight, self.scales, act_bits=self.act_bits, bias=self.bias,
+                          act_group_size=self.act_group_size, weight_group_size=self.weight_group_size)
         return reference_linear(x, self.codes(), self.scales, act_bits=self.act_bits, bias=self.bias,
                                 act_group_size=self.act_group_size, weight_group_size=self.weight_group_size)
 
@@ -90,18 +98,20 @@ class QuantLinear(nn.Module):
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
-    """The backend that runs ``x``: 'auto' means the kernel on CUDA and the reference path on the CPU."""
+    """The backend that runs ``x``: 'reference', 'btc', 'int8', or 'auto' for a CUDA input whose kernel depends
+    on the token count (dispatch.choose_kernel). 'auto' on the CPU is the reference path."""
     if backend == "reference" or (backend == "auto" and not x.is_cuda):
         return "reference"
     if not x.is_cuda:
-        raise BackendUnavailable("--backend btc needs the model on a CUDA GPU", "use --device cuda or --backend reference")
-    from .btc import available
+        raise BackendUnavailable(f"--backend {backend} needs the model on a CUDA GPU",
+                                 "use --device cuda or --backend reference")
+    from .cuda_launch import available
 
     ok, why = available()
     if not ok:
-        raise BackendUnavailable(f"the BTC kernel cannot run here: {why}",
+        raise BackendUnavailable(f"the CUDA kernels cannot run here: {why}",
                                  "install it (pip install 'flexq[cuda]') or pass --backend reference (slow)")
-    return "btc"
+    return backend
 
 
 class SimQuantLinear(nn.Module):

@@ -31,5 +31,14 @@ def configs_dir() -> Path:
 
 
 def kernel_source(filename: str) -> str:
-    """The text of one CUDA source file from ``kernels/``."""
-    return (kernels_dir() / filename).read_text()
+    """The text of one CUDA source file from ``kernels/``, each ``#include "x.cuh"`` of a file in that folder
+    replaced by the file's text: NVRTC compiles one string and has no include path to find them on."""
+    folder = kernels_dir()
+    lines = []
+    for line in (folder / filename).read_text().splitlines():
+        name = line.removeprefix('#include "').removesuffix('"')
+        if line.startswith('#include "') and (folder / name).is_file():
+            lines += [x for x in (folder / name).read_text().splitlines() if x.strip() != "#pragma once"]
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"

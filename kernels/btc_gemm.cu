@@ -77,13 +77,12 @@
 #define BTC_CHUNK 2  // primitives.EPILOGUE_CHUNK_BLOCKS (btc.py always passes it; the default only serves nvcc checks)
 #endif
 
-typedef unsigned int u32;
-typedef unsigned short u16;
+#define FQ_BF16 BTC_BF16
+#include "common.cuh"
 
 #define A_BITS BTC_ACT_BITS
 #define W_BITS 6
 #define QMAX ((1 << (A_BITS - 1)) - 1)
-#define QMIN (-(1 << (A_BITS - 1)))
 #define ROWS (16 * BTC_WARPS)
 #define THREADS (32 * BTC_WARPS)
 #define W_REC 96                              // bytes per (row, block) weight record: 6 planes x 16 B
@@ -107,64 +106,11 @@ static_assert(BTC_PCT == 0 || ((BTC_PCT & (BTC_PCT - 1)) == 0 && BTC_PCT <= 8 &&
 // rows g, g+8 (the same in the 4 lanes of a quad after the reduction; one lane owns each, see out_owned)
 #define NOUT (BTC_PCT ? 2 * BTC_PCT : BTC_MT / 2)
 
-// ---------------------------------------------------------------- 16-bit float conversions (no cuda_fp16.h)
-__device__ __forceinline__ float to_float(u16 h) {
-#if BTC_BF16
-    return __uint_as_float(((u32)h) << 16);
-#else
-    float f;
-    asm("{ .reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ u16 from_float(float f) {
-    u16 h;
-#if BTC_BF16
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
-#else
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-#endif
-    return h;
-}
-
-// IEEE fp32 arithmetic written as PTX: CuPy compiles with -ftz=true, which would turn __fdiv_rn & co into their
-// flush-to-zero forms; explicit div.rn / mul.rn / add.rn keep denormals, as torch does, and are never contracted
-// into an FMA, so the epilogue repeats the reference's operation sequence exactly.
-__device__ __forceinline__ float fdiv_ieee(float a, float b) { float r; asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-__device__ __forceinline__ float fmul_ieee(float a, float b) { float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-__device__ __forceinline__ float fadd_ieee(float a, float b) { float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
-__device__ __forceinline__ u32 abs_bits(float f) { return __float_as_uint(f) & 0x7fffffffu; }  // |f| as ordered uint
-
-__device__ __forceinline__ float half_to_float(u16 h) {  // weight scales are always float16
-    float f;
-    asm("{ .reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
-    return f;
-}
-
-// ---------------------------------------------------------------- programmatic dependent launch (sm_90)
-// btc.py launches both kernels with the programmatic-stream-serialization attribute, so a kernel may start
-// while the one before it in the stream is still running. Everything that reads memory another kernel writes
-// (x, xpack, sx, the counters and partials) or writes memory anybody reads comes after pdl_wait(), which
-// returns once the preceding grid has completed and its writes are visible; only the read-only weight
-// prefetch runs before it. pdl_trigger() lets the next kernel's CTAs be scheduled early (they wait in turn).
-// Launched without the attribute (or below sm_90) both are no-ops.
-__device__ __forceinline__ void pdl_wait() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
 
 // ================================================================ activation quantize-and-pack
 // x (M, K) fp16/bf16 row-major, K the ORIGINAL width (the tail up to NB*128 is read as zeros: no padded copy).
 // One warp per (token, block): lane l holds k = 128b + 32e + l for e = 0..3, so a warp ballot of bit p of
-// element e is directly word e of plane p (bit l = k % 32). Scales follow primitives.py bit for bit: s =
-// absmax / qmax and q = rint(x / s) with IEEE division (div.rn) and round-half-even (rintf), s == 0 -> q = 0.
+// element e is directly word e of plane p (bit l = k % 32). Scales and codes: quantize_block (common.cuh).
 // whole_row != 0: one scale per token (act_group_size -1); then one CTA per token (grid.y must be 1).
 extern "C" __global__ void __launch_bounds__(32 * BTC_PACK_WARPS)
 btc_act_pack(const u16* __restrict__ x, u32* __restrict__ xpack, float* __restrict__ sx,
@@ -175,35 +121,10 @@ btc_act_pack(const u16* __restrict__ x, u32* __restrict__ xpack, float* __restri
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u16* xr = x + (size_t)tok * K;
     const bool live = tok < M;
-    float row_scale = 0.f;
-    if (whole_row) {
-        __shared__ u32 red[BTC_PACK_WARPS];
-        u32 m = 0;
-        for (int k = threadIdx.x; live && k < K; k += blockDim.x) m = max(m, abs_bits(to_float(xr[k])));
-        m = __reduce_max_sync(0xffffffffu, m);
-        if (lane == 0) red[warp] = m;
-        __syncthreads();
-        m = 0;
-        for (int w = 0; w < BTC_PACK_WARPS; ++w) m = max(m, red[w]);
-        row_scale = fdiv_ieee(__uint_as_float(m), (float)QMAX);
-    }
+    const float row_scale = whole_row ? cta_row_scale<BTC_PACK_WARPS>(xr, K, live, QMAX) : 0.f;
     for (int b = blockIdx.y * BTC_PACK_WARPS + warp; b < NB; b += gridDim.y * BTC_PACK_WARPS) {
-        float v[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int k = b * 128 + e * 32 + lane;
-            v[e] = (live && k < K) ? to_float(xr[k]) : 0.f;
-        }
-        float s = row_scale;
-        if (!whole_row) {
-            // |x| as uint is monotonic for non-negative floats, so an integer max is the float max
-            u32 m = max(max(abs_bits(v[0]), abs_bits(v[1])), max(abs_bits(v[2]), abs_bits(v[3])));
-            s = fdiv_ieee(__uint_as_float(__reduce_max_sync(0xffffffffu, m)), (float)QMAX);
-        }
         int q[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-            q[e] = s > 0.f ? (int)fminf(fmaxf(rintf(fdiv_ieee(v[e], s)), (float)QMIN), (float)QMAX) : 0;
+        const float s = quantize_block(xr, K, live, b, whole_row, row_scale, QMAX, q);
         u32 mine = 0;  // lane p*4+e keeps word e of plane p: the record is then one coalesced store
 #pragma unroll
         for (int p = 0; p < A_BITS; ++p)
@@ -291,27 +212,6 @@ struct Steps<kSched.n> {
                                                int (&)[BTC_KB][4], int (&)[BTC_KB][4]) {}
 };
 
-// ================================================================ memory helpers
-__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, unsigned long long policy) {
-    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "l"(policy));
-}
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x2(u32 addr, u32& r0, u32& r1) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
-}
-
 // ================================================================ the GEMM
 // Kernel parameters, gathered in one struct inside the kernel (CuPy passes plain scalars and pointers).
 struct Args {
@@ -393,12 +293,6 @@ __device__ __forceinline__ void bmma0(int (&d)[4], u32 a0, u32 a1, u32 a2, u32 a
         "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
         : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
-}
-
-__device__ __forceinline__ u32 lds32(u32 addr) {
-    u32 v;
-    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
-    return v;
 }
 
 // ---- Plane columns (BTC_PCT > 0, for few tokens) -------------------------------------------------------------

@@ -28,7 +28,7 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
 pytest.importorskip("cupy", reason="CuPy is not installed: pip install 'flexq[cuda]'")
 
-from flexq_cli import btc  # noqa: E402  (after the skips: importing is harmless, running needs CuPy)
+from flexq_cli import btc, cuda_launch  # noqa: E402  (after the skips: importing is harmless, running needs CuPy)
 
 DEV = torch.device("cuda")
 SMALL_SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # SmolLM2 (N, K)
@@ -241,7 +241,7 @@ def test_chained_calls_pdl(monkeypatch):
     x0 = _x(3, k)
     chains = {}
     for pdl in (False, True):
-        monkeypatch.setattr(btc, "PDL", pdl)
+        monkeypatch.setattr(cuda_launch, "PDL", pdl)
         x, ys = x0, []
         for _ in range(6):
             x = btc.btc_linear(x, qweight, ws, act_bits=6)

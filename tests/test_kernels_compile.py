@@ -1,7 +1,8 @@
 """Every CUDA source in kernels/ compiles for sm_90 with nvcc (skipped where nvcc is not on PATH; CI has it).
 
-The same files are compiled at run time by NVRTC through CuPy, so they must not include host-only headers.
-Each BTC variant the wrapper can request (6/8-bit activations, fp16/bf16, debug accumulators) is built.
+The same files are compiled at run time by NVRTC through CuPy (as resources.kernel_source gives them, shared
+headers pasted in), so they must not include host-only headers. Each BTC and INT8 variant the wrappers can
+request (6/8-bit activations, fp16/bf16, debug accumulators, tile configs) is built, and must not spill.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import subprocess
 import pytest
 
 from flexq_cli.btc import TileConfig
-from flexq_cli.resources import kernels_dir
+from flexq_cli.int8_kernel import Int8Config
+from flexq_cli.resources import kernel_source, kernels_dir
 
 NVCC = shutil.which("nvcc")
 SOURCES = sorted(kernels_dir().glob("*.cu"))
@@ -20,9 +22,10 @@ VARIANTS = [(a, bf16, dbg) for a in (6, 8) for bf16 in (False, True) for dbg in 
 
 
 def _nvcc(src, *defines):
-    cmd = [NVCC, "-std=c++17", "-arch=sm_90", "-cubin", "-o", "/dev/null", *defines, str(src)]
+    cmd = [NVCC, "-std=c++17", "-arch=sm_90", "-cubin", "-Xptxas", "-v", "-o", "/dev/null", *defines, str(src)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
+    return res.stderr
 
 
 def test_sources_exist():
@@ -40,3 +43,16 @@ def test_compiles_default(src):
 def test_btc_variants_compile(act_bits, bf16, debug):
     for cfg in (TileConfig(warps=8, kb=1, stages=3, mt=16), TileConfig(warps=4, kb=4, stages=3, mt=8, pct=2)):
         _nvcc(kernels_dir() / "btc_gemm.cu", *cfg.defines(act_bits, bf16, debug))
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("act_bits,bf16,debug", VARIANTS)
+def test_int8_variants_compile_without_spills(act_bits, bf16, debug, tmp_path):
+    """As NVRTC gets it: one string with common.cuh pasted in (no include path)."""
+    src = tmp_path / "w6_int8_gemm.cu"
+    src.write_text(kernel_source("w6_int8_gemm.cu"))
+    assert not [line for line in src.read_text().splitlines() if line.startswith("#include")]
+    for cfg in (Int8Config(), Int8Config(bm=64, bn=128, wm=1, wn=8)):
+        log = _nvcc(src, *cfg.defines(act_bits, bf16, debug))
+        assert " 0 bytes spill stores" in log and "spill stores" in log, log
+        assert all(" 0 bytes spill" in line for line in log.splitlines() if "spill" in line), log

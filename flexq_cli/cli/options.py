@@ -15,7 +15,7 @@ Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (writte
 Force = Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")]
 Dtype = Annotated[str, typer.Option(help="Compute dtype of unquantized layers: auto, float32, float16, bfloat16.")]
-Backend = Annotated[str, typer.Option(help="Quantized linears: auto (kernel on CUDA, reference on CPU), reference, btc.")]
+Backend = Annotated[str, typer.Option(help="Quantized linears: auto (on CUDA the BTC or INT8 kernel by token count, reference on CPU), reference, btc, int8.")]
 Seqlen = Annotated[int, typer.Option(help="Tokens per sequence.")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 Stream = Annotated[bool, typer.Option("--stream", help="One decoder layer in memory at a time, read from the "

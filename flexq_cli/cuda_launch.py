@@ -1,0 +1,171 @@
+"""CuPy plumbing shared by the CUDA kernels (btc.py, int8_kernel.py): run-time compile, launch, argument checks.
+
+Sources come from ``kernels/`` (resources.kernel_source) and are compiled by NVRTC for the device's own SASS,
+cached per (device, file, options). Launches go on PyTorch's current stream, with numpy int32 / uint64 scalars
+(CuPy checks nothing) and tensors by ``data_ptr``, so they work under CUDA graph capture. CuPy is imported inside
+the functions that need it; without it they raise :class:`KernelUnavailable`.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import torch
+
+from .errors import BackendUnavailable
+from .resources import kernel_source
+
+INSTALL_HINT = "pip install 'flexq[cuda]' (cupy-cuda12x) or 'flexq[cuda13]' (cupy-cuda13x)"
+
+
+class KernelUnavailable(BackendUnavailable, RuntimeError):
+    """CuPy or a suitable GPU is missing: the CUDA kernels cannot run here."""
+
+
+def cupy_module():
+    try:
+        import cupy
+    except ImportError as e:
+        raise KernelUnavailable(f"the CUDA kernels need CuPy, which is not installed ({e})", INSTALL_HINT) from e
+    return cupy
+
+
+def available() -> tuple[bool, str]:
+    """(True, device description) when the kernels can run here, else (False, why)."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA device visible to PyTorch"
+    try:
+        cupy_module()
+    except KernelUnavailable as e:
+        return False, f"{e.message}; {e.hint}"
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        return False, f"compute capability {major}.{minor}: the b1 m16n8k256 MMA needs sm_80 or newer"
+    return True, f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
+
+
+_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=None)
+def module(device: int, filename: str, options: tuple[str, ...]):
+    """The compiled RawModule for (device, file, options), built by NVRTC for the device's own SASS (sm_<cc>,
+    cubin), so Hopper runs native code, not JIT-ed PTX. CuPy also keeps its on-disk cache keyed by source and
+    options."""
+    cupy = cupy_module()
+    major, minor = torch.cuda.get_device_capability(device)
+    arch = f"-arch=sm_{major}{minor}"  # named explicitly: native SASS for this device (CuPy adds the same)
+    with _lock, cupy.cuda.Device(device):
+        mod = cupy.RawModule(code=kernel_source(filename), options=("-std=c++17", arch, *options))
+        mod.compile()
+    return mod
+
+
+def compiled_arch() -> str:
+    """The -arch option CuPy's NVRTC path uses on the current device (e.g. '-arch=sm_90'), for reports."""
+    from cupy.cuda import compiler
+
+    get = getattr(compiler, "_get_arch_for_options_for_nvrtc", None)
+    return get()[0] if get else f"sm_{compiler._get_arch()}"
+
+
+@functools.lru_cache(maxsize=None)
+def function(device: int, filename: str, options: tuple[str, ...], name: str, smem: int):
+    fn = module(device, filename, options).get_function(name)
+    if smem > 48 * 1024:  # more than 48 KB of dynamic shared memory must be asked for
+        fn.max_dynamic_shared_size_bytes = smem
+    return fn
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def check_tensor(name: str, t, device, dtypes) -> None:
+    """ValueError unless ``t`` is a contiguous, 16-byte aligned CUDA tensor of one of ``dtypes`` on ``device``."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cuda" or (device is not None and t.device != device):
+        raise ValueError(f"{name} must be on {device or 'a CUDA device'}, got {t.device}")
+    if t.dtype not in dtypes:
+        raise ValueError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} with shape {tuple(t.shape)} must be contiguous")
+    if t.data_ptr() % 16:
+        raise ValueError(f"{name} must be 16-byte aligned (data_ptr {t.data_ptr():#x})")
+
+
+def ptr(t):
+    import numpy as np
+
+    return np.uint64(0 if t is None else t.data_ptr())
+
+
+# Programmatic dependent launch (sm_90+): the kernels are launched with the programmatic-stream-serialization
+# attribute, so each may be scheduled while the kernel before it in the stream is finishing; in the .cu,
+# pdl_wait() holds back everything but the GEMM's read-only weight prefetch until that kernel has completed.
+# It hides the GEMM's launch and pipeline fill behind the pack kernel. CuPy has no launch with attributes, so
+# cuLaunchKernelEx is called through ctypes. Set False to launch plainly (the kernels' waits are then no-ops).
+PDL = True
+_CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6
+
+
+@functools.lru_cache(maxsize=None)
+def _driver_launch_ex():
+    """(cuLaunchKernelEx, CUlaunchAttribute, CUlaunchConfig) through ctypes, or None where the driver lacks it."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL("libcuda.so.1").cuLaunchKernelEx
+    except (OSError, AttributeError):
+        return None
+
+    class Attr(ctypes.Structure):  # CUlaunchAttribute: id, padding to 8, a 64-byte value union
+        _fields_ = [("id", ctypes.c_uint), ("pad", ctypes.c_uint), ("value", ctypes.c_uint64 * 8)]
+
+    class Config(ctypes.Structure):  # CUlaunchConfig
+        _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("smem", ctypes.c_uint),
+                    ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(Attr)), ("num_attrs", ctypes.c_uint)]
+
+    fn.argtypes = [ctypes.POINTER(Config), ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn, Attr, Config
+
+
+def _use_pdl(device: int) -> bool:
+    return PDL and torch.cuda.get_device_capability(device)[0] >= 9 and _driver_launch_ex() is not None
+
+
+def _launch_pdl(fn, grid, block, args, smem, stream: int) -> None:
+    import ctypes
+
+    import numpy as np
+
+    launch, Attr, Config = _driver_launch_ex()
+    vals = [ctypes.c_uint64(int(v)) if v.dtype == np.uint64 else ctypes.c_int32(int(v)) for v in args]
+    params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+    attr = Attr(id=_CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
+    attr.value[0] = 1  # programmaticStreamSerializationAllowed
+    cfg = Config(grid=(ctypes.c_uint * 3)(*grid), block=(ctypes.c_uint * 3)(*block), smem=smem,
+                 stream=stream, attrs=ctypes.pointer(attr), num_attrs=1)
+    handle = getattr(fn, "kernel", fn).ptr  # the CUfunction behind CuPy's RawKernel
+    rc = launch(ctypes.byref(cfg), handle, params, None)
+    if rc != 0:
+        raise RuntimeError(f"cuLaunchKernelEx failed with CUresult {rc}")
+
+
+def launch(fn, grid, block, args, smem, device):
+    """Launch a CuPy kernel on PyTorch's current stream of ``device`` (with PDL where available)."""
+    import numpy as np
+
+    cupy = cupy_module()
+    handle = torch.cuda.current_stream(device).cuda_stream
+    with cupy.cuda.Device(device):
+        if _use_pdl(device):
+            _launch_pdl(fn, grid, block, args, smem, handle)
+            return
+        with cupy.cuda.ExternalStream(handle, device):
+            fn(grid, block, args, shared_mem=np.int32(smem))
+

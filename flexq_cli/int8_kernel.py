@@ -1,0 +1,141 @@
+"""The W6Ax GEMM on INT8 tensor cores (kernels/w6_int8_gemm.cu), for prefill and large batches.
+
+    y = int8_linear(x, qweight, w_scales, act_bits=8)
+
+computes ``reference.reference_linear`` on the GPU, bit for bit, like ``btc.btc_linear``, from the same packed
+6-bit weights (no second copy): each CTA unpacks its weight tile to int8 in shared memory and multiplies with
+``mma.sync.m16n8k32.s8`` (6- and 8-bit activation codes are int8 alike). Two launches on PyTorch's current
+stream: the activation quantize kernel (x -> int8 codes in the kernel's permuted K order + fp32 block scales) and
+the GEMM, a programmatic dependent launch on sm_90 as the BTC kernel's.
+
+The bit-serial BTC kernel costs 36/48 binary MMAs per multiply-add and wins while the GEMM is memory bound (a few
+tokens); this one wins above a crossover measured on the H100 (``dispatch.py``). This module is the one source of
+truth for the kernel's compile-time constants (``Int8Config.defines``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import cuda_launch as cl
+from .btc import check_accumulator_args, check_linear_args
+from .primitives import BLOCK_K, EPILOGUE_CHUNK_BLOCKS
+
+KERNEL_FILE = "w6_int8_gemm.cu"
+QUANT_WARPS = 4  # warps per CTA of the activation quantize kernel
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """CTA tile: ``bm`` tokens x ``bn`` weight rows, ``wm`` x ``wn`` warps (warp tile bm/wm x bn/wn), a
+    ``stages``-deep cp.async pipeline of 128-K blocks. The default is the largest tile whose three fp32/int32
+    register tiles (block accumulator, chunk sum, running output) fit 255 registers per thread without spilling."""
+
+    bm: int = 128
+    bn: int = 128
+    wm: int = 2
+    wn: int = 4
+    stages: int = 4
+
+    def __post_init__(self):
+        tm, tn = self.bm // max(1, self.wm), self.bn // max(1, self.wn)
+        if self.wm * self.wn not in (2, 4, 8) or tm % 16 or tn % 16 or tm * self.wm != self.bm \
+                or tn * self.wn != self.bn or not 3 <= self.stages <= 6 or (self.bn * 4) % self.threads:
+            raise ValueError(f"unsupported int8 tile config {self}")
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.wm * self.wn
+
+    def defines(self, act_bits: int, bf16: bool, debug: bool = False) -> tuple[str, ...]:
+        return (
+            f"-DI8_ACT_BITS={act_bits}", f"-DI8_BM={self.bm}", f"-DI8_BN={self.bn}", f"-DI8_WM={self.wm}",
+            f"-DI8_WN={self.wn}", f"-DI8_STAGES={self.stages}", f"-DI8_BF16={int(bf16)}",
+            f"-DI8_DEBUG_ACC={int(debug)}", f"-DI8_QUANT_WARPS={QUANT_WARPS}", f"-DI8_CHUNK={EPILOGUE_CHUNK_BLOCKS}",
+        )
+
+    def smem_bytes(self) -> int:
+        """Stages x (activation tile + packed weight records + scales), plus two unpacked int8 weight tiles (.cu)."""
+        stage = self.bm * 144 + self.bn * 112 + self.bm * 4 + self.bn * 4
+        return self.stages * stage + 2 * self.bn * 144
+
+
+def default_config(m: int) -> Int8Config:
+    """Fewer than 128 tokens would leave most of a 128-token tile empty: a 64-token tile then."""
+    return Int8Config() if m > 64 else Int8Config(bm=64, bn=128, wm=1, wn=8)
+
+
+def quantize_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: int, cfg: Int8Config):
+    """(M, K) fp16/bf16 -> ((M, NB*128) int8 codes in the kernel's K order, (M, NB) float32 block scales)."""
+    import numpy as np
+
+    m, k = x2.shape
+    dev = x2.device.index
+    xq = torch.empty((m, nb * BLOCK_K), dtype=torch.int8, device=x2.device)
+    sx = torch.empty((m, nb), dtype=torch.float32, device=x2.device)
+    whole = act_group_size == -1
+    grid = (m, 1 if whole else -(-nb // QUANT_WARPS), 1)
+    args = (cl.ptr(x2), cl.ptr(xq), cl.ptr(sx), np.int32(m), np.int32(k), np.int32(nb), np.int32(whole))
+    opts = cfg.defines(act_bits, x2.dtype == torch.bfloat16)
+    cl.launch(cl.function(dev, KERNEL_FILE, opts, "i8_act_quant", 0), grid, (32 * QUANT_WARPS, 1, 1), args, 0, dev)
+    return xq, sx
+
+
+def _gemm(x2, xq, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_size, cfg, debug):
+    import numpy as np
+
+    m, n, dev = x2.shape[0], qweight.shape[0], x2.device.index
+    nb = xq.shape[1] // BLOCK_K
+    grid = (-(-n // cfg.bn), -(-m // cfg.bm), 1)
+    if grid[1] > 65535:
+        raise ValueError(f"M={m} is too large for one int8 GEMM launch (at most {65535 * cfg.bm} tokens)")
+    smem = cfg.smem_bytes()
+    args = (
+        cl.ptr(qweight), cl.ptr(w_scales), cl.ptr(xq), cl.ptr(sx), cl.ptr(bias), cl.ptr(y), np.int32(m),
+        np.int32(n), np.int32(nb), np.int32(w_scales.shape[1]), np.int32(0 if weight_group_size == -1 else 1),
+        np.int32(bias is not None and bias.dtype == torch.float32),
+    )
+    opts = cfg.defines(act_bits, x2.dtype == torch.bfloat16, debug)
+    cl.launch(cl.function(dev, KERNEL_FILE, opts, "i8_gemm", smem), grid, (cfg.threads, 1, 1), args, smem, dev)
+
+
+def int8_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    w_scales: torch.Tensor,
+    *,
+    act_bits: int,
+    act_group_size: int = 128,
+    weight_group_size: int = 128,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    config: Int8Config | None = None,
+) -> torch.Tensor:
+    """W6A6 / W6A8 linear layer on INT8 tensor cores: ``reference_linear`` on the GPU, bit for bit.
+
+    Arguments as ``btc.btc_linear`` (same packed weights, checks and ValueErrors): x (..., K) float16/bfloat16
+    CUDA contiguous; qweight (N, Kp/128*24) int32; w_scales (N, Kp/weight_group_size) or (N, 1) float16;
+    act_bits 6 or 8; group sizes 128 or -1; bias (N,) or None; out optional (..., N). config: force a tile config.
+    """
+    x2, out, kp = check_linear_args(x, qweight, w_scales, bias, out, act_bits, act_group_size, weight_group_size)
+    if x2.shape[0] == 0:
+        return out
+    cfg = config or default_config(x2.shape[0])
+    xq, sx = quantize_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)
+    _gemm(x2, xq, sx, qweight, w_scales, bias, out, act_bits=act_bits, weight_group_size=weight_group_size,
+          cfg=cfg, debug=False)
+    return out
+
+
+def int8_block_accumulators(x: torch.Tensor, qweight: torch.Tensor, *, act_bits: int, act_group_size: int = 128,
+                            config: Int8Config | None = None) -> torch.Tensor:
+    """The GEMM's exact int32 per-block dot products, (Kp/128, M, N): equal to ``reference.block_int_gemm``."""
+    x2, scales, acc = check_accumulator_args(x, qweight, act_bits, act_group_size)
+    if x2.shape[0] == 0:
+        return acc
+    cfg = config or default_config(x2.shape[0])
+    xq, sx = quantize_activations(x2, acc.shape[0], act_bits, act_group_size, cfg)
+    _gemm(x2, xq, sx, qweight, scales, None, acc, act_bits=act_bits, weight_group_size=128, cfg=cfg, debug=True)
+    return acc

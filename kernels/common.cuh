@@ -1,0 +1,134 @@
+// Helpers shared by the CUDA sources in this folder. flexq_cli/resources.kernel_source() pastes this file in place
+// of the `#include "common.cuh"` line (NVRTC, through CuPy, gets one source string); nvcc finds it beside the .cu.
+// Before including it, a kernel defines FQ_BF16 (1: its 16-bit activations and outputs are bfloat16).
+#pragma once
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+// ---------------------------------------------------------------- 16-bit float conversions (no cuda_fp16.h)
+__device__ __forceinline__ float to_float(u16 h) {
+#if FQ_BF16
+    return __uint_as_float(((u32)h) << 16);
+#else
+    float f;
+    asm("{ .reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ u16 from_float(float f) {
+    u16 h;
+#if FQ_BF16
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#else
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#endif
+    return h;
+}
+
+// IEEE fp32 arithmetic written as PTX: CuPy compiles with -ftz=true, which would turn __fdiv_rn & co into their
+// flush-to-zero forms; explicit div.rn / mul.rn / add.rn keep denormals, as torch does, and are never contracted
+// into an FMA, so the epilogue repeats the reference's operation sequence exactly.
+__device__ __forceinline__ float fdiv_ieee(float a, float b) { float r; asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+__device__ __forceinline__ float fmul_ieee(float a, float b) { float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+__device__ __forceinline__ float fadd_ieee(float a, float b) { float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+__device__ __forceinline__ u32 abs_bits(float f) { return __float_as_uint(f) & 0x7fffffffu; }  // |f| as ordered uint
+
+__device__ __forceinline__ float half_to_float(u16 h) {  // weight scales are always float16
+    float f;
+    asm("{ .reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// ---------------------------------------------------------------- programmatic dependent launch (sm_90)
+// btc.py launches both kernels with the programmatic-stream-serialization attribute, so a kernel may start
+// while the one before it in the stream is still running. Everything that reads memory another kernel writes
+// (x, xpack, sx, the counters and partials) or writes memory anybody reads comes after pdl_wait(), which
+// returns once the preceding grid has completed and its writes are visible; only the read-only weight
+// prefetch runs before it. pdl_trigger() lets the next kernel's CTAs be scheduled early (they wait in turn).
+// Launched without the attribute (or below sm_90) both are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// ---------------------------------------------------------------- activation quantization (primitives.py, bit for bit)
+// s = absmax / qmax with IEEE division (div.rn), q = rint(x / s) (round half to even) clamped to [qmin, qmax],
+// and s == 0 gives q = 0. absmax is taken on |x| as an ordered uint (monotonic for non-negative floats).
+__device__ __forceinline__ float act_scale(u32 absmax_bits, int qmax) {
+    return fdiv_ieee(__uint_as_float(absmax_bits), (float)qmax);
+}
+__device__ __forceinline__ int act_code(float v, float s, int qmax) {
+    return s > 0.f ? (int)fminf(fmaxf(rintf(fdiv_ieee(v, s)), (float)(-qmax - 1)), (float)qmax) : 0;
+}
+// The scale of one (token, 128-block) whose values a warp holds four per lane.
+__device__ __forceinline__ float warp_block_scale(const float (&v)[4], int qmax) {
+    const u32 m = max(max(abs_bits(v[0]), abs_bits(v[1])), max(abs_bits(v[2]), abs_bits(v[3])));
+    return act_scale(__reduce_max_sync(0xffffffffu, m), qmax);
+}
+
+// ================================================================ memory helpers
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, unsigned long long policy) {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "l"(policy));
+}
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x2(u32 addr, u32& r0, u32& r1) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
+}
+
+__device__ __forceinline__ u32 lds32(u32 addr) {
+    u32 v;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+    return v;
+}
+
+
+// x row `xr` (K values, fp16/bf16) of one token: lane l of a warp holds v[e] = x[128b + 32e + l] (0 past K or for a
+// padding token), the block's codes q[e] and, returned, its scale (whole_row: the given per-token scale).
+__device__ __forceinline__ float quantize_block(const u16* xr, int K, bool live, int b, int whole_row, float row_scale,
+                                                int qmax, int (&q)[4]) {
+    const int lane = threadIdx.x & 31;
+    float v[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const int k = b * 128 + e * 32 + lane;
+        v[e] = (live && k < K) ? to_float(xr[k]) : 0.f;
+    }
+    const float s = whole_row ? row_scale : warp_block_scale(v, qmax);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) q[e] = act_code(v[e], s, qmax);
+    return s;
+}
+
+// The per-token scale (act_group_size -1) of row `xr`, reduced over the whole CTA of WARPS warps (all must call).
+template <int WARPS>
+__device__ __forceinline__ float cta_row_scale(const u16* xr, int K, bool live, int qmax) {
+    __shared__ u32 red[WARPS];
+    u32 m = 0;
+    for (int k = threadIdx.x; live && k < K; k += blockDim.x) m = max(m, abs_bits(to_float(xr[k])));
+    m = __reduce_max_sync(0xffffffffu, m);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    m = 0;
+    for (int w = 0; w < WARPS; ++w) m = max(m, red[w]);
+    return act_scale(m, qmax);
+}

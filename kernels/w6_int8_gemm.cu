@@ -1,0 +1,369 @@
+// W6A6 / W6A8 GEMM on INT8 tensor cores for prefill and large batches, plus its activation quantize kernel.
+//
+// Same numerics as btc_gemm.cu and flexq_cli/reference.py, bit for bit: per 128-wide K block b the exact int32
+// dot product acc_b of the activation and weight codes, term_b = (float)acc_b * (sx * sw) (two rounded
+// multiplies), chunk sums of I8_CHUNK blocks in block order, the chunk sums in chunk order, + bias, one rounding.
+// The packed 6-bit weights are the only copy: each CTA unpacks its tile to int8 in shared memory, one K block
+// ahead of the MMAs that read it. Activations (6- or 8-bit codes) are int8 as they are.
+//
+// Compiled at run time by CuPy RawModule (NVRTC); flexq_cli/int8_kernel.py is the one source of truth for the
+// -D options below.
+//
+// ---- A permuted K order inside every 32-wide K step ---------------------------------------------------------
+// mma.m16n8k32.s8 gives thread (g = lane/4, t = lane%4) the K positions 4t..4t+3 (register 0) and 16+4t..16+4t+3
+// (register 1) of its B column, four int8 in one 32-bit register. Built from bit planes in the natural order that
+// needs a bit gather per byte. Instead both operands use one fixed permutation of the 32 positions of a K step
+// (a dot product does not care about the order of its terms, so the integer result is unchanged): logical position
+// kk = 16r + 4t + i holds physical k = 2t + r + 8i. Then register (t, r) of weight row n is, for plane j, the
+// bits p + 8i (p = 2t + r) of the plane word moved to bit j of byte i: one shift and one LOP3 per plane (below).
+// The activation kernel writes its int8 codes in the same logical order, so A and B are ldmatrix-ed as plain tiles.
+//
+// ---- Layouts -------------------------------------------------------------------------------------------------
+// qweight (N, NB*24) uint32: one 96-byte record per (row, block), plane j (0..5) at bytes 16j..16j+15, bit k%32 of
+//   word (k%128)/32 (flexq_cli/packing.py). Weights are the MMA's B operand (8 rows of N per MMA).
+// xq (M, NB*128) int8 activation codes, K permuted as above inside each 32-wide step; sx (M, NB) float32 (the
+//   scale of each block's group). Activations are the MMA's A operand (16 tokens per MMA).
+// CTA tile: I8_BM tokens x I8_BN weight rows, I8_WM x I8_WN warps, each I8_BM/I8_WM x I8_BN/I8_WN. A cp.async
+//   pipeline of I8_STAGES K blocks brings the activation tile, the packed weight records and the block's scales.
+
+#ifndef I8_ACT_BITS
+#define I8_ACT_BITS 8
+#endif
+#ifndef I8_BM
+#define I8_BM 128
+#endif
+#ifndef I8_BN
+#define I8_BN 128
+#endif
+#ifndef I8_WM
+#define I8_WM 2
+#endif
+#ifndef I8_WN
+#define I8_WN 4
+#endif
+#ifndef I8_STAGES
+#define I8_STAGES 4
+#endif
+#ifndef I8_BF16
+#define I8_BF16 0
+#endif
+#ifndef I8_DEBUG_ACC
+#define I8_DEBUG_ACC 0
+#endif
+#ifndef I8_QUANT_WARPS
+#define I8_QUANT_WARPS 4
+#endif
+#ifndef I8_CHUNK
+#define I8_CHUNK 2  // primitives.EPILOGUE_CHUNK_BLOCKS (int8_kernel.py always passes it)
+#endif
+
+#define FQ_BF16 I8_BF16
+#include "common.cuh"
+
+#define QMAX ((1 << (I8_ACT_BITS - 1)) - 1)
+#define THREADS (32 * I8_WM * I8_WN)
+#define WTM (I8_BM / I8_WM)        // warp tile: tokens
+#define WTN (I8_BN / I8_WN)        // warp tile: weight rows
+#define MTILES (WTM / 16)
+#define NTILES (WTN / 8)
+#define A_STRIDE (128 + 16)        // bytes per token row of a stage; 16 * odd: conflict-free ldmatrix
+#define WP_STRIDE (96 + 16)        // bytes per packed weight record (16 * 7)
+#define WU_STRIDE (128 + 16)       // bytes per unpacked int8 weight row
+#define STAGE_A 0
+#define STAGE_WP (I8_BM * A_STRIDE)
+#define STAGE_SX (STAGE_WP + I8_BN * WP_STRIDE)
+#define STAGE_SW (STAGE_SX + I8_BM * 4)
+#define STAGE_BYTES (STAGE_SW + I8_BN * 4)
+#define WU_BYTES (I8_BN * WU_STRIDE)
+#define MAGIC 0x4B400000           // float 1.5 * 2^23: its low mantissa bits hold an int added to it exactly
+#define MAGIC_F 12582912.0f
+
+static_assert(I8_ACT_BITS == 6 || I8_ACT_BITS == 8, "activation bits must be 6 or 8");
+static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile: a multiple of 16 tokens and of 16 weight rows");
+static_assert((I8_BN * 4) % THREADS == 0, "the unpack gives every thread the same number of (row, word) items");
+static_assert(I8_STAGES >= 3, "the pipeline keeps one block being unpacked ahead of the one being multiplied");
+static_assert(STAGE_BYTES % 16 == 0, "stages must stay 16-byte aligned");
+
+// ================================================================ activation quantize
+// x (M, K) fp16/bf16 -> xq (M, NB*128) int8 codes in the permuted order, sx (M, NB) float32. One warp per
+// (token, block) as btc_act_pack: lane l holds physical k = 32e + l of the block, codes from quantize_block.
+// whole_row != 0: one scale per token (act_group_size -1); then grid.y must be 1.
+extern "C" __global__ void __launch_bounds__(32 * I8_QUANT_WARPS)
+i8_act_quant(const u16* __restrict__ x, signed char* __restrict__ xq, float* __restrict__ sx, int M, int K, int NB,
+             int whole_row) {
+    pdl_wait();     // x is the previous kernel's output; xq/sx may still be read by the previous GEMM
+    pdl_trigger();
+    const int tok = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u16* xr = x + (size_t)tok * K;
+    const float row_scale = whole_row ? cta_row_scale<I8_QUANT_WARPS>(xr, K, true, QMAX) : 0.f;
+    const int p = lane & 7, i = lane >> 3;
+    const int kk = 16 * (p & 1) + 4 * (p >> 1) + i;  // this lane's logical position in each 32-wide step
+    for (int b = blockIdx.y * I8_QUANT_WARPS + warp; b < NB; b += gridDim.y * I8_QUANT_WARPS) {
+        int q[4];
+        const float s = quantize_block(xr, K, true, b, whole_row, row_scale, QMAX, q);
+        signed char* out = xq + (size_t)tok * NB * 128 + b * 128 + kk;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) out[32 * e] = (signed char)q[e];
+        if (lane == 0) sx[(size_t)tok * NB + b] = s;
+    }
+}
+
+// ================================================================ the GEMM
+__device__ __forceinline__ void imma(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// The first MMA of a block starts from MAGIC instead of 0: the accumulator's bits are then the float MAGIC_F + acc
+// (|acc| <= 2^19 < 2^22), and one exact subtraction gives (float)acc: no int-to-float conversion instruction.
+__device__ __forceinline__ void imma_first(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(MAGIC));
+}
+
+__device__ __forceinline__ void cp_async4(u32 dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
+}
+// 16 bytes, or zeros when `valid` is false (the source is then not read: src-size 0)
+__device__ __forceinline__ void cp_async16_zfill(u32 dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+
+struct Args {
+    const uint4* qweight;     // (N, NB*6) 16-byte chunks
+    const u16* w_scales;      // (N, ws_cols) float16
+    const signed char* xq;    // (M, NB*128)
+    const float* sx;          // (M, NB)
+    const void* bias;         // (N,) float32 (bias_f32) or the output dtype, or null
+    void* y;                  // (M, N) output dtype; debug: (NB, M, N) int32 block accumulators
+    int M, N, NB, ws_cols, w_step, bias_f32;
+};
+
+// Packed weight records and weight scales of block b (read-only for every kernel: may run before pdl_wait).
+// No L2 cache-policy operand here: with one (createpolicy evict_last) these copies raised illegal-instruction
+// errors on the H100 (CUDA 13 driver), and every token tile of a column reads the same weights anyway.
+// Rows past N are left alone: their unpacked values are never stored. A weight scale is 2 bytes; it travels in the
+// aligned 4-byte word that holds it (cp.async copies 4 bytes at least) and the epilogue picks the half.
+__device__ __forceinline__ void load_weights(const Args& a, char* st, int n0, int b) {
+    for (int c = threadIdx.x; c < I8_BN * 6; c += THREADS) {
+        const int row = c / 6, w = c % 6;
+        if (n0 + row < a.N)
+            cp_async16(smem_addr(st + STAGE_WP + row * WP_STRIDE + w * 16),
+                       a.qweight + ((size_t)(n0 + row) * a.NB + b) * 6 + w);
+    }
+    for (int row = threadIdx.x; row < I8_BN; row += THREADS)
+        if (n0 + row < a.N) {
+            const size_t e = (size_t)(n0 + row) * a.ws_cols + (size_t)b * a.w_step;
+            cp_async4(smem_addr(st + STAGE_SW + row * 4), a.w_scales + (e & ~(size_t)1));
+        }
+}
+// Activation codes and scales of block b; tokens past M are zeros (no output is stored for them).
+__device__ __forceinline__ void load_acts(const Args& a, char* st, int m0, int b) {
+    for (int c = threadIdx.x; c < I8_BM * 8; c += THREADS) {
+        const int tok = c / 8, w = c % 8;
+        const bool live = m0 + tok < a.M;
+        cp_async16_zfill(smem_addr(st + STAGE_A + tok * A_STRIDE + w * 16),
+                         a.xq + ((size_t)(live ? m0 + tok : 0) * a.NB + b) * 128 + w * 16, live);
+    }
+    for (int tok = threadIdx.x; tok < I8_BM; tok += THREADS)
+        if (m0 + tok < a.M) cp_async4(smem_addr(st + STAGE_SX + tok * 4), a.sx + (size_t)(m0 + tok) * a.NB + b);
+}
+
+// Swap the bits selected by mask m << s of `lo` with the bits m of `hi` (one step of a bit-matrix transpose).
+__device__ __forceinline__ void delta_swap(u32& lo, u32& hi, int s, u32 m) {
+    const u32 t = ((lo >> s) ^ hi) & m;
+    hi ^= t;
+    lo ^= t << s;
+}
+
+// One stage's packed records -> int8 weight rows in logical K order (see the top of the file). Item (row, word w):
+// the six plane words w of the row are rows 0..5 of an 8 x 32 bit matrix, rows 6 and 7 repeat the sign plane (so
+// the codes come out sign-extended to 8 bits); three delta-swap stages transpose each 8 x 8 block (byte lane i),
+// after which word p holds in byte i the code of k = p + 8i: register (t, r) with p = 2t + r, stored at logical
+// bytes 16r + 4t .. +3 of the step. 12 swaps of ~5 instructions for 32 codes.
+__device__ __forceinline__ void unpack_weights(const char* st, char* wu) {
+#pragma unroll
+    for (int it = 0; it < I8_BN * 4 / THREADS; ++it) {
+        const int item = threadIdx.x + it * THREADS, row = item >> 2, w = item & 3;
+        const u32* rec = (const u32*)(st + STAGE_WP + row * WP_STRIDE) + w;
+        u32 r[8];
+#pragma unroll
+        for (int j = 0; j < 6; ++j) r[j] = rec[4 * j];
+        r[6] = r[7] = r[5];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) delta_swap(r[j], r[j + 4], 4, 0x0F0F0F0Fu);
+#pragma unroll
+        for (int j = 0; j < 8; j += (j & 1) ? 3 : 1) delta_swap(r[j], r[j + 2], 2, 0x33333333u);  // 0, 1, 4, 5
+#pragma unroll
+        for (int j = 0; j < 8; j += 2) delta_swap(r[j], r[j + 1], 1, 0x55555555u);
+        uint4* dst = (uint4*)(wu + row * WU_STRIDE + w * 32);
+        dst[0] = make_uint4(r[0], r[2], r[4], r[6]);  // r = 0: t = 0..3
+        dst[1] = make_uint4(r[1], r[3], r[5], r[7]);  // r = 1
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1)
+i8_gemm(const uint4* qweight, const u16* w_scales, const signed char* xq, const float* sx, const void* bias, void* y,
+        int M, int N, int NB, int ws_cols, int w_step, int bias_f32) {
+    const Args a{qweight, w_scales, xq, sx, bias, y, M, N, NB, ws_cols, w_step, bias_f32};
+    extern __shared__ __align__(128) char smem[];
+    char* wu_buf = smem + I8_STAGES * STAGE_BYTES;  // two unpacked weight tiles: block b and block b + 1
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wm = warp / I8_WN, wn = warp % I8_WN;
+    const int m0 = blockIdx.y * I8_BM, n0 = blockIdx.x * I8_BN;
+
+    // Prologue: stage s holds block s. Weights go out before pdl_wait() (they overlap the quantize kernel).
+#pragma unroll
+    for (int s = 0; s < I8_STAGES - 1; ++s)
+        if (s < a.NB) load_weights(a, smem + s * STAGE_BYTES, n0, s);
+    pdl_wait();
+#pragma unroll
+    for (int s = 0; s < I8_STAGES - 1; ++s) {
+        if (s < a.NB) load_acts(a, smem + s * STAGE_BYTES, m0, s);
+        cp_async_commit();
+    }
+    cp_async_wait<I8_STAGES - 2>();
+    __syncthreads();
+    unpack_weights(smem, wu_buf);
+
+    // ldmatrix lane addresses. A (16 tokens x 32 K): lane l feeds token (l & 7) + 8 * ((l >> 3) & 1), K half l >> 4.
+    // B (two 8-row n tiles x 32 K): lane l feeds row (l & 7) + 8 * (l >> 4), K half (l >> 3) & 1.
+    const u32 a_off = (wm * WTM + (lane & 7) + 8 * ((lane >> 3) & 1)) * A_STRIDE + (lane >> 4) * 16;
+    const u32 b_off = (wn * WTN + (lane & 7) + 8 * (lane >> 4)) * WU_STRIDE + ((lane >> 3) & 1) * 16;
+#if !I8_DEBUG_ACC
+    // A weight scale sits in the high half of its 4-byte word when row * ws_cols + b * w_step is odd: the row part of
+    // that parity, for this thread's rows 8j + 2t + e, as bit 2j + e (the block part is added per block).
+    u32 wpar = 0;
+#pragma unroll
+    for (int j = 0; j < NTILES; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) wpar |= (u32)(((n0 + wn * WTN + 8 * j + 2 * t + e) * a.ws_cols) & 1) << (2 * j + e);
+#endif
+
+    int acc[MTILES][NTILES][4];
+#if !I8_DEBUG_ACC
+    // Running output y (chunks added in order, from -0: the identity of IEEE addition) and the open chunk's sum,
+    // which its first block sets (no add: the chunk sum begins with its first term, as reference.scaled_sum).
+    float csum[MTILES][NTILES][4], yacc[MTILES][NTILES][4];
+#pragma unroll
+    for (int i = 0; i < MTILES; ++i)
+#pragma unroll
+        for (int j = 0; j < NTILES; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) yacc[i][j][r] = -0.f;
+#endif
+
+    // Blocks in chunks of I8_CHUNK: unrolled by chunk, so whether a block opens its chunk is known at compile time.
+    for (int c0 = 0; c0 < a.NB; c0 += I8_CHUNK) {
+#pragma unroll
+        for (int kb = 0; kb < I8_CHUNK; ++kb) {
+            const int b = c0 + kb;
+            if (b >= a.NB) break;
+            cp_async_wait<I8_STAGES - 3>();  // this thread's copies of block b + 1 have landed
+            __syncthreads();                 // everybody's; block b - 1's stage and unpacked tile are free
+            {
+                const int nx = b + I8_STAGES - 1;
+                char* st = smem + (nx % I8_STAGES) * STAGE_BYTES;
+                if (nx < a.NB) {
+                    load_weights(a, st, n0, nx);
+                    load_acts(a, st, m0, nx);
+                }
+                cp_async_commit();
+            }
+            if (b + 1 < a.NB)
+                unpack_weights(smem + ((b + 1) % I8_STAGES) * STAGE_BYTES, wu_buf + ((b + 1) & 1) * WU_BYTES);
+
+            const char* st = smem + (b % I8_STAGES) * STAGE_BYTES;
+            const u32 sa = smem_addr(st) + a_off, sb = smem_addr(wu_buf + (b & 1) * WU_BYTES) + b_off;
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks) {
+                u32 af[MTILES][4], bf[NTILES][2];
+#pragma unroll
+                for (int i = 0; i < MTILES; ++i)
+                    ldmatrix_x4(sa + i * 16 * A_STRIDE + ks * 32, af[i][0], af[i][1], af[i][2], af[i][3]);
+#pragma unroll
+                for (int j = 0; j < NTILES; j += 2)
+                    ldmatrix_x4(sb + j * 8 * WU_STRIDE + ks * 32, bf[j][0], bf[j][1], bf[j + 1][0], bf[j + 1][1]);
+#pragma unroll
+                for (int i = 0; i < MTILES; ++i)
+#pragma unroll
+                    for (int j = 0; j < NTILES; ++j) {
+                        if (ks == 0) imma_first(acc[i][j], af[i], bf[j][0], bf[j][1]);
+                        else imma(acc[i][j], af[i], bf[j][0], bf[j][1]);
+                    }
+            }
+            // Block b's epilogue. C fragment r: token g (r < 2) or g + 8, weight row 2t + (r & 1).
+#if I8_DEBUG_ACC
+#pragma unroll
+            for (int i = 0; i < MTILES; ++i)
+#pragma unroll
+                for (int j = 0; j < NTILES; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) {
+                        const int tok = m0 + wm * WTM + 16 * i + g + 8 * (r >> 1);
+                        const int row = n0 + wn * WTN + 8 * j + 2 * t + (r & 1);
+                        if (tok < a.M && row < a.N)
+                            ((int*)a.y)[((size_t)b * a.M + tok) * a.N + row] = acc[i][j][r] - MAGIC;
+                    }
+#else
+            const float* sxs = (const float*)(st + STAGE_SX) + wm * WTM + g;
+            const u32* sws = (const u32*)(st + STAGE_SW) + wn * WTN + 2 * t;
+            const int bpar = (b * a.w_step) & 1;  // with the row's parity: which half of the 4-byte word
+            float swv[NTILES][2];
+#pragma unroll
+            for (int j = 0; j < NTILES; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const u32 word = sws[8 * j + e];
+                    swv[j][e] = half_to_float((u16)(((wpar >> (2 * j + e)) & 1) != bpar ? word >> 16 : word));
+                }
+#pragma unroll
+            for (int i = 0; i < MTILES; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const float sxv = sxs[16 * i + 8 * h];
+#pragma unroll
+                    for (int j = 0; j < NTILES; ++j)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) {
+                            const int r = 2 * h + e;
+                            const float f = fadd_ieee(__int_as_float(acc[i][j][r]), -MAGIC_F);  // exact (float)acc
+                            const float term = fmul_ieee(f, fmul_ieee(sxv, swv[j][e]));
+                            csum[i][j][r] = kb == 0 ? term : fadd_ieee(csum[i][j][r], term);
+                        }
+                }
+#endif
+        }
+#if !I8_DEBUG_ACC
+#pragma unroll
+        for (int i = 0; i < MTILES; ++i)  // the chunk is complete (or K ended): add it to y, in chunk order
+#pragma unroll
+            for (int j = 0; j < NTILES; ++j)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) yacc[i][j][r] = fadd_ieee(yacc[i][j][r], csum[i][j][r]);
+#endif
+    }
+    cp_async_wait<0>();
+    pdl_trigger();  // the next kernel may be scheduled during the stores
+
+#if !I8_DEBUG_ACC
+#pragma unroll
+    for (int i = 0; i < MTILES; ++i)
+#pragma unroll
+        for (int j = 0; j < NTILES; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int tok = m0 + wm * WTM + 16 * i + g + 8 * h, row = n0 + wn * WTN + 8 * j + 2 * t;
+                if (tok >= a.M || row >= a.N) continue;  // N % 16 == 0: row + 1 < N too
+                float v0 = yacc[i][j][2 * h], v1 = yacc[i][j][2 * h + 1];
+                if (a.bias) {
+                    v0 = fadd_ieee(v0, a.bias_f32 ? ((const float*)a.bias)[row] : to_float(((const u16*)a.bias)[row]));
+                    v1 = fadd_ieee(v1, a.bias_f32 ? ((const float*)a.bias)[row + 1]
+                                                  : to_float(((const u16*)a.bias)[row + 1]));
+                }
+                ((u32*)a.y)[((size_t)tok * a.N + row) >> 1] = (u32)from_float(v0) | ((u32)from_float(v1) << 16);
+            }
+#endif
+}

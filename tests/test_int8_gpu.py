@@ -1,0 +1,189 @@
+"""The INT8 tensor-core GEMM against the pure-PyTorch reference, and the BTC/INT8 dispatch.
+
+Same contract as the BTC kernel (tests/test_btc_gpu.py, whose helpers this file reuses): integer block
+accumulators equal ``reference.block_int_gemm`` (``torch.equal``) and outputs equal ``reference_linear`` bit for
+bit, as 16-bit words (the canonical fp32 epilogue leaves no room for a tolerance). The shape and M sweep of the
+BTC tests plus the prefill sizes M = 256 .. 4096.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flexq_cli.packing import unpack_bitplanes
+from flexq_cli.primitives import BLOCK_K
+from flexq_cli.reference import block_int_gemm, block_scales
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device", allow_module_level=True)
+pytest.importorskip("cupy", reason="CuPy is not installed: pip install 'flexq[cuda]'")
+
+from flexq_cli import cuda_launch, int8_kernel  # noqa: E402
+from flexq_cli.dispatch import choose_kernel  # noqa: E402
+from flexq_cli.modules import QuantLinear  # noqa: E402
+from test_btc_gpu import (  # noqa: E402
+    DEV, M_ALL, M_FEW, SHAPES_7B, SHAPES_70B, SHAPES_L3, SMALL_SHAPES, _assert_same_bits, _check_output, _layer,
+    _quantize, _x,
+)
+
+M_PREFILL = [256, 512, 2048, 4096]
+CASES = [(s, m) for s in SMALL_SHAPES + SHAPES_7B for m in M_ALL + M_PREFILL] + [
+    (s, m) for s in SHAPES_L3 + SHAPES_70B for m in M_FEW + [512, 4096]
+]
+ACC_LIMIT = 1 << 28  # int32 accumulators compared only up to 1 GiB (NB x M x N); outputs are always compared
+
+
+@pytest.mark.parametrize("act_bits", [6, 8])
+@pytest.mark.parametrize("shape,m", CASES, ids=[f"{n}x{k}-m{m}" for (n, k), m in CASES])
+def test_int8_matches_reference(shape, m, act_bits):
+    n, k = shape
+    wq, ws, qweight = _layer(n, k)
+    x = _x(m, k)
+    if (wq.shape[1] // BLOCK_K) * m * n <= ACC_LIMIT:
+        acc = int8_kernel.int8_block_accumulators(x, qweight, act_bits=act_bits)
+        xq, _ = _quantize(x, wq.shape[1], act_bits, 128)
+        assert torch.equal(acc, block_int_gemm(xq, wq))
+        del acc
+    out = torch.full((m, n), float("nan"), dtype=x.dtype, device=DEV)
+    y = int8_kernel.int8_linear(x, qweight, ws, act_bits=act_bits, out=out)
+    assert y is out
+    _check_output(y, x, wq, ws, act_bits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("agroup,wgroup", [(128, 128), (-1, 128), (128, -1), (-1, -1)])
+@pytest.mark.parametrize("bias_dtype", [None, "x", torch.float32])
+def test_variants(dtype, agroup, wgroup, bias_dtype):
+    n, k = 1536, 576
+    wq, ws, qweight = _layer(n, k, wgroup, seed=1)
+    bias = None if bias_dtype is None else torch.randn(n, device=DEV).to(dtype if bias_dtype == "x" else bias_dtype)
+    for m in (5, 300):
+        x = _x(m, k, dtype).reshape(1, m, k)
+        for act_bits in (6, 8):
+            y = int8_kernel.int8_linear(x, qweight, ws, act_bits=act_bits, act_group_size=agroup,
+                                        weight_group_size=wgroup, bias=bias)
+            assert y.shape == (1, m, n) and y.dtype == dtype
+            _check_output(y.reshape(m, n), x.reshape(m, k), wq, ws, act_bits, agroup, wgroup, bias)
+
+
+CONFIGS = [int8_kernel.Int8Config(), int8_kernel.Int8Config(bm=64, bn=128, wm=1, wn=8),
+           int8_kernel.Int8Config(stages=3), int8_kernel.Int8Config(stages=5),
+           int8_kernel.Int8Config(bm=64, bn=64, wm=2, wn=2, stages=4)]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=str)
+@pytest.mark.parametrize("m", [1, 100, 129, 300])
+def test_every_tile_config_exact(cfg, m):
+    """Partial tiles in M and N (N = 1088) and an odd block count (K = 4224: 33 blocks, a one-block last chunk)."""
+    n, k = 1088, 4224
+    wq, ws, qweight = _layer(n, k, seed=2)
+    for act_bits in (6, 8):
+        x = _x(m, k)
+        acc = int8_kernel.int8_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
+        xq, _ = _quantize(x, wq.shape[1], act_bits, 128)
+        assert torch.equal(acc, block_int_gemm(xq, wq))
+        _check_output(int8_kernel.int8_linear(x, qweight, ws, act_bits=act_bits, config=cfg), x, wq, ws, act_bits)
+
+
+def _unpermute(xq: torch.Tensor) -> torch.Tensor:
+    """The kernel's K order back to the natural one: logical kk = 16r + 4t + i holds physical k = 2t + r + 8i."""
+    kk = torch.arange(32)
+    r, t, i = kk // 16, (kk // 4) % 4, kk % 4
+    phys = 2 * t + r + 8 * i
+    out = torch.empty_like(xq)
+    steps = xq.reshape(xq.shape[0], -1, 32)
+    out.reshape(xq.shape[0], -1, 32)[:, :, phys.to(xq.device)] = steps
+    return out
+
+
+@pytest.mark.parametrize("k", [13, 576, 4100])
+@pytest.mark.parametrize("agroup", [128, -1])
+@pytest.mark.parametrize("act_bits", [6, 8])
+def test_quantize_matches_primitives(k, agroup, act_bits):
+    m, kp = 11, -(-k // BLOCK_K) * BLOCK_K
+    x = _x(m, k, torch.bfloat16)
+    xq, sx = int8_kernel.quantize_activations(x, kp // BLOCK_K, act_bits, agroup, int8_kernel.Int8Config())
+    ref_q, ref_s = _quantize(x, kp, act_bits, agroup)
+    assert torch.equal(_unpermute(xq), ref_q)
+    assert torch.equal(sx, block_scales(ref_s, agroup, kp))
+
+
+def test_weight_unpack_order():
+    """A single nonzero weight code lands on the same output as in the reference (the K permutation is internal)."""
+    n, k, m = 64, 256, 130
+    wq = torch.zeros((n, k), dtype=torch.int8, device=DEV)
+    for row, col, val in [(0, 0, -32), (3, 37, 31), (17, 129, -1), (63, 255, 5)]:
+        wq[row, col] = val
+    from flexq_cli.packing import pack_bitplanes
+
+    qweight = pack_bitplanes(wq)
+    assert torch.equal(unpack_bitplanes(qweight, k), wq)
+    x = _x(m, k)
+    acc = int8_kernel.int8_block_accumulators(x, qweight, act_bits=8)
+    xq, _ = _quantize(x, k, 8, 128)
+    assert torch.equal(acc, block_int_gemm(xq, wq))
+
+
+def test_cuda_graph_and_pdl_chain(monkeypatch):
+    n = k = 576
+    wq, ws, qweight = _layer(n, k, seed=5)
+    x0 = _x(300, k)
+    chains = {}
+    for pdl in (False, True):
+        monkeypatch.setattr(cuda_launch, "PDL", pdl)
+        x, ys = x0, []
+        for _ in range(4):
+            x = int8_kernel.int8_linear(x, qweight, ws, act_bits=6)
+            ys.append(x)
+        torch.cuda.synchronize()
+        chains[pdl] = ys
+    assert all(torch.equal(a, b) for a, b in zip(chains[False], chains[True]))
+    for x, y in zip([x0] + chains[True][:-1], chains[True]):
+        _check_output(y, x, wq, ws, 6)
+    x = _x(300, k)
+    s, g = torch.cuda.Stream(), torch.cuda.CUDAGraph()
+    with torch.cuda.stream(s), torch.cuda.graph(g):
+        y = int8_kernel.int8_linear(x, qweight, ws, act_bits=8)
+    x.copy_(_x(300, k))
+    y.fill_(float("nan"))
+    g.replay()
+    torch.cuda.synchronize()
+    _check_output(y, x, wq, ws, 8)
+
+
+def test_errors():
+    wq, ws, qweight = _layer(192, 576)
+    x = _x(2, 576)
+    ok = dict(act_bits=6, act_group_size=128, weight_group_size=128)
+    for xx, qw, s, kw, words in [
+        (x.float(), qweight, ws, ok, "dtype"), (x.cpu(), qweight, ws, ok, "device"),
+        (x.t(), qweight, ws, ok, "contiguous"), (_x(2, 1000), qweight, ws, ok, "K=1000"),
+        (x, qweight[:100].contiguous(), ws[:100].contiguous(), ok, "N=100"),
+        (x, qweight, ws, {**ok, "act_bits": 4}, "act_bits"), (x, qweight, ws, {**ok, "act_group_size": 256}, "supported"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            int8_kernel.int8_linear(xx, qw, s, **kw)
+    with pytest.raises(ValueError, match="unsupported int8 tile config"):
+        int8_kernel.Int8Config(bm=40)
+
+
+@pytest.mark.parametrize("m", [1, 8, 63, 64, 300])
+def test_quant_linear_dispatch(m):
+    """QuantLinear on CUDA: auto, btc and int8 give the same bits as the reference path, whichever kernel runs."""
+    n, k = 1536, 576
+    linear = torch.nn.Linear(k, n, bias=True).to(DEV)
+    from flexq_cli.config import QuantConfig
+
+    layer = QuantLinear.from_linear(linear, 8, QuantConfig()).to(DEV)
+    layer.bias.data = layer.bias.data.half()
+    x = _x(m, k)
+    outs = {}
+    for backend in ("reference", "btc", "int8", "auto"):
+        layer.backend = backend
+        outs[backend] = layer(x)
+    for backend in ("btc", "int8", "auto"):
+        _assert_same_bits(outs[backend], outs["reference"])
+    assert choose_kernel(m, n, 640, 8) in ("btc", "int8")
