@@ -24,21 +24,27 @@ from .errors import FlexQError
 
 
 class StaticKV:
-    """Duck-typed transformers cache: the attention layers call ``update(k, v, layer_idx)``."""
+    """Duck-typed transformers cache: the attention layers call ``update(k, v, layer_idx)``.
+
+    ``device``: one device, or a list with each decoder layer's (a model spread over several devices keeps each
+    layer's keys and values where that layer computes)."""
 
     def __init__(self, config, batch: int, max_len: int, dtype: torch.dtype, device):
         heads = config.num_key_value_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         shape = (batch, heads, max_len, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.positions = torch.zeros(1, dtype=torch.long, device=device)  # cache slots this forward writes
+        devices = device if isinstance(device, (list, tuple)) else [device] * config.num_hidden_layers
+        self.keys = [torch.zeros(shape, dtype=dtype, device=d) for d in devices]
+        self.values = [torch.zeros(shape, dtype=dtype, device=d) for d in devices]
+        self.positions = torch.zeros(1, dtype=torch.long, device=devices[0])  # cache slots this forward writes
         self.max_len = max_len
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        self.keys[layer_idx].index_copy_(2, self.positions, key_states.to(self.keys[layer_idx].dtype))
-        self.values[layer_idx].index_copy_(2, self.positions, value_states.to(self.values[layer_idx].dtype))
-        return self.keys[layer_idx], self.values[layer_idx]
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        slots = self.positions if self.positions.device == keys.device else self.positions.to(keys.device)
+        keys.index_copy_(2, slots, key_states.to(keys.dtype))
+        values.index_copy_(2, slots, value_states.to(values.dtype))
+        return keys, values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:  # unused: position ids are always passed
         return 0
@@ -51,10 +57,13 @@ class Decoder:
     """Prefill eagerly, then decode one token per step (graph-replayed on CUDA when ``use_graph``)."""
 
     def __init__(self, model, batch: int, max_len: int, use_graph: bool):
+        from .arch import decoder_layers, spec_for_config
+        from .placement import execution_device, input_device
+
         self.model = model
-        param = next(model.parameters())
-        self.device, self.dtype = param.device, _compute_dtype(model)
-        self.cache = StaticKV(model.config, batch, max_len, self.dtype, self.device)
+        self.device, self.dtype = input_device(model), _compute_dtype(model)
+        layer_devices = [execution_device(layer) for layer in decoder_layers(model, spec_for_config(model.config))]
+        self.cache = StaticKV(model.config, batch, max_len, self.dtype, layer_devices)
         self.use_graph = use_graph and self.device.type == "cuda"
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
         self.pos_ids = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
@@ -66,7 +75,7 @@ class Decoder:
         self.cache.positions = slots
         out = self.model(input_ids=ids, position_ids=pos_ids, attention_mask=mask, past_key_values=self.cache,
                          use_cache=True)
-        return out.logits[:, -1].float()
+        return out.logits[:, -1].float().to(self.device)  # a spread model's head may sit on another device
 
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
@@ -168,11 +177,27 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     return ids.to(device), pad.to(device)
 
 
+def eager_reason(model) -> str | None:
+    """Why a CUDA graph cannot hold this model's decode step (None: it can): one graph captures the work of one
+    device, and a model spread by accelerate hooks moves tensors between devices (and host memory) each step."""
+    from .placement import spread_over
+
+    devices = spread_over(model)
+    if devices is None:
+        return None
+    return f"the model is spread over {', '.join(devices)} (--device-map); a CUDA graph covers one device"
+
+
 @torch.no_grad()
 def generate_tokens(model, prompts: list[list[int]], cfg: SamplingConfig, *, eos_id: int | None = None,
                     use_graph: bool = True, pad_id: int = 0) -> dict:
-    """Generate for a batch of token prompts. Returns new tokens per prompt and timings."""
-    device = next(model.parameters()).device
+    """Generate for a batch of token prompts. Returns new tokens per prompt and timings. A model spread over
+    several devices decodes eagerly whatever ``use_graph`` says; ``eager_reason`` in the result says why."""
+    from .placement import input_device, synchronize
+
+    device = input_device(model)
+    reason = eager_reason(model) if use_graph else None
+    use_graph = use_graph and reason is None
     ids, pad = left_pad(prompts, pad_id, device)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit and ids.shape[1] + cfg.max_new_tokens > limit:
@@ -183,7 +208,7 @@ def generate_tokens(model, prompts: list[list[int]], cfg: SamplingConfig, *, eos
                          "drop --backend reference, or pass --no-graph to decode eagerly (slow)")
     decoder = Decoder(model, len(prompts), ids.shape[1] + cfg.max_new_tokens, use_graph)
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: synchronize(model)) if torch.cuda.is_available() else (lambda: None)
     start = time.perf_counter()
     tokens = next_tokens(decoder.prefill(ids, pad), cfg, gen)
     sync()
@@ -207,4 +232,5 @@ def generate_tokens(model, prompts: list[list[int]], cfg: SamplingConfig, *, eos
         new = [row[: row.index(eos_id) + 1] if eos_id in row else row for row in new]
     timed = len(out) - timed_from
     return {"tokens": new, "prefill_s": prefill_s, "decode_s": decode_s, "decode_steps": len(out) - 1,
-            "decode_tok_per_s": timed * len(prompts) / decode_s if timed > 0 else 0.0, "graph": decoder.use_graph}
+            "decode_tok_per_s": timed * len(prompts) / decode_s if timed > 0 else 0.0, "graph": decoder.use_graph,
+            "eager_reason": reason}

@@ -7,7 +7,8 @@ from rich.table import Table
 
 from .. import ui
 from ..evaluate import EvalConfig, evaluate
-from .options import Backend, Device, Dtype, JsonOut, Model, Seqlen, parse_backend, parse_device, parse_dtype, write_json
+from .options import (Backend, Device, DeviceMapOpt, Dtype, JsonOut, Model, Seqlen, parse_backend, parse_device,
+                      parse_device_map_option, parse_dtype, write_json)
 
 
 def command(
@@ -19,11 +20,14 @@ def command(
     device: Device = "auto",
     dtype: Dtype = "auto",
     backend: Backend = "auto",
+    device_map: DeviceMapOpt = None,
     json_out: JsonOut = None,
 ):
     """Perplexity of a full-precision or quantized model (non-overlapping windows, standard protocol)."""
     cfg = EvalConfig(data=ppl, seqlen=seqlen, max_windows=max_windows, batch_size=batch_size)
-    r = evaluate(model, cfg, device=parse_device(device), dtype=parse_dtype(dtype), backend=parse_backend(backend))
+    placement = parse_device_map_option(device_map, device)
+    r = evaluate(model, cfg, device=parse_device(device), dtype=parse_dtype(dtype), backend=parse_backend(backend),
+                 device_map=placement)
     table = Table(title="perplexity")
     for col in ("model", "weights", "data", "seqlen", "windows", "PPL", "seconds"):
         table.add_column(col)

@@ -6,7 +6,8 @@ import typer
 
 from .. import ui
 from ..generate import SamplingConfig, generate_tokens
-from .options import Backend, Device, Dtype, Model, parse_backend, parse_device, parse_dtype
+from .options import (Backend, Device, DeviceMapOpt, Dtype, Model, parse_backend, parse_device, parse_device_map_option,
+                      parse_dtype)
 
 _D = SamplingConfig()
 
@@ -24,21 +25,21 @@ def command(
     device: Device = "auto",
     dtype: Dtype = "auto",
     backend: Backend = "auto",
+    device_map: DeviceMapOpt = None,
 ):
     """Generate text from a full-precision or quantized model (static KV cache; CUDA graph on GPUs)."""
     from ..evaluate import load_for_eval
 
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                          seed=seed)
-    net, tokenizer, _ = load_for_eval(model, parse_device(device), parse_dtype(dtype), parse_backend(backend))
-    if fuse:
-        from ..arch import spec_for_config
-        from ..fusion import fuse_shared_inputs
-
-        fuse_shared_inputs(net, spec_for_config(net.config))
+    placement = parse_device_map_option(device_map, device)
+    net, tokenizer, _ = load_for_eval(model, parse_device(device), parse_dtype(dtype), parse_backend(backend),
+                                      placement, fuse)
     ids = [tokenizer(p).input_ids for p in prompt]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     r = generate_tokens(net, ids, cfg, eos_id=tokenizer.eos_token_id, use_graph=graph, pad_id=pad)
+    if r["eager_reason"]:
+        ui.err.print(f"note: decoding eagerly, without a CUDA graph: {r['eager_reason']}", highlight=False, markup=False)
     for text, tokens in zip(prompt, r["tokens"]):
         ui.out.print(text + tokenizer.decode(tokens, skip_special_tokens=True), highlight=False, markup=False)
     ui.err.print(f"prefill {r['prefill_s'] * 1e3:.1f} ms, decode {r['decode_tok_per_s']:.1f} tok/s "

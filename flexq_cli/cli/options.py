@@ -16,6 +16,11 @@ Force = Annotated[bool, typer.Option("--force", help="Replace --out if it exists
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N, or auto (cuda when available).")]
 Dtype = Annotated[str, typer.Option(help="Compute dtype of unquantized layers: auto, float32, float16, bfloat16.")]
 Backend = Annotated[str, typer.Option(help="Quantized linears: auto (on CUDA the BTC or INT8 kernel by token count, reference on CPU), reference, btc, int8.")]
+DeviceMapOpt = Annotated[Optional[str], typer.Option(
+    "--device-map", help="Spread the model over several devices (replaces --device): auto (accelerate, over the "
+    "visible GPUs, then host memory), or DEV[:LAYERS],... in layer order, DEV cpu or cuda:I, the last count "
+    "optional (e.g. cuda:0:40,cpu or cuda:0:40,cuda:1). Layers on cpu beside a GPU are offloaded: weights in host "
+    "memory, computed on the first GPU. Decoding runs without a CUDA graph then.")]
 Seqlen = Annotated[int, typer.Option(help="Tokens per sequence.")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 Stream = Annotated[bool, typer.Option("--stream", help="One decoder layer in memory at a time, read from the "
@@ -42,6 +47,23 @@ def parse_dtype(dtype: str) -> torch.dtype | None:
     if dtype not in DTYPES:
         raise FlexQError(f"unknown --dtype '{dtype}'", f"use auto or one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def parse_device_map_option(device_map: str | None, device: str):
+    """``--device-map`` checked up front (syntax, GPUs visible); it replaces ``--device``, so both is an error."""
+    from ..placement import check_cuda_devices, parse_device_map
+
+    parsed = parse_device_map(device_map)
+    if parsed is None:
+        return None
+    if device != "auto":
+        raise FlexQError(f"--device {device} and --device-map {device_map} both say where the model goes",
+                         "pass only one of them")
+    if parsed.uses_cuda and not torch.cuda.is_available():
+        raise FlexQError(f"--device-map {device_map} needs CUDA GPUs, and none is visible",
+                         "use --device cpu, or a map of cpu only")
+    check_cuda_devices(d for d, _ in parsed.entries)
+    return parsed
 
 
 def parse_offload_dir(stream: bool, offload_dir: Path | None) -> Path | None:
