@@ -208,15 +208,16 @@ def output_plan(hf_config, config: QuantConfig, keep: torch.dtype, max_shard_byt
     return [(shard_file_name(i, len(shards)), shard) for i, shard in enumerate(shards)]
 
 
-def quantized_skeleton(hf_config, config: QuantConfig, dtype: torch.dtype):
-    """The model of ``hf_config`` on the meta device, every decoder linear a QuantLinear of ``config``."""
+def quantized_skeleton(hf_config, config: QuantConfig | None, dtype: torch.dtype):
+    """The model of ``hf_config`` on the meta device (buffers such as the rotary ones computed), every decoder
+    linear a QuantLinear of ``config`` (None: left 16-bit)."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     spec = spec_for_config(hf_config)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    for name in linear_names(model, spec):
+    for name in linear_names(model, spec) if config is not None else []:
         linear = model.get_submodule(name)
         replace_module(model, name, QuantLinear(
             linear.in_features, linear.out_features, bias=linear.bias is not None,
