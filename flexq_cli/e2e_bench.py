@@ -110,6 +110,12 @@ def kv_bytes(config, batch: int, length: int, dtype_bytes: int = 2) -> int:
     return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * length * batch * dtype_bytes
 
 
+def step_bytes(model, batch: int, context: int) -> int:
+    """Bytes one decode step must read: every parameter except the embedding table, plus the KV cache."""
+    params = sum(t.numel() * t.element_size() for n, t in model.state_dict().items() if "embed_tokens" not in n)
+    return params + kv_bytes(model.config, batch, context)
+
+
 def fit_problem(model, device_map: dict[str, str], extra: int) -> str | None:
     """None when the tensors ``device_map`` puts on each GPU, plus ``extra`` bytes (KV cache, activations) on the
     first, fit that GPU's free memory; else a line saying what is missing."""
