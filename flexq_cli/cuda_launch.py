@@ -72,9 +72,13 @@ def compiled_arch() -> str:
 
 @functools.lru_cache(maxsize=None)
 def function(device: int, filename: str, options: tuple[str, ...], name: str, smem: int):
-    fn = module(device, filename, options).get_function(name)
-    if smem > 48 * 1024:  # more than 48 KB of dynamic shared memory must be asked for
-        fn.max_dynamic_shared_size_bytes = smem
+    """The kernel ``name`` for ``device``. CuPy loads a module's cubin into the CURRENT device's context when the
+    first function is fetched, so fetching (and setting attributes) happens with ``device`` current: fetched
+    under another device, a kernel for GPU 1 lived in GPU 0's context and its launch failed (CUresult 1)."""
+    with cupy_module().cuda.Device(device):
+        fn = module(device, filename, options).get_function(name)
+        if smem > 48 * 1024:  # more than 48 KB of dynamic shared memory must be asked for
+            fn.max_dynamic_shared_size_bytes = smem
     return fn
 
 

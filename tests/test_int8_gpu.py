@@ -187,3 +187,22 @@ def test_quant_linear_dispatch(m):
     for backend in ("btc", "int8", "auto"):
         _assert_same_bits(outs[backend], outs["reference"])
     assert choose_kernel(m, n, 640, 8) in ("btc", "int8")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_both_kernels_on_the_second_gpu():
+    """Kernels follow their tensors' device whatever device is current (modules load into that device's context)."""
+    from flexq_cli import btc
+    from flexq_cli.reference import reference_linear
+
+    dev = torch.device("cuda", 1)
+    n, k = 1536, 576
+    wq, ws, qweight = (t.to(dev) for t in _layer(n, k, seed=8))
+    with torch.cuda.device(0):
+        for m in (3, 300):
+            x = _x(m, k).to(dev)
+            ref = reference_linear(x, wq, ws, act_bits=8, act_group_size=128, weight_group_size=128)
+            for kernel in (btc.btc_linear, int8_kernel.int8_linear):
+                y = kernel(x, qweight, ws, act_bits=8)
+                assert y.device == dev
+                _assert_same_bits(y, ref)
