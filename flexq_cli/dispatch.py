@@ -1,12 +1,14 @@
 """Which GPU kernel runs a W6Ax linear of M tokens: the bit-serial BTC GEMM or the INT8 tensor-core GEMM.
 
 The BTC kernel (btc.py) streams the packed weights at close to memory speed but costs 36 / 48 binary MMAs per
-multiply-add; the INT8 kernel (int8_kernel.py) unpacks the weights to int8 and runs at INT8 MMA rates. So BTC
-wins for a few tokens (decode) and INT8 beyond a crossover M that depends on the shape and the activation bits.
+multiply-add; the INT8 kernel (int8_kernel.py) unpacks the weights to int8 and multiplies on INT8 tensor cores
+(250-283 TOPS measured at M >= 512). So BTC wins for a few tokens (decode) and INT8 beyond a crossover M that
+depends on the shape and the activation bits.
 
-``CROSSOVER[(N, K, act_bits)]`` is the M from which INT8 runs (BTC below it), measured on an NVIDIA H100 80GB HBM3
-by ``flexq bench --kernel`` (``kernel_bench.crossovers``: the threshold that loses least against the faster kernel
-over the timed M); shapes not in the table use ``DEFAULT_CROSSOVER``, the median threshold of the table.
+``CROSSOVER[(N, Kp, act_bits)]`` (Kp: K padded to 128, as packed) is the M from which INT8 runs (BTC below it),
+measured on an NVIDIA H100 80GB HBM3 by ``flexq bench --kernel`` (``kernel_bench.crossovers``: the threshold that
+loses least against the faster kernel over the timed M); shapes not in the table use ``DEFAULT_CROSSOVER``, the
+median threshold of the table.
 Both kernels give the same bits (the format's canonical epilogue), so the choice changes speed, never results.
 """
 
@@ -39,12 +41,12 @@ CROSSOVER: dict[tuple[int, int, int], int] = {
     (14336, 4096, 6): 16,
     (4096, 14336, 8): 64,
     (4096, 14336, 6): 128,
-    (576, 576, 8): 16,
-    (576, 576, 6): 16,
-    (192, 576, 8): 4,
-    (192, 576, 6): 32,
-    (1536, 576, 8): 16,
-    (1536, 576, 6): 16,
+    (576, 640, 8): 16,
+    (576, 640, 6): 16,
+    (192, 640, 8): 4,
+    (192, 640, 6): 32,
+    (1536, 640, 8): 16,
+    (1536, 640, 6): 16,
     (576, 1536, 8): 32,
     (576, 1536, 6): 32,
 }
@@ -52,6 +54,6 @@ DEFAULT_CROSSOVER = {6: 32, 8: 32}  # the median of the table's thresholds for t
 
 
 def choose_kernel(m: int, n: int, k: int, act_bits: int) -> str:
-    """'btc' or 'int8' for an (M, N, K) problem with ``act_bits``-bit activations."""
+    """'btc' or 'int8' for an (M, N, Kp) problem (Kp: the packed, padded K) with ``act_bits``-bit activations."""
     threshold = CROSSOVER.get((n, k, act_bits), DEFAULT_CROSSOVER[act_bits])
     return "int8" if m >= threshold else "btc"

@@ -267,14 +267,15 @@ def summary(result: dict) -> str:
 
 
 def crossovers(result: dict) -> dict[tuple[int, int, int], int]:
-    """(N, K, act_bits) -> the M threshold (dispatch.CROSSOVER: INT8 from there on, BTC below) that loses the least
-    against the faster kernel over every timed M: the smallest sum of log(chosen time / faster time)."""
+    """(N, padded K, act_bits) -> the M threshold (dispatch.CROSSOVER: INT8 from there on, BTC below) that loses
+    the least against the faster kernel over every timed M: the smallest sum of log(chosen time / faster time)."""
     import math
 
     times = {}
     for r in result["rows"]:
         if r["op"].startswith("W6"):
-            times.setdefault((r["N"], r["K"], int(r["op"][3])), {}).setdefault(r["M"], {})[r["op"][5:]] = r["median_us"]
+            kp = -(-r["K"] // BLOCK_K) * BLOCK_K  # keyed by padded K, as QuantLinear looks it up
+            times.setdefault((r["N"], kp, int(r["op"][3])), {}).setdefault(r["M"], {})[r["op"][5:]] = r["median_us"]
     out = {}
     for key, per_m in times.items():
         ms = sorted(per_m)

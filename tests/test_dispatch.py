@@ -1,0 +1,42 @@
+"""The BTC/INT8 dispatch rule and the crossover it is tuned from (pure Python: runs without a GPU)."""
+
+from __future__ import annotations
+
+from flexq_cli import dispatch
+from flexq_cli.kernel_bench import crossovers
+
+
+def _rows(n, k, act_bits, times):
+    """Bench rows for one shape: times = {M: (btc_us, int8_us)}."""
+    rows = []
+    for m, (b, i) in times.items():
+        rows.append({"N": n, "K": k, "M": m, "op": f"W6A{act_bits}/btc", "median_us": b})
+        rows.append({"N": n, "K": k, "M": m, "op": f"W6A{act_bits}/int8", "median_us": i})
+        rows.append({"N": n, "K": k, "M": m, "op": "fp16", "median_us": 1.0})
+    return rows
+
+
+def test_crossover_is_the_least_loss_threshold():
+    # INT8 wins from 32 on, except a noisy win at 4 that a single threshold cannot follow
+    times = {1: (10, 50), 4: (60, 50), 8: (12, 50), 16: (20, 50), 32: (60, 50), 64: (120, 55), 128: (240, 60)}
+    result = {"rows": _rows(4096, 4096, 8, times) + _rows(4096, 4096, 6, {1: (10, 50), 8: (12, 50)})}
+    cx = crossovers(result)
+    assert cx[(4096, 4096, 8)] == 32
+    assert cx[(4096, 4096, 6)] == 16  # INT8 never won: a threshold above every timed M
+
+
+def test_choose_kernel_uses_the_table_then_the_default(monkeypatch):
+    monkeypatch.setattr(dispatch, "CROSSOVER", {(4096, 4096, 8): 64})
+    assert dispatch.choose_kernel(63, 4096, 4096, 8) == "btc"
+    assert dispatch.choose_kernel(64, 4096, 4096, 8) == "int8"
+    default = dispatch.DEFAULT_CROSSOVER[6]
+    assert dispatch.choose_kernel(default - 1, 123, 4096, 6) == "btc"
+    assert dispatch.choose_kernel(default, 123, 4096, 6) == "int8"
+
+
+def test_measured_table_is_consistent():
+    """Every entry of the shipped table is a power of two within the bench's M sweep, for both activation widths."""
+    assert dispatch.CROSSOVER, "the table measured on the H100 is empty"
+    for (n, k, act_bits), m in dispatch.CROSSOVER.items():
+        assert act_bits in (6, 8) and n % 16 == 0 and k % 128 == 0
+        assert m >= 1 and m & (m - 1) == 0 and m <= 8192
