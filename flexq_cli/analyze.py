@@ -4,9 +4,11 @@ Method. All weights INT6 and all activations 8-bit is the base model. For each d
 activations drop to 6 bits and we measure, on calibration tokens, the KL divergence of the final next-token
 distribution from the base model's (and the increase of the calibration NLL). Cost is kept low by caching
 every decoder layer's input from the base pass: the run for l starts at l's own decoder layer, so a linear in
-layer i costs (L - i) layers plus the head, not a whole forward pass. The A8 set is the top of the ranking
-under a budget: a fraction or a count of the linears, or the smallest set whose remaining (A6) scores sum
-below a KL target.
+layer i costs (L - i) layers plus the head, not a whole forward pass. Streamed (``--stream``,
+``streaming.analyze_streamed``), the same runs go through the layers side by side: each layer is read once,
+carries the base and every run begun in an earlier layer, and begins one run per linear of its own. The A8 set
+is the top of the ranking under a budget: a fraction or a count of the linears, or the smallest set whose
+remaining (A6) scores sum below a KL target.
 
 Artifact ``plan.safetensors``: tensors ``kl`` and ``dnll`` (one entry per linear, in layer order), and the plan
 in the manifest (``extra.act_bits``: module name -> 8 for the A8 set; every other linear uses ``extra.default``).
@@ -131,12 +133,25 @@ def measure_sensitivity(model, spec, sims: dict[str, SimQuantLinear], input_ids:
             base = _base_pass(model, spec, cache, input_ids[s].to(device))
         sims[names[j]].act_bits = 6
         try:
-            k, nll = base.kl_and_nll(_run_from(model, spec, cache, layer_index(names[j], spec)))
+            logits = _run_from(model, spec, cache, layer_index(names[j], spec))
+            add_score(kl, dnll, j, base, logits, len(input_ids))
         finally:
             sims[names[j]].act_bits = 8
-        kl[j] += k / len(input_ids)
-        dnll[j] += (nll - base.nll) / len(input_ids)
     return kl, dnll
+
+
+def add_score(kl: torch.Tensor, dnll: torch.Tensor, j: int, base: _Reference, logits: torch.Tensor,
+              n: int) -> None:
+    """Add one sample's KL and dNLL of linear ``j``'s (T, V) logits to its mean over ``n`` samples."""
+    k, nll = base.kl_and_nll(logits)
+    kl[j] += k / n
+    dnll[j] += (nll - base.nll) / n
+
+
+def sample_nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    """Mean next-token NLL of (T, V) logits on the (T,) sample ``ids``."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return torch.nn.functional.nll_loss(logp[:-1], ids[1:].to(logp.device)).item()
 
 
 def select_a8(scores: torch.Tensor, cfg: AnalyzeConfig) -> list[int]:
@@ -164,17 +179,18 @@ def plan_loss(model, sims: dict[str, SimQuantLinear], input_ids: torch.Tensor, b
     device = next(model.parameters()).device
     total = 0.0
     for ids in input_ids:
-        logp = torch.log_softmax(model(ids[None].to(device), use_cache=False).logits[0].float(), dim=-1)
-        total += torch.nn.functional.nll_loss(logp[:-1], ids[1:].to(device)).item()
+        total += sample_nll(model(ids[None].to(device), use_cache=False).logits[0], ids)
     for sim in sims.values():
         sim.act_bits = 8
     return total / len(input_ids)
 
 
 def analyze(model_name: str, calib: Path, cfg: AnalyzeConfig, base: QuantConfig, out: Path, *,
-            force: bool = False, device: str = "cpu", scores_from: Path | None = None) -> dict:
+            force: bool = False, device: str = "cpu", scores_from: Path | None = None, stream: bool = False,
+            offload_dir: Path | None = None) -> dict:
     """Measure (or reuse the scores of an earlier plan), select, and write ``out/plan.safetensors`` plus
-    ``plan.md`` (and ``scores.png``)."""
+    ``plan.md`` (and ``scores.png``). ``stream``: one decoder layer in memory at a time (streaming.py), the
+    same plan; ``offload_dir`` keeps its hidden states on disk."""
     ref = resolve_model(model_name)
     model_fp = fingerprint(ref)
     calib_manifest, calib_tensors = load_calibration(calib, model_fp)
@@ -183,19 +199,14 @@ def analyze(model_name: str, calib: Path, cfg: AnalyzeConfig, base: QuantConfig,
         raise FlexQError(f"--samples {cfg.samples} --seqlen {cfg.seqlen} asks for more than {calib} holds "
                          f"({ids.shape[0]} x {ids.shape[1]} tokens)", "lower them, or calibrate with more")
     ids = ids[: cfg.samples, : cfg.seqlen].long()
+    reuse = None if scores_from is None else lambda names: _reuse_scores(scores_from, model_fp, names, base)
     with atomic_output_dir(out, force) as tmp:
-        model, _, spec = load_fp_model(ref, torch.float32, device)
-        sims = simulated_model(model, spec, base, calib_tensors, cfg.weight_samples)
-        names = list(sims)
-        if scores_from is None:
-            kl, dnll = measure_sensitivity(model, spec, sims, ids)
+        if stream:
+            names, kl, dnll, chosen, losses = _measure_streamed(ref, cfg, base, calib_tensors, ids, device, reuse,
+                                                                offload_dir)
         else:
-            kl, dnll = _reuse_scores(scores_from, model_fp, names, base)
-        chosen = sorted(select_a8(kl if cfg.metric == "kl" else dnll, cfg))
+            names, kl, dnll, chosen, losses = _measure_in_memory(ref, cfg, base, calib_tensors, ids, device, reuse)
         act_bits = {names[i]: 8 for i in chosen}
-        losses = {"fp_w6a8": plan_loss(model, sims, ids, dict.fromkeys(names, 8)),
-                  "fp_w6a6": plan_loss(model, sims, ids, {}),
-                  "plan": plan_loss(model, sims, ids, act_bits)}
         summary = {"layers": len(names), "a8": len(chosen), "calibration_nll": losses,
                    "samples": int(ids.shape[0]), "seqlen": int(ids.shape[1]),
                    "scores_from": str(scores_from) if scores_from else None}
@@ -205,6 +216,49 @@ def analyze(model_name: str, calib: Path, cfg: AnalyzeConfig, base: QuantConfig,
         save_artifact(tmp / FILENAME, {"kl": kl, "dnll": dnll}, manifest)
         write_report(tmp, names, kl, dnll, set(chosen), summary)
     return {"out": str(out), "names": names, "kl": kl, "dnll": dnll, "chosen": chosen, **summary}
+
+
+def _choose(kl: torch.Tensor, dnll: torch.Tensor, cfg: AnalyzeConfig) -> list[int]:
+    return sorted(select_a8(kl if cfg.metric == "kl" else dnll, cfg))
+
+
+def _measure_in_memory(ref, cfg: AnalyzeConfig, base: QuantConfig, calib_tensors: dict, ids: torch.Tensor,
+                       device: str, reuse):
+    """(names, kl, dnll, chosen, calibration NLLs) with the whole simulated model in memory."""
+    model, _, spec = load_fp_model(ref, torch.float32, device)
+    sims = simulated_model(model, spec, base, calib_tensors, cfg.weight_samples)
+    names = list(sims)
+    kl, dnll = measure_sensitivity(model, spec, sims, ids) if reuse is None else reuse(names)
+    chosen = _choose(kl, dnll, cfg)
+    act_bits = {names[i]: 8 for i in chosen}
+    losses = {"fp_w6a8": plan_loss(model, sims, ids, dict.fromkeys(names, 8)),
+              "fp_w6a6": plan_loss(model, sims, ids, {}),
+              "plan": plan_loss(model, sims, ids, act_bits)}
+    return names, kl, dnll, chosen, losses
+
+
+def _measure_streamed(ref, cfg: AnalyzeConfig, base: QuantConfig, calib_tensors: dict, ids: torch.Tensor,
+                      device: str, reuse, offload_dir: Path | None):
+    """``_measure_in_memory``, one decoder layer at a time. The scores and the all-A8 / all-A6 NLLs come from
+    one pass; the plan's NLL needs the A8 set, known only after the last layer, so a second pass carries that
+    one run (re-reading and re-simulating every layer, with no variants: L layer forwards)."""
+    from .streaming import Run, StreamedModel, analyze_streamed
+
+    sm = StreamedModel(ref, torch.float32, device)
+    names = sm.linear_names()
+
+    def run(whole: dict, variants: bool):
+        return analyze_streamed(sm, base, calib_tensors, cfg.weight_samples, ids, whole, variants, offload_dir)
+
+    whole = {"fp_w6a8": Run(0, 8), "fp_w6a6": Run(0, 6)}
+    if reuse is None:
+        (kl, dnll), losses = run(whole, variants=True)
+    else:
+        (kl, dnll), losses = reuse(names), {}
+    chosen = _choose(kl, dnll, cfg)
+    plan = {"plan": Run(0, 6, {names[i]: 8 for i in chosen})}
+    _, more = run(plan if losses else {**whole, **plan}, variants=False)
+    return names, kl, dnll, chosen, {**losses, **more}
 
 
 def simulated_model(model, spec, base: QuantConfig, calib_tensors: dict, weight_samples: int | None):

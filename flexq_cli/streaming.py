@@ -26,12 +26,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from . import ui
-from .arch import decoder_layers, linear_names, spec_for_config
+from .arch import decoder_layers, layer_index, linear_names, spec_for_config
 from .artifacts import Manifest, tensor_digest
 from .errors import FlexQError
 from .loading import ModelRef, gguf_converted_dir
@@ -183,15 +184,18 @@ class Activations:
     def __len__(self) -> int:
         return len(self.kwargs)
 
-    def __iter__(self):
-        """(hidden_states, kwargs) of each sample, read back one at a time when offloaded."""
+    def get(self, i: int) -> torch.Tensor:
+        """Sample ``i``'s hidden states (read back from its file when offloaded)."""
         from safetensors.torch import load_file
 
+        if self.folder is None:
+            return self.hidden[i]
+        return load_file(str(self._file(i, self.generation)), device=self.device)["hidden"]
+
+    def __iter__(self):
+        """(hidden_states, kwargs) of each sample, read back one at a time when offloaded."""
         for i, kwargs in enumerate(self.kwargs):
-            if self.folder is None:
-                yield self.hidden[i], kwargs
-            else:
-                yield load_file(str(self._file(i, self.generation)), device=self.device)["hidden"], kwargs
+            yield self.get(i), kwargs
 
     @torch.no_grad()
     def advance(self, layer: torch.nn.Module, keep: bool = True) -> None:
@@ -405,6 +409,161 @@ def _count(totals: dict, modules) -> None:
         totals["scales"] += m.scales.numel() * 2
         totals["zero"] += int((m.scales == 0).sum())
         totals["a8"] += m.act_bits == 8
+
+
+# --- analyze ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One hidden-state set carried through the decoder layers: it leaves the base run's hidden states at
+    decoder layer ``start`` (0: the embeddings) and runs with ``bits`` per linear (missing names: ``default``)."""
+
+    start: int
+    default: int
+    bits: dict[str, int] = field(default_factory=dict)
+    states: "Activations | None" = None
+
+    def set_bits(self, sims: dict[str, torch.nn.Module]) -> None:
+        for name, sim in sims.items():
+            sim.act_bits = self.bits.get(name, self.default)
+
+
+@contextlib.contextmanager
+def simulated_layer(sm: StreamedModel, i: int, layer, config, calib: dict | None, calib_acts: "Activations | None"):
+    """``analyze.simulated_model`` on decoder layer ``i`` (float32, loaded) for the block: smoothing, the weight
+    codes (GPTQ and the output clip search from ``calib_acts``, advanced as ``quantize_layer`` does) and a
+    SimQuantLinear at A8 in place of every linear. Yields full name -> SimQuantLinear; afterwards the layer has
+    its linears back, on the meta device, so that it can be read again."""
+    from .algorithms.sequential import layer_hessians, weight_codes
+    from .modules import SimQuantLinear, replace_module
+
+    prefix = f"{sm.spec.layers}.{i}."
+    if config.smooth_alpha is not None:
+        smooth_layer(sm, i, layer, {prefix + r: calib[f"{prefix}{r}.absmax"] for r in sm.spec.linears},
+                     config.smooth_alpha)
+    hessians = layer_hessians(layer, sm.spec, config, calib_acts) if calib_acts is not None else {}
+    sims, linears = {}, {}
+    for group in sm.spec.groups:
+        for rel in group.linears:
+            linears[rel] = linear = layer.get_submodule(rel)
+            codes, scales = weight_codes(linear, config, hessians.get(group.linears[0]))
+            sims[prefix + rel] = SimQuantLinear(linear, config, config.act_bits_for(prefix + rel), codes, scales)
+            replace_module(layer, rel, sims[prefix + rel])
+            linear.to("meta")  # frees the float weight
+    del hessians
+    try:
+        if calib_acts is not None:  # the next layer's GPTQ / clip inputs, at the config's bits as in memory
+            calib_acts.advance(layer, keep=i + 1 < len(sm.layers))
+        for sim in sims.values():
+            sim.act_bits = 8
+        yield sims
+    finally:
+        for rel, linear in linears.items():
+            replace_module(layer, rel, linear)
+
+
+def _carry(layer, i: int, sims: dict, runs: list[Run], new_store) -> None:
+    """Decoder layer ``i`` for every run: first the runs that start here (on the base run's input, each sample
+    read once for all of them), then every older run and the base, in place."""
+    base, starting = runs[0], [r for r in runs[1:] if r.start == i]
+    for r in starting:
+        r.states = new_store()
+    for s, kwargs in enumerate(base.states.kwargs):
+        hidden = base.states.get(s)
+        for r in starting:
+            r.set_bits(sims)
+            out = layer(hidden, **kwargs)
+            r.states.append(out[0] if isinstance(out, tuple) else out, kwargs)
+    for r in [base] + [r for r in runs[1:] if r.start < i]:
+        r.set_bits(sims)
+        r.states.advance(layer)
+
+
+@torch.no_grad()
+def carry_runs(sm: StreamedModel, config, calib: dict, weight_samples: int | None, input_ids: torch.Tensor,
+               runs: list[Run], folder: Path | None) -> None:
+    """Every run through every decoder layer, each layer read from the shards once and simulated as
+    ``analyze.simulated_model`` does; afterwards each run's ``states`` hold its final hidden states (in
+    ``folder`` when offloaded). ``runs[0]``, the base, starts at layer 0; the others leave it at their ``start``."""
+    calib_acts = None
+    if config.needs_activations:
+        calib_acts = Activations(sm.device, folder)
+        sm.layer_inputs(calib["input_ids"][:weight_samples].long(), calib_acts)
+    runs[0].states = Activations(sm.device, folder)
+    sm.layer_inputs(input_ids, runs[0].states)
+    for i in ui.track(range(len(sm.layers)), "measuring layers"):
+        with sm.loaded(f"{sm.spec.layers}.{i}", torch.float32) as layer:
+            with simulated_layer(sm, i, layer, config, calib, calib_acts) as sims:
+                _carry(layer, i, sims, runs, lambda: Activations(sm.device, folder))
+            del sims  # the simulated weights go before the next layer is read
+    if calib_acts is not None:
+        calib_acts.close()
+
+
+@contextlib.contextmanager
+def runs_folder(offload_dir: Path | None, need_bytes: int):
+    """None (the runs' hidden states in memory), or a private folder inside ``offload_dir`` for them, checked
+    for room first and removed at the end."""
+    if offload_dir is None:
+        yield None
+        return
+    check_offload_dir(Path(offload_dir), need_bytes)
+    folder = Path(tempfile.mkdtemp(prefix="flexq-analyze-", dir=offload_dir))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def loaded_head(sm: StreamedModel):
+    """The final norm and ``lm_head`` in float32 for the block (a tied ``lm_head`` reads the embedding)."""
+    embed = sm.model.get_input_embeddings()
+    embed_name = next(n for n, m in sm.model.named_modules() if m is embed)
+    norm, head = sm.model.get_submodule(sm.spec.final_norm), sm.model.get_submodule(sm.spec.lm_head)
+    sm.source.load(norm, sm.spec.final_norm, torch.float32, sm.device)
+    state = {}
+    for key in head.state_dict():
+        name = f"{sm.spec.lm_head}.{key}"
+        state[key] = sm.source.read(name if name in sm.source.files else f"{embed_name}.{key}", torch.float32,
+                                    sm.device)
+    head.load_state_dict(state, strict=True, assign=True)
+    try:
+        yield
+    finally:
+        norm.to("meta")
+        head.to("meta")
+
+
+@torch.no_grad()
+def analyze_streamed(sm: StreamedModel, config, calib: dict, weight_samples: int | None, input_ids: torch.Tensor,
+                     whole: dict[str, Run], variants: bool, offload_dir: Path | None = None):
+    """One streamed pass of ``flexq analyze``. ``whole``: label -> a run over the whole model, whose mean
+    calibration NLL is returned; the first is the base (all A8 when ``variants``). With ``variants``, one more
+    run per linear l (all A8 but l at A6) from l's own decoder layer, scored against the base as
+    ``analyze.measure_sensitivity`` scores it: the same float ops per run, so the same scores.
+    Returns (kl, dnll, {label: NLL}); kl and dnll are None without ``variants``."""
+    from .analyze import _head, _Reference, add_score, sample_nll
+
+    names, runs = sm.linear_names(), list(whole.values())
+    if variants:
+        runs += [Run(layer_index(name, sm.spec), 8, {name: 6}) for name in names]
+    n, kl, dnll, nll = len(input_ids), torch.zeros(len(names)), torch.zeros(len(names)), dict.fromkeys(whole, 0.0)
+    need = (len(runs) + 1) * input_ids.numel() * sm.model.config.hidden_size * 4  # float32 hidden states
+    with runs_folder(offload_dir, need) as folder, contextlib.ExitStack() as stack:
+        stack.callback(lambda: [setattr(r, "states", None) for r in runs])  # frees the in-memory states
+        carry_runs(sm, config, calib, weight_samples, input_ids, runs, folder)
+        with loaded_head(sm):
+            for s in ui.track(range(n), "scoring samples"):
+                ids = input_ids[s].to(sm.device)
+                logits = {label: _head(sm.model, sm.spec, r.states.get(s)) for label, r in whole.items()}
+                for label, value in logits.items():
+                    nll[label] += sample_nll(value, ids)
+                if variants:
+                    base = _Reference(next(iter(logits.values())), ids[1:])
+                    for j, r in enumerate(runs[len(whole):]):
+                        add_score(kl, dnll, j, base, _head(sm.model, sm.spec, r.states.get(s)), n)
+    return (kl, dnll) if variants else (None, None), {label: v / n for label, v in nll.items()}
 
 
 # --- writing the quantized directory ------------------------------------------------------------------------

@@ -125,9 +125,85 @@ def test_bad_offload_dir_is_one_line(args, message, tiny_llama, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
-def test_analyze_refuses_to_stream(tiny_llama, tmp_path):
-    code, _, err = run_cli("analyze", tiny_llama, "--calib", tmp_path, "--out", tmp_path / "p", "--stream")
-    assert code == 1 and "cannot stream" in err and len(err.strip().splitlines()) == 1
+def _plan(folder: Path):
+    from flexq_cli.analyze import load_plan
+
+    manifest, tensors = load_plan(folder / "plan.safetensors")
+    return manifest, tensors, (folder / "plan.md").read_text()
+
+
+@pytest.mark.parametrize("preset, offload", [("w6a8", False), ("w6a8", True), ("flexq-best", False)])
+def test_streamed_analyze_writes_the_same_plan(preset, offload, calib_dirs, sharded_llama, tmp_path):
+    """Bit-identical scores, NLLs, A8 set, manifest and plan.md. Each streamed run (the base, all A6, one per
+    linear from its own decoder layer, the plan) does the in-memory analysis's float ops in the same order, one
+    sample at a time, so no tolerance is needed. flexq-best: smoothing and the output clip search (its
+    calibration activations carried beside the runs)."""
+    from flexq_cli.analyze import AnalyzeConfig, analyze
+    from flexq_cli.config import load_preset
+
+    cfg, base = AnalyzeConfig(a8_count=5, samples=2, seqlen=32), load_preset(preset)
+    acts = tmp_path / "acts"
+    acts.mkdir()
+    analyze(str(sharded_llama), calib_dirs / "full", cfg, base, tmp_path / "full")
+    r = analyze(str(sharded_llama), calib_dirs / "full", cfg, base, tmp_path / "stream", stream=True,
+                offload_dir=acts if offload else None)
+    (ma, ta, md_a), (mb, tb, md_b) = _plan(tmp_path / "full"), _plan(tmp_path / "stream")
+    assert torch.equal(ta["kl"], tb["kl"]) and torch.equal(ta["dnll"], tb["dnll"])
+    assert (ta["kl"] > 0).all() and len(r["chosen"]) == 5
+    assert ma.extra == mb.extra and ma.config == mb.config and md_a == md_b
+    assert not list(acts.iterdir())
+
+
+def test_streamed_analyze_cli_with_offload_and_scores_from(calib_dirs, sharded_llama, tmp_path):
+    """Through the CLI: --stream --offload-dir, then --stream --scores-from (one pass for the three NLLs)."""
+    (tmp_path / "acts").mkdir()
+    common = ("analyze", sharded_llama, "--calib", calib_dirs / "full", "--samples", 2, "--seqlen", 32,
+              "--a8-count", 4, "--device", "cpu")
+    code, _, err = run_cli(*common, "--out", tmp_path / "full")
+    assert code == 0, err
+    code, out, err = run_cli(*common, "--out", tmp_path / "stream", "--stream", "--offload-dir", tmp_path / "acts")
+    assert code == 0, err
+    code, _, err = run_cli(*common, "--out", tmp_path / "again", "--stream", "--a8-count", 6,
+                           "--scores-from", tmp_path / "stream")
+    assert code == 0, err
+    (ma, ta, md_a), (mb, tb, md_b) = _plan(tmp_path / "full"), _plan(tmp_path / "stream")
+    assert torch.equal(ta["kl"], tb["kl"]) and ma.extra == mb.extra and md_a == md_b
+    mc, tc, _ = _plan(tmp_path / "again")
+    assert torch.equal(tc["kl"], tb["kl"]) and len(mc.extra["act_bits"]) == 6
+    nll_a, nll_c = ma.extra["summary"]["calibration_nll"], mc.extra["summary"]["calibration_nll"]
+    assert nll_c["fp_w6a8"] == nll_a["fp_w6a8"] and nll_c["fp_w6a6"] == nll_a["fp_w6a6"]
+    assert not list((tmp_path / "acts").iterdir())
+
+
+def _analyze_both(model: Path, text_file: Path, tmp_path: Path, samples: int, seqlen: int):
+    """Calibrate ``model``, then analyze it in memory and streamed; returns both plans."""
+    from flexq_cli.analyze import AnalyzeConfig, analyze
+    from flexq_cli.config import load_preset
+
+    code, _, err = run_cli("calibrate", model, "--data", text_file, "--samples", samples, "--seqlen", seqlen,
+                           "--device", "cpu", "--out", tmp_path / "calib")
+    assert code == 0, err
+    cfg = AnalyzeConfig(a8_budget=0.25, samples=samples, seqlen=seqlen)
+    for name, stream in (("full", False), ("stream", True)):
+        analyze(str(model), tmp_path / "calib", cfg, load_preset("w6a8"), tmp_path / name, stream=stream)
+    return _plan(tmp_path / "full"), _plan(tmp_path / "stream")
+
+
+def test_streamed_analyze_of_a_tied_model(tokenizer, text_file, tmp_path):
+    """A tied lm_head (SmolLM2's) has no tensor of its own in the checkpoint: the head reads the embedding."""
+    from conftest import make_tiny
+
+    model = make_tiny(tmp_path / "tied", tokenizer, tie_word_embeddings=True, num_hidden_layers=3)
+    (ma, ta, md_a), (mb, tb, md_b) = _analyze_both(model, text_file, tmp_path, 2, 24)
+    assert torch.equal(ta["kl"], tb["kl"]) and torch.equal(ta["dnll"], tb["dnll"])
+    assert ma.extra == mb.extra and md_a == md_b
+
+
+@pytest.mark.slow  # ~85 s on 2 CPU cores: 210 linears, 3,255 layer forwards each way (1 x 32 tokens)
+def test_streamed_analyze_on_smollm2_writes_the_same_plan(smollm2_dir, text_file, tmp_path):
+    (ma, ta, md_a), (mb, tb, md_b) = _analyze_both(smollm2_dir, text_file, tmp_path, 1, 32)
+    assert torch.equal(ta["kl"], tb["kl"]) and torch.equal(ta["dnll"], tb["dnll"])
+    assert ma.extra == mb.extra and md_a == md_b
 
 
 def test_shard_writer_output_reads_back_with_safetensors(tmp_path):

@@ -9,8 +9,7 @@ from rich.table import Table
 from .. import ui
 from ..analyze import AnalyzeConfig, analyze
 from ..config import load_preset
-from ..errors import FlexQError
-from .options import Device, Force, Model, Out, parse_device
+from .options import Device, Force, Model, OffloadDir, Out, Stream, parse_device, parse_offload_dir
 
 _D = AnalyzeConfig()
 
@@ -33,18 +32,17 @@ def command(
     show: Annotated[int, typer.Option(help="Rows of the ranking to print.")] = 15,
     device: Device = "auto",
     force: Force = False,
-    stream: Annotated[bool, typer.Option("--stream", help="Not supported: the analysis reruns every later layer "
-                                          "for each linear (docs/scale.md); it needs the model in memory.")] = False,
+    stream: Stream = False,
+    offload_dir: OffloadDir = None,
 ):
-    """Measure each linear's sensitivity to 6-bit activations and choose the A8 set under a budget."""
-    if stream:
-        raise FlexQError("flexq analyze cannot stream: each linear's score reruns every later decoder layer, so a "
-                         "streamed analysis would read the model once per layer (docs/scale.md)",
-                         "run analyze where the model fits in memory (a GPU), or quantize with --preset flexq")
+    """Measure each linear's sensitivity to 6-bit activations and choose the A8 set under a budget.
+
+    With --stream each decoder layer is read once and carries one hidden-state set per linear begun before it:
+    the same plan, compute-heavy (about 7L^2/2 layer forwards per sample; docs/scale.md)."""
     cfg = AnalyzeConfig(a8_budget=a8_budget, a8_count=a8_count, kl_target=kl_target, samples=samples,
                         seqlen=seqlen, metric=metric, weight_samples=weight_samples)
     r = analyze(model, calib, cfg, load_preset(preset), out, force=force, device=parse_device(device),
-                scores_from=scores_from)
+                scores_from=scores_from, stream=stream, offload_dir=parse_offload_dir(stream, offload_dir))
     table = Table(title=f"most sensitive linears ({r['a8']} of {r['layers']} at A8)")
     for col in ("rank", "linear", "KL at A6", "dNLL at A6", "bits"):
         table.add_column(col, justify="left" if col == "linear" else "right")
