@@ -4,11 +4,13 @@ Writes a random-init LLaMA with LLaMA-2-70B layer shapes (hidden 8192, intermedi
 heads of 128) and only ``--layers`` decoder layers, as bfloat16 safetensors shards (one per decoder layer, one
 for the embeddings, final norm and lm_head) with an index, into a temporary directory. The vocabulary is
 SmolLM2's (49,152 rows, with its tokenizer) instead of LLaMA-2's 32,000: the decoder layers, not the
-embeddings, are what is measured. Then runs ``flexq calibrate --stream`` and ``flexq quantize --stream``, each in
-its own process, and prints for each: peak RSS (VmHWM), the size of one decoder layer in 16 bits, seconds per
-decoder layer (read, compute, quantize, write, free), and the time projected to LLaMA-2-70B's 80 layers.
+embeddings, are what is measured. Then runs ``flexq calibrate --stream`` and ``flexq quantize --stream`` (and
+with ``--stages calibrate,analyze`` ``flexq analyze --stream``), each in its own process, and prints for each:
+peak RSS (VmHWM), the size of one decoder layer in 16 bits, seconds per decoder layer (read, compute, quantize,
+write, free), and the time projected to LLaMA-2-70B's 80 layers.
 
     nice -n 10 python scripts/scale_70b_layers.py --layers 3 --samples 2 --seqlen 128 [--json out.json]
+    nice -n 10 python scripts/scale_70b_layers.py --layers 3 --samples 1 --seqlen 128 --stages calibrate,analyze
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 SHAPE = dict(hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8,
              max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False)
 FULL_DEPTH = 80  # LLaMA-2-70B
+LINEARS = 7  # per decoder layer
 
 
 def status_kb(field: str) -> int:
@@ -123,12 +126,43 @@ def report(stage: str, r: dict, sizes: dict, activations: int) -> dict:
     return row
 
 
+def analyze_forwards(layers: int) -> list[int]:
+    """Layer forwards per sample at each decoder layer of the streamed analysis's scoring pass: the base, the
+    all-A6 run, the variants begun in earlier layers, and one new variant per linear of this layer."""
+    return [2 + LINEARS * (i + 1) for i in range(layers)]
+
+
+def report_analyze(r: dict, sizes: dict, layers: int, activations: int) -> dict:
+    """``flexq analyze --stream``: the scoring pass's layer times fitted as c + f x forwards (c: read and
+    simulate the layer, f: one layer forward of all samples), the plan pass (one run) beside it, projected to
+    80 layers."""
+    score, plan = r["layer_s"][:layers], r["layer_s"][layers:]
+    n = analyze_forwards(layers)
+    f = (score[-1] - score[0]) / (n[-1] - n[0]) if layers > 1 else score[0] / n[0]
+    c = score[0] - f * n[0]
+    fixed = r["wall_s"] - sum(r["layer_s"])
+    projected = fixed + sum(c + f * k for k in analyze_forwards(FULL_DEPTH)) + FULL_DEPTH * sum(plan) / len(plan)
+    peak_gb, layer_gb = r["peak_rss_kb"] * 1024 / 1e9, sizes["layer_bytes_16bit"] / 1e9
+    row = {"stage": "analyze", "peak_rss_gb": round(peak_gb, 3), "layer_16bit_gb": round(layer_gb, 3),
+           "run_states_gb": round(activations / 1e9, 4), "peak_over_layer": round(peak_gb / layer_gb, 2),
+           "scoring_seconds_per_layer": [round(t, 1) for t in score], "forwards_per_layer": n,
+           "plan_pass_seconds_per_layer": [round(t, 1) for t in plan], "seconds_per_forward": round(f, 2),
+           "seconds_per_layer_read_and_simulate": round(c, 1), "other_seconds": round(fixed, 1),
+           "wall_s": round(r["wall_s"], 1), "projected_80_layers_h": round(projected / 3600, 1)}
+    print(f"analyze   peak RSS {peak_gb:.2f} GB = {row['peak_over_layer']:.2f} x one layer; scoring pass "
+          f"{', '.join(f'{t:.1f}' for t in score)} s per layer for {n} forwards ({f:.2f} s per forward, "
+          f"{c:.1f} s read + simulate); plan pass {', '.join(f'{t:.1f}' for t in plan)} s; 80 layers: "
+          f"{row['projected_80_layers_h']:.1f} h", flush=True)
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--seqlen", type=int, default=128)
     p.add_argument("--preset", default="w6a8")
+    p.add_argument("--stages", default="calibrate,quantize", help="comma-separated: calibrate, quantize, analyze")
     p.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temporary directory)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
@@ -146,9 +180,16 @@ def main() -> None:
         common = ["--device", "cpu", "--stream"]
         rows = [report("calibrate", run_stage(["calibrate", root / "model", "--data", data, "--samples", a.samples,
                                                "--seqlen", a.seqlen, "--out", root / "calib", *common]), sizes, acts)]
-        rows.append(report("quantize", run_stage(["quantize", root / "model", "--preset", a.preset, "--calib",
-                                                  root / "calib", "--out", root / "q", *common]), sizes, 0))
-        out_gb = sum(f.stat().st_size for f in (root / "q").glob("*.safetensors")) / 1e9
+        stages = a.stages.split(",")
+        if "quantize" in stages:
+            rows.append(report("quantize", run_stage(["quantize", root / "model", "--preset", a.preset, "--calib",
+                                                      root / "calib", "--out", root / "q", *common]), sizes, 0))
+        if "analyze" in stages:
+            states = (2 + LINEARS * a.layers) * acts  # the base, all A6 and one run per linear, float32
+            rows.append(report_analyze(run_stage(["analyze", root / "model", "--preset", a.preset, "--calib",
+                                                  root / "calib", "--samples", a.samples, "--seqlen", a.seqlen,
+                                                  "--out", root / "plan", *common]), sizes, a.layers, states))
+        out_gb = sum(f.stat().st_size for f in (root / "q").glob("*.safetensors")) / 1e9 if "quantize" in stages else 0
     result = {"layers": a.layers, "samples": a.samples, "seqlen": a.seqlen, "preset": a.preset, **sizes,
               "quantized_dir_gb": round(out_gb, 3), "cpus": os.cpu_count(), "stages": rows}
     if a.json:
