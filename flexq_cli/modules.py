@@ -127,7 +127,7 @@ class SimQuantLinear(nn.Module):
         self.in_features, self.config, self.act_bits = linear.in_features, config, act_bits
         self.padded_in = padded_k(linear.in_features, config.weight_group_size, config.act_group_size)
         q, s = _codes_and_scales(linear, self.padded_in, config, codes, scales)
-        self.weight = nn.Parameter(dequantize(q, s, config.weight_group_size), requires_grad=False)  # (N, Kp)
+        self.weight = nn.Parameter(_dequantize_rows(q, s, config.weight_group_size), requires_grad=False)  # (N, Kp)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,6 +135,18 @@ class SimQuantLinear(nn.Module):
         if self.act_bits is not None:
             xf = fake_quantize_activation(xf, self.act_bits, self.config.act_group_size)
         return nn.functional.linear(xf, self.weight, self.bias).to(x.dtype)
+
+
+DEQUANT_CHUNK_ELEMENTS = 1 << 24  # weights per dequantization chunk (64 MB of float32 temporaries)
+
+
+def _dequantize_rows(q: torch.Tensor, s: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``dequantize`` in row chunks: the same values (elementwise), temporaries bounded for 70B-sized weights."""
+    w = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    step = max(1, DEQUANT_CHUNK_ELEMENTS // max(q.shape[1], 1))
+    for r in range(0, q.shape[0], step):
+        w[r:r + step] = dequantize(q[r:r + step], s[r:r + step], group_size)
+    return w
 
 
 def _codes_and_scales(linear: nn.Linear, padded_in: int, config: QuantConfig, codes, scales):

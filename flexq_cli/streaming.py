@@ -434,7 +434,7 @@ def simulated_layer(sm: StreamedModel, i: int, layer, config, calib: dict | None
     codes (GPTQ and the output clip search from ``calib_acts``, advanced as ``quantize_layer`` does) and a
     SimQuantLinear at A8 in place of every linear. Yields full name -> SimQuantLinear; afterwards the layer has
     its linears back, on the meta device, so that it can be read again."""
-    from .algorithms.sequential import layer_hessians, weight_codes
+    from .algorithms.sequential import layer_hessians
     from .modules import SimQuantLinear, replace_module
 
     prefix = f"{sm.spec.layers}.{i}."
@@ -446,7 +446,7 @@ def simulated_layer(sm: StreamedModel, i: int, layer, config, calib: dict | None
     for group in sm.spec.groups:
         for rel in group.linears:
             linears[rel] = linear = layer.get_submodule(rel)
-            codes, scales = weight_codes(linear, config, hessians.get(group.linears[0]))
+            codes, scales = _layer_codes(linear, config, hessians.get(group.linears[0]))
             sims[prefix + rel] = SimQuantLinear(linear, config, config.act_bits_for(prefix + rel), codes, scales)
             replace_module(layer, rel, sims[prefix + rel])
             linear.to("meta")  # frees the float weight
@@ -460,6 +460,18 @@ def simulated_layer(sm: StreamedModel, i: int, layer, config, calib: dict | None
     finally:
         for rel, linear in linears.items():
             replace_module(layer, rel, linear)
+
+
+def _layer_codes(linear: torch.nn.Linear, config, hessian: torch.Tensor | None):
+    """``weight_codes``, in row chunks where the algorithm is row-wise (round to nearest, the MSE clip search):
+    the same codes and scales with bounded temporaries (a 70B down_proj is 235 M weights)."""
+    from .algorithms.sequential import weight_codes
+
+    if config.gptq or config.weight_clip == "output":
+        return weight_codes(linear, config, hessian)
+    parts = [weight_codes(_rows_of(linear, r0, r1), config) for r0, r1 in _row_chunks(linear.out_features,
+                                                                                          linear.in_features)]
+    return torch.cat([c for c, _ in parts]), torch.cat([s for _, s in parts])
 
 
 def _carry(layer, i: int, sims: dict, runs: list[Run], new_store) -> None:
