@@ -119,22 +119,29 @@ class SimQuantLinear(nn.Module):
 
     Equal to QuantLinear up to float32 rounding order, and as fast as a dense matmul: the sensitivity analysis
     runs hundreds of forward passes through it. ``act_bits`` is mutable (None: activations unquantized).
+    ``lazy``: keep the int8 codes and scales (0.27 B per weight) and dequantize in each forward instead of holding
+    the float32 weight (4 B): the same values, for the streamed analysis of 70B-sized layers.
     """
 
     def __init__(self, linear: nn.Linear, config: QuantConfig, act_bits: int | None,
-                 codes: torch.Tensor | None = None, scales: torch.Tensor | None = None):
+                 codes: torch.Tensor | None = None, scales: torch.Tensor | None = None, lazy: bool = False):
         super().__init__()
         self.in_features, self.config, self.act_bits = linear.in_features, config, act_bits
         self.padded_in = padded_k(linear.in_features, config.weight_group_size, config.act_group_size)
         q, s = _codes_and_scales(linear, self.padded_in, config, codes, scales)
-        self.weight = nn.Parameter(_dequantize_rows(q, s, config.weight_group_size), requires_grad=False)  # (N, Kp)
+        self.weight = None if lazy else nn.Parameter(_dequantize_rows(q, s, config.weight_group_size),
+                                                     requires_grad=False)  # (N, Kp) float32
+        self.register_buffer("codes", q if lazy else None)
+        self.register_buffer("code_scales", s if lazy else None)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = pad_k(x.float(), self.padded_in)
         if self.act_bits is not None:
             xf = fake_quantize_activation(xf, self.act_bits, self.config.act_group_size)
-        return nn.functional.linear(xf, self.weight, self.bias).to(x.dtype)
+        w = self.weight if self.weight is not None else _dequantize_rows(self.codes, self.code_scales,
+                                                                          self.config.weight_group_size)
+        return nn.functional.linear(xf, w, self.bias).to(x.dtype)
 
 
 DEQUANT_CHUNK_ELEMENTS = 1 << 24  # weights per dequantization chunk (64 MB of float32 temporaries)

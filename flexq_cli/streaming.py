@@ -447,7 +447,8 @@ def simulated_layer(sm: StreamedModel, i: int, layer, config, calib: dict | None
         for rel in group.linears:
             linears[rel] = linear = layer.get_submodule(rel)
             codes, scales = _layer_codes(linear, config, hessians.get(group.linears[0]))
-            sims[prefix + rel] = SimQuantLinear(linear, config, config.act_bits_for(prefix + rel), codes, scales)
+            sims[prefix + rel] = SimQuantLinear(linear, config, config.act_bits_for(prefix + rel), codes, scales,
+                                                lazy=True)  # codes, not a float32 copy: one layer stays ~2x
             replace_module(layer, rel, sims[prefix + rel])
             linear.to("meta")  # frees the float weight
     del hessians
@@ -503,8 +504,12 @@ def carry_runs(sm: StreamedModel, config, calib: dict, weight_samples: int | Non
         sm.layer_inputs(calib["input_ids"][:weight_samples].long(), calib_acts)
     runs[0].states = Activations(sm.device, folder)
     sm.layer_inputs(input_ids, runs[0].states)
+    # Without smoothing or Hessians nothing computes with the float weights but the codes (each linear upcast on
+    # its own, exactly) and every linear becomes a float32 SimQuantLinear: the layer can stay in its stored 16 bits
+    # (the norms' 16-bit weights times float32 states promote exactly), so one 70B layer costs 1x, not 2x.
+    dtype = torch.float32 if config.needs_calibration else None
     for i in ui.track(range(len(sm.layers)), "measuring layers"):
-        with sm.loaded(f"{sm.spec.layers}.{i}", torch.float32) as layer:
+        with sm.loaded(f"{sm.spec.layers}.{i}", dtype) as layer:
             with simulated_layer(sm, i, layer, config, calib, calib_acts) as sims:
                 _carry(layer, i, sims, runs, lambda: Activations(sm.device, folder))
             del sims  # the simulated weights go before the next layer is read

@@ -199,6 +199,20 @@ def test_streamed_analyze_of_a_tied_model(tokenizer, text_file, tmp_path):
     assert ma.extra == mb.extra and md_a == md_b
 
 
+def test_streamed_analyze_of_a_bfloat16_checkpoint(tiny_llama, text_file, tmp_path):
+    """Without smoothing or Hessians the streamed analysis keeps each layer in its stored 16 bits (the codes come
+    from each linear upcast alone, every linear runs as a float32 SimQuantLinear, the norms' bfloat16 weights
+    promote exactly): one 70B layer then costs 1x its size, not 2x. The plan must still be bit-identical."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16).save_pretrained(src)
+    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(src)
+    (ma, ta, md_a), (mb, tb, md_b) = _analyze_both(src, text_file, tmp_path, 2, 24)
+    assert torch.equal(ta["kl"], tb["kl"]) and torch.equal(ta["dnll"], tb["dnll"]) and (ta["kl"] > 0).all()
+    assert ma.extra == mb.extra and md_a == md_b
+
+
 @pytest.mark.slow  # ~85 s on 2 CPU cores: 210 linears, 3,255 layer forwards each way (1 x 32 tokens)
 def test_streamed_analyze_on_smollm2_writes_the_same_plan(smollm2_dir, text_file, tmp_path):
     (ma, ta, md_a), (mb, tb, md_b) = _analyze_both(smollm2_dir, text_file, tmp_path, 1, 32)
