@@ -179,3 +179,29 @@ def test_ctrl_c_during_quantize_leaves_nothing(tmp_path, tiny_llama, monkeypatch
     code, _, err = run_cli("quantize", tiny_llama, "--out", tmp_path / "out")
     assert code == 130 and "interrupted" in err and len(calls) == 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_quantize_leaves_nothing(tmp_path, tiny_llama, monkeypatch):
+    """A CI timeout sends SIGTERM: the handler `flexq` installs turns it into the same unwinding as Ctrl-C."""
+    import signal
+
+    from flexq_cli import modules
+    from flexq_cli.cli import main as cli_main
+
+    monkeypatch.setattr(cli_main, "_terminated", [])  # the handler's record, restored after the test
+    with pytest.raises(cli_main.Terminated):
+        cli_main._on_sigterm(signal.SIGTERM, None)
+    monkeypatch.setattr(cli_main, "_terminated", [])
+    original = modules.QuantLinear.from_linear.__func__
+
+    def terminate_on_second(cls, *args, **kwargs):
+        terminate_on_second.calls += 1
+        if terminate_on_second.calls == 2:
+            cli_main._on_sigterm(signal.SIGTERM, None)
+        return original(cls, *args, **kwargs)
+
+    terminate_on_second.calls = 0
+    monkeypatch.setattr(modules.QuantLinear, "from_linear", classmethod(terminate_on_second))
+    code, _, err = run_cli("quantize", tiny_llama, "--out", tmp_path / "out")
+    assert code == 143 and "terminated" in err
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -35,6 +36,18 @@ def _usage_errors() -> tuple[type, ...]:
     return tuple(errors)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job's timeout, ``kill``), unwound like Ctrl-C so that no partial output is left behind."""
+
+
+_terminated = []  # set by the SIGTERM handler: typer reports any interrupt as exit code 130
+
+
+def _on_sigterm(signum, frame):
+    _terminated.append(signum)
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the app; return the exit code. Set FLEXQ_DEBUG=1 for full tracebacks."""
     debug = bool(os.environ.get("FLEXQ_DEBUG"))
@@ -59,10 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flexq: error: {exc} (hint: see flexq COMMAND --help; FLEXQ_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 2
-    if code == 130:
-        print("flexq: interrupted; no output was left behind", file=sys.stderr)
+    if code == 130 and _terminated:
+        code = 143
+    if code in (130, 143):
+        print(f"flexq: {'terminated' if code == 143 else 'interrupted'}; no output was left behind", file=sys.stderr)
     return code
 
 
 def run() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     sys.exit(main())
