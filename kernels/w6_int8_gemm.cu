@@ -15,7 +15,8 @@
 // needs a bit gather per byte. Instead both operands use one fixed permutation of the 32 positions of a K step
 // (a dot product does not care about the order of its terms, so the integer result is unchanged): logical position
 // kk = 16r + 4t + i holds physical k = 2t + r + 8i. Then register (t, r) of weight row n is, for plane j, the
-// bits p + 8i (p = 2t + r) of the plane word moved to bit j of byte i: one shift and one LOP3 per plane (below).
+// bits p + 8i (p = 2t + r) of the plane word moved to bit j of byte i: for all eight registers of a step at once,
+// an 8 x 8 bit-matrix transpose per byte lane of the six plane words (unpack_weights).
 // The activation kernel writes its int8 codes in the same logical order, so A and B are ldmatrix-ed as plain tiles.
 //
 // ---- Layouts -------------------------------------------------------------------------------------------------
