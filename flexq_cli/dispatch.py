@@ -14,8 +14,6 @@ Both kernels give the same bits (the format's canonical epilogue), so the choice
 
 from __future__ import annotations
 
-KERNELS = ("btc", "int8")
-
 # H100 80GB HBM3, 2026-11-22 (torch 2.11.0+cu130, CuPy 14.2.0): kernel_bench.crossovers() of the bench at
 # M = 1, 2, 4 ... 4096 (docs/bench/kernel-int8.json), the threshold losing least against the faster kernel.
 CROSSOVER: dict[tuple[int, int, int], int] = {

@@ -45,15 +45,6 @@ def shape_config(shape: str):
     return config
 
 
-def random_model(shape: str, dtype=torch.float16, device="cuda"):
-    """A random-init LlamaForCausalLM of a known shape, built directly on the device."""
-    from transformers import LlamaForCausalLM
-
-    with torch.device(device):
-        model = LlamaForCausalLM(shape_config(shape)).to(dtype)
-    return model.eval()
-
-
 @torch.no_grad()
 def build_random(skeleton, device_map: dict[str, str], quant=None, seed: int = 0):
     """Give the meta-device ``skeleton`` (quantize.quantized_skeleton) random weights, one module at a time on
