@@ -2,8 +2,8 @@
 
 The BTC kernel (btc.py) streams the packed weights at close to memory speed but costs 36 / 48 binary MMAs per
 multiply-add; the INT8 kernel (int8_kernel.py) unpacks the weights to int8 and multiplies on INT8 tensor cores
-(250-283 TOPS measured at M >= 512). So BTC wins for a few tokens (decode) and INT8 beyond a crossover M that
-depends on the shape and the activation bits.
+(179-283 TOPS measured at M >= 512 on 7B/70B shapes). So BTC wins for a few tokens (decode) and INT8 beyond a
+crossover M that depends on the shape and the activation bits.
 
 ``CROSSOVER[(N, Kp, act_bits)]`` (Kp: K padded to 128, as packed) is the M from which INT8 runs (BTC below it),
 measured on an NVIDIA H100 80GB HBM3 by ``flexq bench --kernel`` (``kernel_bench.crossovers``: the threshold that
