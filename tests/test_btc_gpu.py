@@ -84,6 +84,32 @@ def _check_output(y, x, wq, ws, act_bits, agroup=128, wgroup=128, bias=None):
     _assert_same_bits(y, ref)
 
 
+def _check_exact(linear, accumulators, x, qweight, wq, ws, act_bits, cfg=None, out=None):
+    """One kernel (``linear``, ``accumulators``: btc_* or int8_*) on x: block accumulators equal to the reference's
+    integers, outputs equal to reference_linear bit for bit (into ``out`` when given)."""
+    acc = accumulators(x, qweight, act_bits=act_bits, config=cfg)
+    xq, _ = _quantize(x, wq.shape[1], act_bits, 128)
+    assert torch.equal(acc, block_int_gemm(xq, wq))
+    _check_output(linear(x, qweight, ws, act_bits=act_bits, config=cfg, out=out), x, wq, ws, act_bits)
+
+
+def _check_pdl_chain(monkeypatch, linear, x0, qweight, wq, ws, act_bits, steps):
+    """Each call's activation kernel reads the previous call's output while, with programmatic dependent launch,
+    the kernels may overlap: the chain must equal plain launches bit for bit, and each step the reference."""
+    chains = {}
+    for pdl in (False, True):
+        monkeypatch.setattr(cuda_launch, "PDL", pdl)
+        x, ys = x0, []
+        for _ in range(steps):
+            x = linear(x, qweight, ws, act_bits=act_bits)
+            ys.append(x)
+        torch.cuda.synchronize()
+        chains[pdl] = ys
+    assert all(torch.equal(a, b) for a, b in zip(chains[False], chains[True]))
+    for x, y in zip([x0] + chains[True][:-1], chains[True]):
+        _check_output(y, x, wq, ws, act_bits)
+
+
 @pytest.mark.parametrize("act_bits", [6, 8])
 @pytest.mark.parametrize("shape,m", CASES, ids=[f"{n}x{k}-m{m}" for (n, k), m in CASES])
 def test_block_accumulators_exact(shape, m, act_bits):
@@ -138,12 +164,7 @@ def test_every_tile_config_exact(cfg, m):
     n, k = 1088, 4224
     wq, ws, qweight = _layer(n, k, seed=2)
     for act_bits in (6, 8):
-        x = _x(m, k)
-        acc = btc.btc_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
-        xq, _ = _quantize(x, wq.shape[1], act_bits, 128)
-        assert torch.equal(acc, block_int_gemm(xq, wq))
-        y = btc.btc_linear(x, qweight, ws, act_bits=act_bits, config=cfg)
-        _check_output(y, x, wq, ws, act_bits)
+        _check_exact(btc.btc_linear, btc.btc_block_accumulators, _x(m, k), qweight, wq, ws, act_bits, cfg)
 
 
 PC_CONFIGS = [
@@ -160,12 +181,8 @@ def test_plane_column_configs_exact(cfg):
     wq, ws, qweight = _layer(n, k, seed=4)
     for m in sorted({1, max(1, cfg.pct - 1), cfg.pct}):
         for act_bits in (6, 8):
-            x = _x(m, k)
-            acc = btc.btc_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
-            xq, _ = _quantize(x, wq.shape[1], act_bits, 128)
-            assert torch.equal(acc, block_int_gemm(xq, wq))
-            out = torch.full((m, n), float("nan"), dtype=x.dtype, device=DEV)
-            _check_output(btc.btc_linear(x, qweight, ws, act_bits=act_bits, config=cfg, out=out), x, wq, ws, act_bits)
+            out = torch.full((m, n), float("nan"), dtype=torch.float16, device=DEV)
+            _check_exact(btc.btc_linear, btc.btc_block_accumulators, _x(m, k), qweight, wq, ws, act_bits, cfg, out)
     with pytest.raises(ValueError, match="pct"):
         btc.btc_linear(_x(cfg.pct + 1, k), qweight, ws, act_bits=6, config=cfg)
 
@@ -234,23 +251,9 @@ def test_cuda_graph_capture():
 
 
 def test_chained_calls_pdl(monkeypatch):
-    """Each call's pack kernel reads the previous call's output while, with programmatic dependent launch, the
-    kernels may overlap: the chain must equal plain launches bit for bit, and each step the reference."""
     n = k = 576
     wq, ws, qweight = _layer(n, k, seed=5)
-    x0 = _x(3, k)
-    chains = {}
-    for pdl in (False, True):
-        monkeypatch.setattr(cuda_launch, "PDL", pdl)
-        x, ys = x0, []
-        for _ in range(6):
-            x = btc.btc_linear(x, qweight, ws, act_bits=6)
-            ys.append(x)
-        torch.cuda.synchronize()
-        chains[pdl] = ys
-    assert all(torch.equal(a, b) for a, b in zip(chains[False], chains[True]))
-    for x, y in zip([x0] + chains[True][:-1], chains[True]):
-        _check_output(y, x, wq, ws, 6)
+    _check_pdl_chain(monkeypatch, btc.btc_linear, _x(3, k), qweight, wq, ws, 6, steps=6)
 
 
 def test_errors():

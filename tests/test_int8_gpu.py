@@ -21,12 +21,12 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
 pytest.importorskip("cupy", reason="CuPy is not installed: pip install 'flexq[cuda]'")
 
-from flexq_cli import cuda_launch, int8_kernel  # noqa: E402
+from flexq_cli import int8_kernel  # noqa: E402
 from flexq_cli.dispatch import choose_kernel  # noqa: E402
 from flexq_cli.modules import QuantLinear  # noqa: E402
 from test_btc_gpu import (  # noqa: E402
-    DEV, M_ALL, M_FEW, SHAPES_7B, SHAPES_70B, SHAPES_L3, SMALL_SHAPES, _assert_same_bits, _check_output, _layer,
-    _quantize, _x,
+    DEV, M_ALL, M_FEW, SHAPES_7B, SHAPES_70B, SHAPES_L3, SMALL_SHAPES, _assert_same_bits, _check_exact, _check_output,
+    _check_pdl_chain, _layer, _quantize, _x,
 )
 
 M_PREFILL = [256, 512, 2048, 4096]
@@ -81,11 +81,8 @@ def test_every_tile_config_exact(cfg, m):
     n, k = 1088, 4224
     wq, ws, qweight = _layer(n, k, seed=2)
     for act_bits in (6, 8):
-        x = _x(m, k)
-        acc = int8_kernel.int8_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
-        xq, _ = _quantize(x, wq.shape[1], act_bits, 128)
-        assert torch.equal(acc, block_int_gemm(xq, wq))
-        _check_output(int8_kernel.int8_linear(x, qweight, ws, act_bits=act_bits, config=cfg), x, wq, ws, act_bits)
+        _check_exact(int8_kernel.int8_linear, int8_kernel.int8_block_accumulators, _x(m, k), qweight, wq, ws,
+                     act_bits, cfg)
 
 
 def _unpermute(xq: torch.Tensor) -> torch.Tensor:
@@ -130,19 +127,7 @@ def test_weight_unpack_order():
 def test_cuda_graph_and_pdl_chain(monkeypatch):
     n = k = 576
     wq, ws, qweight = _layer(n, k, seed=5)
-    x0 = _x(300, k)
-    chains = {}
-    for pdl in (False, True):
-        monkeypatch.setattr(cuda_launch, "PDL", pdl)
-        x, ys = x0, []
-        for _ in range(4):
-            x = int8_kernel.int8_linear(x, qweight, ws, act_bits=6)
-            ys.append(x)
-        torch.cuda.synchronize()
-        chains[pdl] = ys
-    assert all(torch.equal(a, b) for a, b in zip(chains[False], chains[True]))
-    for x, y in zip([x0] + chains[True][:-1], chains[True]):
-        _check_output(y, x, wq, ws, 6)
+    _check_pdl_chain(monkeypatch, int8_kernel.int8_linear, _x(300, k), qweight, wq, ws, 6, steps=4)
     x = _x(300, k)
     s, g = torch.cuda.Stream(), torch.cuda.CUDAGraph()
     with torch.cuda.stream(s), torch.cuda.graph(g):
