@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from . import ui
 from .analyze import load_plan
 from .arch import linear_names, spec_for_config
 from .artifacts import Manifest, atomic_output_dir, check_manifest, load_tensors, read_manifest, save_artifact
