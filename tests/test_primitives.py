@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from flexq_cli.packing import pack_bitplanes, packed_words, unpack_bitplanes
-from flexq_cli.primitives import (dequantize, fake_quantize_activation, pad_k, padded_k, qrange, quantize_activation, quantize_weight,
-                                  weight_scales)
+from flexq_cli.primitives import (dequantize, fake_quantize_activation, pad_k, padded_k, qrange, quantize_activation, quantize_weight)
 from flexq_cli.primitives import EPILOGUE_CHUNK_BLOCKS
 from flexq_cli.reference import block_int_gemm, reference_linear, scaled_sum
 
