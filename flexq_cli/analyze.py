@@ -10,6 +10,9 @@ carries the base and every run begun in an earlier layer, and begins one run per
 is the top of the ranking under a budget: a fraction or a count of the linears, or the smallest set whose
 remaining (A6) scores sum below a KL target.
 
+``method="fisher"`` (fisher.py) estimates the same KL and dNLL to second order from one forward and a few
+backward passes per sample instead of one model tail per linear (in memory only; not with ``--stream``).
+
 Artifact ``plan.safetensors``: tensors ``kl`` and ``dnll`` (one entry per linear, in layer order), and the plan
 in the manifest (``extra.act_bits``: module name -> 8 for the A8 set; every other linear uses ``extra.default``).
 """
@@ -27,10 +30,12 @@ from .artifacts import ARTIFACT_FILES, Manifest, atomic_output_dir, load_artifac
 from .calibrate import load_calibration
 from .config import QuantConfig
 from .errors import FlexQError
+from .fisher import fisher_sensitivity
 from .loading import fingerprint, load_fp_model, resolve_model
 from .modules import SimQuantLinear
 
 FILENAME = ARTIFACT_FILES["plan"]
+METHODS = ("exact", "fisher")
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,16 @@ class AnalyzeConfig:
     seqlen: int = 512  # tokens of each sample used
     metric: str = "kl"  # "kl" or "dnll": what ranks the layers
     weight_samples: int | None = None  # calibration samples for GPTQ / output clip weights (None: all)
+    method: str = "exact"  # "exact": one model-tail run per linear; "fisher": second-order estimate (fisher.py)
+    fisher_draws: int = 4  # label draws per sample of the Fisher estimate
 
     def __post_init__(self):
         if self.metric not in ("kl", "dnll"):
             raise ValueError(f"metric must be 'kl' or 'dnll', got {self.metric}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.fisher_draws < 1:
+            raise ValueError(f"fisher_draws must be >= 1, got {self.fisher_draws}")
         if self.a8_budget is not None and not 0.0 <= self.a8_budget <= 1.0:
             raise ValueError(f"a8_budget is a fraction in [0, 1], got {self.a8_budget}")
         if self.samples < 1 or self.seqlen < 2:
@@ -123,7 +134,7 @@ def _base_pass(model, spec, cache: _LayerInputs, ids: torch.Tensor) -> _Referenc
 
 @torch.no_grad()
 def measure_sensitivity(model, spec, sims: dict[str, SimQuantLinear], input_ids: torch.Tensor):
-    """(kl, dnll) tensors of shape (L,): each linear's damage at A6 with everything else at A8."""
+    """(kl, dnll) tensors of shape (L,): each linear's damage at A6 with everything else at its own bits (A8)."""
     names = list(sims)
     kl, dnll = torch.zeros(len(names)), torch.zeros(len(names))
     cache, device = _LayerInputs(), next(model.parameters()).device
@@ -131,12 +142,12 @@ def measure_sensitivity(model, spec, sims: dict[str, SimQuantLinear], input_ids:
     for s, j in ui.track(work, "measuring sensitivity", total=len(work)):
         if j == 0:
             base = _base_pass(model, spec, cache, input_ids[s].to(device))
-        sims[names[j]].act_bits = 6
+        bits, sims[names[j]].act_bits = sims[names[j]].act_bits, 6
         try:
             logits = _run_from(model, spec, cache, layer_index(names[j], spec))
             add_score(kl, dnll, j, base, logits, len(input_ids))
         finally:
-            sims[names[j]].act_bits = 8
+            sims[names[j]].act_bits = bits
     return kl, dnll
 
 
@@ -191,6 +202,9 @@ def analyze(model_name: str, calib: Path, cfg: AnalyzeConfig, base: QuantConfig,
     """Measure (or reuse the scores of an earlier plan), select, and write ``out/plan.safetensors`` plus
     ``plan.md`` (and ``scores.png``). ``stream``: one decoder layer in memory at a time (streaming.py), the
     same plan; ``offload_dir`` keeps its hidden states on disk."""
+    if stream and cfg.method == "fisher" and scores_from is None:
+        raise FlexQError("--method fisher needs the whole model in memory (its backward passes cross every layer)",
+                         "use --method exact with --stream, or drop --stream")
     ref = resolve_model(model_name)
     model_fp = fingerprint(ref)
     calib_manifest, calib_tensors = load_calibration(calib, model_fp)
@@ -228,7 +242,12 @@ def _measure_in_memory(ref, cfg: AnalyzeConfig, base: QuantConfig, calib_tensors
     model, _, spec = load_fp_model(ref, torch.float32, device)
     sims = simulated_model(model, spec, base, calib_tensors, cfg.weight_samples)
     names = list(sims)
-    kl, dnll = measure_sensitivity(model, spec, sims, ids) if reuse is None else reuse(names)
+    if reuse is not None:
+        kl, dnll = reuse(names)
+    elif cfg.method == "fisher":
+        kl, dnll = fisher_sensitivity(model, sims, ids, cfg.fisher_draws)
+    else:
+        kl, dnll = measure_sensitivity(model, spec, sims, ids)
     chosen = _choose(kl, dnll, cfg)
     act_bits = {names[i]: 8 for i in chosen}
     losses = {"fp_w6a8": plan_loss(model, sims, ids, dict.fromkeys(names, 8)),

@@ -28,6 +28,10 @@ def command(
                                               "to measure with.")] = "w6a8",
     weight_samples: Annotated[Optional[int], typer.Option(help="Calibration samples for GPTQ / output-clip weights "
                                                                 "(default: all).")] = None,
+    method: Annotated[str, typer.Option(help="exact (re-run the model tail per linear) or fisher (second-order "
+                                              "estimate from one forward and a few backwards per sample; not "
+                                              "with --stream).")] = _D.method,
+    fisher_draws: Annotated[int, typer.Option(help="With --method fisher: label draws per sample.")] = _D.fisher_draws,
     scores_from: Annotated[Optional[Path], typer.Option(help="Reuse the scores of an earlier plan (re-budget without re-measuring).")] = None,
     show: Annotated[int, typer.Option(help="Rows of the ranking to print.")] = 15,
     device: Device = "auto",
@@ -40,7 +44,8 @@ def command(
     With --stream each decoder layer is read once and carries one hidden-state set per linear begun before it:
     the same plan, compute-heavy (about 7L^2/2 layer forwards per sample; docs/scale.md)."""
     cfg = AnalyzeConfig(a8_budget=a8_budget, a8_count=a8_count, kl_target=kl_target, samples=samples,
-                        seqlen=seqlen, metric=metric, weight_samples=weight_samples)
+                        seqlen=seqlen, metric=metric, weight_samples=weight_samples, method=method,
+                        fisher_draws=fisher_draws)
     r = analyze(model, calib, cfg, load_preset(preset), out, force=force, device=parse_device(device),
                 scores_from=scores_from, stream=stream, offload_dir=parse_offload_dir(stream, offload_dir))
     table = Table(title=f"most sensitive linears ({r['a8']} of {r['layers']} at A8)")
