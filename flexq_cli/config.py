@@ -32,6 +32,7 @@ class QuantConfig:
     gptq_damp: float = 0.01  # damping, as a fraction of the Hessian's mean diagonal
     gptq_act_order: bool = False  # columns by decreasing Hessian diagonal (group scales then fixed up front)
     smooth_alpha: float | None = None  # SmoothQuant migration strength; None: no smoothing
+    smooth_search: bool = False  # choose the smoothing per linear group by measured output error (AWQ-like)
 
     def __post_init__(self):
         if self.weight_bits != 6:
@@ -56,16 +57,20 @@ class QuantConfig:
             raise ValueError(f"gptq_damp must be in (0, 1), got {self.gptq_damp}")
         if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
             raise ValueError(f"smooth_alpha must be null or in [0, 1], got {self.smooth_alpha}")
+        if not isinstance(self.smooth_search, bool):
+            raise ValueError("smooth_search must be true or false")
+        if self.smooth_search and self.smooth_alpha is not None:
+            raise ValueError("smooth_search chooses the smoothing itself: drop smooth_alpha, or set smooth_search false")
 
     @property
     def needs_calibration(self) -> bool:
         """Whether quantizing with this config reads calibration data (statistics or activations)."""
-        return self.gptq or self.weight_clip == "output" or self.smooth_alpha is not None
+        return self.needs_activations or self.smooth_alpha is not None
 
     @property
     def needs_activations(self) -> bool:
         """Whether the weights are chosen with calibration activations (layer by layer), not from weights alone."""
-        return self.gptq or self.weight_clip == "output"
+        return self.gptq or self.weight_clip == "output" or self.smooth_search
 
     def act_bits_for(self, name: str) -> int:
         """Activation bits of the linear called ``name`` (its full module name)."""

@@ -54,12 +54,18 @@ def resolve_config(preset: str | None, plan: Path | None, model_fingerprint: str
         if (chosen.weight_group_size, chosen.act_group_size) != (base.weight_group_size, base.act_group_size):
             raise FlexQError(f"--preset {preset} uses other group sizes than the plan in {plan} was measured with",
                              "drop --preset, or re-run flexq analyze with that preset")
-        if chosen.smooth_alpha != base.smooth_alpha:
-            raise FlexQError(f"--preset {preset} smooths with alpha {chosen.smooth_alpha}, but the plan in {plan} was "
-                             f"measured with {base.smooth_alpha}", "re-run flexq analyze with that preset")
+        if (chosen.smooth_alpha, chosen.smooth_search) != (base.smooth_alpha, base.smooth_search):
+            raise FlexQError(f"--preset {preset} smooths otherwise ({_smoothing(chosen)}) than the plan in {plan} was "
+                             f"measured with ({_smoothing(base)})", "re-run flexq analyze with that preset")
         base = chosen
     config = base.with_plan(manifest.extra["act_bits"], manifest.extra["default"])
     return config, {"plan": str(plan), "plan_summary": manifest.extra.get("summary", {})}
+
+
+def _smoothing(config: QuantConfig) -> str:
+    if config.smooth_search:
+        return "smooth_search"
+    return "no smoothing" if config.smooth_alpha is None else f"alpha {config.smooth_alpha}"
 
 
 @torch.no_grad()
@@ -92,7 +98,8 @@ def load_calibration_for(calib: Path | None, config: QuantConfig, model_fp: str,
         return None
     if calib is None:
         needs = [k for k, on in (("gptq", config.gptq), ("weight_clip: output", config.weight_clip == "output"),
-                                 ("smooth_alpha", config.smooth_alpha is not None)) if on]
+                                 ("smooth_alpha", config.smooth_alpha is not None),
+                                 ("smooth_search", config.smooth_search)) if on]
         raise FlexQError(f"this config ({', '.join(needs)}) needs calibration data",
                          "pass --calib DIR (the output of flexq calibrate for this model)")
     from .calibrate import load_calibration

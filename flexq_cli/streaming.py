@@ -329,15 +329,17 @@ def smooth_layer(sm: StreamedModel, i: int, layer, absmax: dict, alpha: float) -
 
 
 @torch.no_grad()
-def quantize_layer(sm: StreamedModel, i: int, layer, config, acts: "Activations | None") -> dict[str, torch.nn.Module]:
+def quantize_layer(sm: StreamedModel, i: int, layer, config, acts: "Activations | None",
+                   chosen: dict | None = None) -> dict[str, torch.nn.Module]:
     """Relative name -> QuantLinear for every linear of decoder layer ``i`` (float32, loaded). With ``acts``
     (GPTQ, output clip search): Hessians from the float layer, then the layer is rerun with simulated
     quantized linears to give the next layer its inputs, as ``sequential.quantize_sequential`` does."""
-    from .algorithms.sequential import layer_hessians, weight_codes
+    from .algorithms.sequential import layer_statistics, weight_codes
     from .modules import SimQuantLinear, replace_module
 
-    chunked = config.weight_clip == "none" and not config.gptq
-    hessians = layer_hessians(layer, sm.spec, config, acts) if acts is not None else {}
+    chunked = config.weight_clip == "none" and not config.gptq and not config.smooth_search
+    hessians = ({} if acts is None else
+                layer_statistics(layer, sm.spec, config, sm.model.config, f"{sm.spec.layers}.{i}.", acts, chosen))
     finals = {}
     for group in sm.spec.groups:
         for rel in group.linears:
@@ -369,6 +371,7 @@ def quantize_streamed(ref: ModelRef, config, folder: Path, manifest_for, calib: 
     keep = keep_dtype_for(sm.model.config)
     writer = ShardWriter(folder, output_plan(sm.model.config, config, keep, max_shard_bytes))
     totals, spreads, summary = dict.fromkeys(("params", "packed", "scales", "zero", "a8"), 0), {}, {}
+    chosen: dict[str, list] = {}  # the smoothing search's alphas per group kind
     with contextlib.ExitStack() as stack:
         acts = None
         if config.needs_activations:
@@ -386,12 +389,16 @@ def quantize_streamed(ref: ModelRef, config, folder: Path, manifest_for, calib: 
                     for kind, value in smooth_layer(sm, i, layer, absmax, config.smooth_alpha).items():
                         spreads.setdefault(kind, []).append(value)
                     summary["smooth_seconds"] = summary.get("smooth_seconds", 0.0) + time.perf_counter() - start
-                _count(totals, quantize_layer(sm, i, layer, config, acts).values())
+                _count(totals, quantize_layer(sm, i, layer, config, acts, chosen).values())
                 cast_unquantized(layer, keep)
                 for key, t in layer.state_dict(prefix=f"{sm.spec.layers}.{i}.").items():
                     writer.write(key, t)
     for key in writer.pending():  # embeddings, final norm, an untied lm_head: 16-bit copies
         writer.write(key, sm.source.read(key, keep))
+    if config.smooth_search:
+        from .algorithms.sequential import search_summary
+
+        summary["smooth_search"] = search_summary(chosen)
     if spreads:
         summary["smooth_log2_spread"] = {k: sum(v) / len(v) for k, v in spreads.items()}
         summary["smooth_seconds"] = round(summary["smooth_seconds"], 2)
@@ -434,14 +441,15 @@ def simulated_layer(sm: StreamedModel, i: int, layer, config, calib: dict | None
     codes (GPTQ and the output clip search from ``calib_acts``, advanced as ``quantize_layer`` does) and a
     SimQuantLinear at A8 in place of every linear. Yields full name -> SimQuantLinear; afterwards the layer has
     its linears back, on the meta device, so that it can be read again."""
-    from .algorithms.sequential import layer_hessians
+    from .algorithms.sequential import layer_statistics
     from .modules import SimQuantLinear, replace_module
 
     prefix = f"{sm.spec.layers}.{i}."
     if config.smooth_alpha is not None:
         smooth_layer(sm, i, layer, {prefix + r: calib[f"{prefix}{r}.absmax"] for r in sm.spec.linears},
                      config.smooth_alpha)
-    hessians = layer_hessians(layer, sm.spec, config, calib_acts) if calib_acts is not None else {}
+    hessians = ({} if calib_acts is None else
+                layer_statistics(layer, sm.spec, config, sm.model.config, prefix, calib_acts))
     sims, linears = {}, {}
     for group in sm.spec.groups:
         for rel in group.linears:

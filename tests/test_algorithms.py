@@ -76,7 +76,9 @@ def test_gptq_zero_padding_stays_zero_and_per_channel_works():
 
 
 @pytest.mark.parametrize("raw,match", [({"weight_clip": "max"}, "weight_clip"), ({"gptq_damp": 0}, "gptq_damp"),
-                                       ({"smooth_alpha": 1.5}, "smooth_alpha"), ({"gptq": "yes"}, "gptq")])
+                                       ({"smooth_alpha": 1.5}, "smooth_alpha"), ({"gptq": "yes"}, "gptq"),
+                                       ({"smooth_search": True, "smooth_alpha": 0.5}, "drop smooth_alpha"),
+                                       ({"smooth_search": "yes"}, "smooth_search")])
 def test_bad_algorithm_options_are_rejected(raw, match):
     with pytest.raises(FlexQError, match=match):
         QuantConfig.from_dict(raw)
@@ -87,6 +89,7 @@ def test_algorithm_options_round_trip_and_say_what_they_need():
     assert QuantConfig.from_dict(cfg.to_dict()) == cfg and cfg.needs_calibration and cfg.needs_activations
     assert not QuantConfig(weight_clip="mse").needs_calibration
     assert QuantConfig(smooth_alpha=0.5).needs_calibration and not QuantConfig(smooth_alpha=0.5).needs_activations
+    assert QuantConfig(smooth_search=True).needs_activations and QuantConfig(smooth_search=True).needs_calibration
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +186,94 @@ def test_analyze_measures_the_smoothed_model(tmp_path, tiny_llama, calib):
     code, _, err = run_cli("quantize", tiny_llama, "--plan", tmp_path / "plan", "--preset", "w6a8",
                            "--out", tmp_path / "q2")
     assert code != 0 and "smooths" in err
+
+
+def _layer_and_inputs(tiny_llama, outlier: float):
+    """Decoder layer 0 of the tiny LLaMA (float32), its config, and a sample of each group's input from a real
+    forward pass; ``outlier`` scales input channel 3 of every norm group (folded into the norm's weight)."""
+    from transformers import AutoModelForCausalLM
+
+    from flexq_cli.algorithms.sequential import layer_hessians
+    from flexq_cli.arch import spec_for_config
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    spec = spec_for_config(model.config)
+    layer = model.model.layers[0]
+    for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+        norm.weight.data[3] *= outlier
+    inputs = []
+    hook = layer.register_forward_pre_hook(lambda m, a, k: inputs.append((a[0] if a else k["hidden_states"],
+                                           {n: v for n, v in k.items() if n != "hidden_states"})), with_kwargs=True)
+    with torch.no_grad():
+        model(torch.randint(0, 1000, (2, 48), generator=torch.Generator().manual_seed(1)), use_cache=False)
+    hook.remove()
+    samples: dict = {}
+    hessians = layer_hessians(layer, spec, QuantConfig(act_bits=6), inputs, samples)
+    return model, spec, layer, inputs, samples, hessians
+
+
+@pytest.mark.parametrize("outlier", [1.0, 30.0])
+def test_smoothing_search_keeps_the_function_and_never_raises_its_measured_error(tiny_llama, outlier):
+    """The folds leave the float layer's function unchanged; each group's quantized output error after the fold
+    is the best of the candidates, so never above no smoothing's; an outlier channel makes smoothing win; the
+    Hessians handed on describe the smoothed inputs."""
+    from flexq_cli.algorithms.sequential import layer_hessians
+    from flexq_cli.algorithms.smooth import group_output_error, search_layer
+
+    model, spec, layer, inputs, samples, hessians = _layer_and_inputs(tiny_llama, outlier)
+    config = QuantConfig(act_bits=6)
+    with torch.no_grad():
+        before_out = [layer(h, **k) for h, k in inputs]
+    groups = {g.linears[0]: g for g in spec.groups}
+    none_err = {key: group_output_error(samples[key], [layer.get_submodule(r) for r in g.linears],
+                                        [6] * len(g.linears), None, config) for key, g in groups.items()}
+    with torch.no_grad():
+        chosen = search_layer(layer, spec, config, model.config, "model.layers.0.", samples, hessians)
+        after_out = [layer(h, **k) for h, k in inputs]
+    assert set(chosen) == set(groups)
+    for a, b in zip(before_out, after_out):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+    for key, g in groups.items():
+        err = group_output_error(samples[key], [layer.get_submodule(r) for r in g.linears], [6] * len(g.linears),
+                                 None, config)  # samples[key] now holds the smoothed inputs
+        assert err <= none_err[key] * (1 + 1e-5)
+        assert (chosen[key] is None) == (err >= none_err[key] * (1 - 1e-6))
+    if outlier > 1:
+        assert chosen["self_attn.q_proj"] is not None and chosen["mlp.gate_proj"] is not None
+    fresh = layer_hessians(layer, spec, config, inputs)
+    for key in groups:
+        assert torch.allclose(fresh[key], hessians[key], rtol=1e-3, atol=1e-3 * fresh[key].abs().max().item())
+
+
+def test_quantize_with_smoothing_search_records_it_and_cuts_the_output_error(tmp_path, tiny_llama, tokenizer,
+                                                                              text_file):
+    """On the tiny LLaMA with an outlier channel in every norm (what smoothing exists for), W6A6 with the search
+    is closer to the float model than round to nearest; the manifest says what the search chose."""
+    from transformers import AutoModelForCausalLM
+
+    from flexq_cli.quantize import load_quantized
+
+    fp = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    for layer in fp.model.layers:
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            norm.weight.data[3] *= 30
+    fp.save_pretrained(tmp_path / "outlier")
+    tokenizer.save_pretrained(tmp_path / "outlier")
+    code, _, err = run_cli("calibrate", tmp_path / "outlier", "--data", text_file, "--samples", 3, "--seqlen", 64,
+                           "--out", tmp_path / "calib", "--device", "cpu")
+    assert code == 0, err
+    ids = torch.randint(0, 1000, (1, 64), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = fp(ids).logits
+    errors = {}
+    for name, fields in (("rtn", {}), ("search", {"smooth_search": True})):
+        code, _, err = run_cli("quantize", tmp_path / "outlier", "--preset", _preset(tmp_path, **fields), "--calib",
+                               tmp_path / "calib", "--out", tmp_path / name)
+        assert code == 0, err
+        model, _, manifest = load_quantized(tmp_path / name)
+        with torch.no_grad():
+            errors[name] = ((model(ids).logits - ref).norm() / ref.norm()).item()
+    found = manifest.extra["algorithms"]["smooth_search"]
+    assert set(found) == {"q_proj", "o_proj", "gate_proj", "down_proj"}
+    assert found["q_proj"]["none"] == 0 and found["gate_proj"]["none"] == 0  # the outliers made it smooth
+    assert errors["search"] < 0.8 * errors["rtn"], errors

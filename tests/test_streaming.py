@@ -12,6 +12,7 @@ from conftest import run_cli
 from flexq_cli import streaming
 
 GPTQ_SMOOTH = "act_bits: 6\ngptq: true\ngptq_act_order: true\nweight_clip: mse\nsmooth_alpha: 0.5\n"
+SEARCH = "act_bits: 6\nsmooth_search: true\nweight_clip: output\n"
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -79,16 +80,17 @@ def test_offloaded_calibration_is_bit_identical_and_cleans_up(calib_dirs, sharde
     assert not list(offload.iterdir())
 
 
-@pytest.mark.parametrize("preset", ["w6a8", "flexq-best", "gptq-smooth"])
+@pytest.mark.parametrize("preset", ["w6a8", "flexq-best", "gptq-smooth", "search"])
 def test_streamed_quantize_is_bit_identical(preset, calib_dirs, sharded_llama, tmp_path, monkeypatch):
     """Round to nearest (packed in many row chunks), smoothing + output clip search, GPTQ with act-order and
-    smoothing; the output sharded into several files."""
+    smoothing, the smoothing search + output clip; the output sharded into several files."""
     from flexq_cli.quantize import quantize
 
     monkeypatch.setattr(streaming, "ROW_CHUNK_ELEMENTS", 3000)  # ~20 rows per chunk: several per linear
-    if preset == "gptq-smooth":
-        preset = str(tmp_path / "gptq.yaml")
-        Path(preset).write_text(GPTQ_SMOOTH)
+    if preset in ("gptq-smooth", "search"):
+        text = GPTQ_SMOOTH if preset == "gptq-smooth" else SEARCH
+        preset = str(tmp_path / "algo.yaml")
+        Path(preset).write_text(text)
     kw = dict(preset=preset, calib=calib_dirs / "full", max_shard_bytes=150_000)
     quantize(str(sharded_llama), tmp_path / "full", **kw)
     quantize(str(sharded_llama), tmp_path / "stream", stream=True, **kw)
@@ -132,7 +134,8 @@ def _plan(folder: Path):
     return manifest, tensors, (folder / "plan.md").read_text()
 
 
-@pytest.mark.parametrize("preset, offload", [("w6a8", False), ("w6a8", True), ("flexq-best", False)])
+@pytest.mark.parametrize("preset, offload", [("w6a8", False), ("w6a8", True), ("flexq-best", False),
+                                             ("search", False)])
 def test_streamed_analyze_writes_the_same_plan(preset, offload, calib_dirs, sharded_llama, tmp_path):
     """Bit-identical scores, NLLs, A8 set, manifest and plan.md. Each streamed run (the base, all A6, one per
     linear from its own decoder layer, the plan) does the in-memory analysis's float ops in the same order, one
@@ -141,6 +144,9 @@ def test_streamed_analyze_writes_the_same_plan(preset, offload, calib_dirs, shar
     from flexq_cli.analyze import AnalyzeConfig, analyze
     from flexq_cli.config import load_preset
 
+    if preset == "search":
+        preset = str(tmp_path / "search.yaml")
+        Path(preset).write_text(SEARCH)
     cfg, base = AnalyzeConfig(a8_count=5, samples=2, seqlen=32), load_preset(preset)
     acts = tmp_path / "acts"
     acts.mkdir()

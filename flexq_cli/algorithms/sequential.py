@@ -2,7 +2,8 @@
 
 ``prepare_quantized`` smooths the float model (smooth.py) when the config asks for it, then replaces every
 decoder linear by the module that ``make_module(name, linear, codes, scales)`` builds from the chosen INT6
-codes and scales: round to nearest, the clip search (clip.py) or GPTQ (gptq.py).
+codes and scales: round to nearest, the clip search (clip.py) or GPTQ (gptq.py). With ``smooth_search`` the
+smoothing is chosen per group inside the layer-by-layer pass (``smooth.search_layer``), on each layer's inputs.
 
 Algorithms that need calibration activations run sequentially: the calibration samples' inputs to decoder
 layer 0 are cached once; for each layer, hooks accumulate the Hessian X^T X of every linear group's input
@@ -25,7 +26,7 @@ from ..config import QuantConfig
 from ..modules import SimQuantLinear, replace_module
 from ..primitives import pad_k, padded_k, quantize_weight, quantize_with_scales
 from .gptq import Hessian, choose_scales, gptq_quantize
-from .smooth import smooth_model
+from .smooth import SEARCH_TOKENS, search_layer, smooth_model
 
 MakeModule = Callable[[str, torch.nn.Linear, torch.Tensor, torch.Tensor], torch.nn.Module]
 
@@ -60,8 +61,11 @@ def prepare_quantized(model, spec, config: QuantConfig, make_module: MakeModule,
     start = time.perf_counter()
     if config.needs_activations:
         ids = calib["input_ids"][:samples].long()
-        quantize_sequential(model, spec, config, ids, make_module)
+        chosen: dict[str, list] = {}
+        quantize_sequential(model, spec, config, ids, make_module, chosen)
         summary["calibration_tokens"] = int(ids.numel())
+        if config.smooth_search:
+            summary["smooth_search"] = search_summary(chosen)
     else:
         for name in ui.track(linear_names(model, spec), "quantizing"):
             linear = model.get_submodule(name)
@@ -104,29 +108,71 @@ def _run_layer(layer, inputs: list[tuple[torch.Tensor, dict]]) -> list[tuple[tor
     return outs
 
 
-def layer_hessians(layer, spec, config: QuantConfig, inputs) -> dict[str, torch.Tensor]:
-    """Group's first linear (relative name) -> (Kp, Kp) Hessian of the group's input over all samples."""
+def layer_hessians(layer, spec, config: QuantConfig, inputs,
+                   samples: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Group's first linear (relative name) -> (Kp, Kp) Hessian of the group's input over all samples. With
+    ``samples`` (a dict, filled in place): the same keys -> (T, K) float32 input tokens for the smoothing search,
+    about ``SEARCH_TOKENS`` in all, evenly spaced within each calibration sample."""
     acc, handles = {}, []
+    per_sample = -(-SEARCH_TOKENS // max(1, len(inputs)))
+    kept: dict[str, list[torch.Tensor]] = {}
+
+    def hook(module, args, h, kp, rel):
+        h.add(pad_k(args[0], kp))
+        if samples is not None:
+            x = args[0].reshape(-1, args[0].shape[-1])
+            step = max(1, x.shape[0] // per_sample)
+            kept.setdefault(rel, []).append(x[::step][:per_sample].float())
+
     for group in spec.groups:
-        lin = layer.get_submodule(group.linears[0])
+        rel = group.linears[0]
+        lin = layer.get_submodule(rel)
         kp = padded_k(lin.in_features, config.weight_group_size, config.act_group_size)
-        acc[group.linears[0]] = hess = Hessian(kp, lin.weight.device)
-        handles.append(lin.register_forward_pre_hook(lambda m, args, h=hess, kp=kp: h.add(pad_k(args[0], kp))))
+        acc[rel] = hess = Hessian(kp, lin.weight.device)
+        handles.append(lin.register_forward_pre_hook(lambda m, args, h=hess, kp=kp, rel=rel: hook(m, args, h, kp, rel)))
     try:
         _run_layer(layer, inputs)
     finally:
         for handle in handles:
             handle.remove()
+    if samples is not None:
+        samples.update({rel: torch.cat(xs) for rel, xs in kept.items()})
     return {rel: h.h for rel, h in acc.items()}
 
 
+def layer_statistics(layer, spec, config: QuantConfig, model_config, prefix: str, inputs,
+                     summary: dict | None = None) -> dict[str, torch.Tensor]:
+    """``layer_hessians``, after choosing and folding the layer's smoothing when ``config.smooth_search`` (the
+    Hessians then describe the smoothed inputs). ``summary``: group kind -> list of chosen alphas, appended to."""
+    if not config.smooth_search:
+        return layer_hessians(layer, spec, config, inputs)
+    samples: dict[str, torch.Tensor] = {}
+    hessians = layer_hessians(layer, spec, config, inputs, samples)
+    chosen = search_layer(layer, spec, config, model_config, prefix, samples, hessians)
+    if summary is not None:
+        for rel, alpha in chosen.items():
+            summary.setdefault(rel.rsplit(".", 1)[-1], []).append(alpha)
+    return hessians
+
+
+def search_summary(chosen: dict[str, list]) -> dict[str, dict]:
+    """Per group kind: how many layers kept no smoothing, and the mean alpha of the others (for the manifest)."""
+    out = {}
+    for kind, alphas in chosen.items():
+        used = [a for a in alphas if a is not None]
+        out[kind] = {"none": len(alphas) - len(used), "mean_alpha": round(sum(used) / len(used), 3) if used else None}
+    return out
+
+
 @torch.no_grad()
-def quantize_sequential(model, spec, config: QuantConfig, input_ids: torch.Tensor, make_module: MakeModule) -> None:
-    """Quantize decoder layer after decoder layer, each on the outputs of its already quantized predecessors."""
+def quantize_sequential(model, spec, config: QuantConfig, input_ids: torch.Tensor, make_module: MakeModule,
+                        chosen: dict | None = None) -> None:
+    """Quantize decoder layer after decoder layer, each on the outputs of its already quantized predecessors.
+    ``chosen``: filled with the smoothing search's alphas (``layer_statistics``)."""
     inputs = first_layer_inputs(model, spec, input_ids)
     layers = decoder_layers(model, spec)
     for i, layer in ui.track(list(enumerate(layers)), "quantizing layers"):
-        hessians = layer_hessians(layer, spec, config, inputs)
+        hessians = layer_statistics(layer, spec, config, model.config, f"{spec.layers}.{i}.", inputs, chosen)
         finals = {}
         for group in spec.groups:
             for rel in group.linears:

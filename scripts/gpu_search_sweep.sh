@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The smoothing search (smooth_search) against the fixed-alpha presets on the H100, with the protocol of
+# scripts/gpu_accuracy_sweep.sh: SmolLM2-135M, calibration 16 x 2048 tokens (4 used by the weight algorithms),
+# 40 windows of 2048 tokens of WikiText-2 test, exact reference path in float32. Resumable under $RUNS.
+# Usage (device machine, repo root): MODEL=/path/to/SmolLM2.gguf FLEXQ_DATA_DIR=... scripts/gpu_search_sweep.sh
+set -uo pipefail
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+OUT=${OUT:-out}; RUNS=${RUNS:-/tmp/acc}; mkdir -p "$OUT" "$RUNS/presets" "$RUNS/logs"
+MODEL=${MODEL:?the SmolLM2 .gguf path}
+WT=$FLEXQ_DATA_DIR/wikitext-2-raw/wiki.test.raw
+EVAL=(--ppl wikitext2 --seqlen 2048 --max-windows 40 --device cuda --dtype float32 --backend reference)
+flexq() { python3 -m flexq_cli "$@"; }
+timed() {
+  local name=$1; shift
+  [ -e "$RUNS/$name" ] && return 0
+  local t0=$(date +%s%N)
+  "$@" > "$RUNS/logs/$name.log" 2>&1 || { echo "FAILED $name"; tail -3 "$RUNS/logs/$name.log"; return 1; }
+  printf '%s\t%s\n' "$name" "$(( ($(date +%s%N) - t0) / 1000000 )) ms" >> "$RUNS/times.tsv"
+}
+preset() {
+  local name=$1 base=$2; shift 2
+  grep -v '^#' "configs/presets/$base.yaml" | grep -vE "^($(printf '%s|' "${@%%:*}" | sed 's/|$//')):" > "$RUNS/presets/$name.yaml"
+  printf '%s\n' "$@" >> "$RUNS/presets/$name.yaml"
+}
+timed calib flexq calibrate "$MODEL" --data "$WT" --offset-tokens 81920 --samples 16 --seqlen 2048 --device cuda --out "$RUNS/calib"
+preset s-w6a8 w6a8 "smooth_search: true" "weight_clip: output"
+preset s-w6a8-gptq w6a8 "smooth_search: true" "weight_clip: output" "gptq: true" "gptq_act_order: true"
+preset s-w6a8-rtn w6a8 "smooth_search: true"
+preset s-flexq flexq "smooth_search: true" "weight_clip: output"
+preset s-w6a6 w6a6 "smooth_search: true" "weight_clip: output"
+preset f-w6a8-gptq w6a8-best "gptq: true" "gptq_act_order: true"
+preset s-w6a8-gptq-d10 w6a8 "smooth_search: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "gptq_damp: 0.1"
+preset s-w6a8-gptq-noorder w6a8 "smooth_search: true" "weight_clip: output" "gptq: true"
+preset s-w6a8-gptq-mse w6a8 "smooth_search: true" "weight_clip: mse" "gptq: true" "gptq_act_order: true"
+for p in ${PRESETS:-w6a8-best s-w6a8 s-w6a8-rtn s-flexq s-w6a6 s-w6a8-gptq}; do
+  src=$RUNS/presets/$p.yaml; [ -f "$src" ] || src=$p
+  timed "q-$p" flexq quantize "$MODEL" --preset "$src" --calib "$RUNS/calib" --calib-samples ${CALIB_SAMPLES:-4} \
+      --device cuda --out "$RUNS/q-$p"
+  timed "eval-$p.json" flexq eval "$RUNS/q-$p" "${EVAL[@]}" --json "$RUNS/eval-$p.json"
+done
+timed eval-fp.json flexq eval "$MODEL" "${EVAL[@]}" --json "$RUNS/eval-fp.json"
+tar czf "$OUT/search-sweep.tgz" -C "$RUNS" times.tsv logs presets $(cd "$RUNS" && ls -d eval-*.json)
+python3 - "$RUNS" <<'PY'
+import json, pathlib, sys
+runs = pathlib.Path(sys.argv[1])
+fp = json.loads((runs / "eval-fp.json").read_text())["ppl"] if (runs / "eval-fp.json").exists() else None
+for f in sorted(runs.glob("eval-*.json")):
+    r = json.loads(f.read_text())
+    rel = f"{100 * (r['ppl'] / fp - 1):+.2f}%" if fp else ""
+    print(f"{f.stem:22s} PPL {r['ppl']:.4f} {rel}  ({r['windows']} windows)")
+from safetensors import safe_open
+for q in sorted(runs.glob("q-*")):
+    with safe_open(str(sorted(q.glob("*.safetensors"))[0]), "pt") as fh:
+        m = json.loads(fh.metadata()["flexq"])
+    print(q.name, json.dumps(m.get("extra", {}).get("algorithms", {}).get("smooth_search")))
+PY
+cat "$RUNS/times.tsv"
