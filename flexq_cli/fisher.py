@@ -13,15 +13,16 @@ KL(p || p + dp) = 1/2 dz^T F dz with F = E_{y~p}[grad log p(y) grad log p(y)^T] 
 distribution (the first-order term vanishes because E_p[grad log p] = 0), so each draw's (g . delta)^2 is an
 unbiased sample of the quadratic form.
 
-Per-position products: one backward of sum_t log p_t(y_t) mixes every output position t into g_t'. Squaring
-the whole sum sum_t' g_t' . delta_t' would add, per draw, cross terms between different output positions
-that vanish only in expectation (draws at different positions are independent and have mean-zero scores):
-noise. Squaring per input position t' keeps the diagonal t1 = t2 of those cross terms' expectation exactly and
-drops, besides higher-order terms (the network's curvature between y_l and the logits; fake quantization
-downstream is passed straight through), the terms that pair the perturbations of two different input
-positions t'1 != t'2 at the same output: per-token quantization errors at different positions are nearly
-independent, so these average out. What stays is a per-linear ranking at the cost of ~1 + draws + 1
-forward-equivalents per sample instead of one model tail per linear.
+Per-position products. One backward of sum_t log p_t(y_t) sums into g_t' the terms of every output position
+t. Squaring the total sum_t' g_t' . delta_t' pairs every (t, t') term with every other: the pairs of two
+different output positions are zero in expectation (independent draws, mean-zero scores) but add noise per
+draw. Squaring per input position t' keeps the pairs with equal input positions (whose expectation, summed, is
+the quadratic form's diagonal in t') and drops those with t'1 != t'2: in expectation they are the quadratic
+form's off-diagonal part, how the A6 errors of two different tokens combine at one output, which largely
+cancels over many pairs because per-token quantization errors are close to independent. Also dropped: terms
+beyond second order, and the rounding of the downstream quantizers (their gradient passes straight through;
+the exact runs keep a floor from it, docs/accuracy.md). Cost per sample: one forward and draws + 1 backwards,
+instead of one model tail per linear.
 """
 
 from __future__ import annotations
