@@ -71,14 +71,27 @@ def compiled_arch() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def function(device: int, filename: str, options: tuple[str, ...], name: str, smem: int):
-    """The kernel ``name`` for ``device``. CuPy loads a module's cubin into the CURRENT device's context when the
-    first function is fetched, so fetching (and setting attributes) happens with ``device`` current: fetched
-    under another device, a kernel for GPU 1 lived in GPU 0's context and its launch failed (CUresult 1)."""
+def _fetch(device: int, filename: str, options: tuple[str, ...], name: str):
     with cupy_module().cuda.Device(device):
-        fn = module(device, filename, options).get_function(name)
-        if smem > 48 * 1024:  # more than 48 KB of dynamic shared memory must be asked for
+        return module(device, filename, options).get_function(name)
+
+
+_smem_allowed: dict[tuple, int] = {}  # (device, file, options, name) -> the dynamic shared memory asked for so far
+
+
+def function(device: int, filename: str, options: tuple[str, ...], name: str, smem: int):
+    """The kernel ``name`` for ``device``, allowed ``smem`` bytes of dynamic shared memory. CuPy loads a module's
+    cubin into the CURRENT device's context when the first function is fetched, so fetching (and setting
+    attributes) happens with ``device`` current: fetched under another device, a kernel for GPU 1 lived in GPU 0's
+    context and its launch failed (CUresult 1). The allowance is an attribute of the one driver function behind
+    every fetch, so it only grows: cached per smem, a smaller request once lowered it under a larger one's cached
+    handle, whose launch then failed (CUresult 1)."""
+    fn = _fetch(device, filename, options, name)
+    key = (device, filename, options, name)
+    if smem > 48 * 1024 and smem > _smem_allowed.get(key, 0):  # more than 48 KB must be asked for
+        with cupy_module().cuda.Device(device):
             fn.max_dynamic_shared_size_bytes = smem
+        _smem_allowed[key] = smem
     return fn
 
 
