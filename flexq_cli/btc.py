@@ -41,7 +41,8 @@ class TileConfig:
     stages: cp.async pipeline depth; mt: tokens per CTA (multiple of 8, the MMA's N); splits: split-K ways
     (0: choose from the SM count); pct: 0 puts tokens in the MMA's columns (21/29 chained MMAs per block for up
     to 8 tokens), 1/2/4/8 puts (token, activation plane) slots there for at most pct tokens (6 * pct independent
-    MMAs per block; see the .cu), the cheaper scheme for a few tokens.
+    MMAs per block; see the .cu), the cheaper scheme for a few tokens. fuse (plane columns only): the GEMM
+    quantizes its own activations (act groups of 128) instead of a separate pack launch before it.
     """
 
     warps: int = 4
@@ -50,6 +51,7 @@ class TileConfig:
     mt: int = 8
     splits: int = 0
     pct: int = 0
+    fuse: bool = False
 
     def __post_init__(self):
         if self.warps not in (1, 2, 4, 8) or self.kb not in (1, 2, 4) or not 2 <= self.stages <= 8:
@@ -58,6 +60,8 @@ class TileConfig:
             raise ValueError(f"unsupported tile config {self}")
         if self.pct not in (0, 1, 2, 4, 8) or (self.pct and self.mt != 8):
             raise ValueError(f"unsupported tile config {self}: pct must be 0, 1, 2, 4 or 8, with mt 8")
+        if self.fuse and not self.pct:
+            raise ValueError(f"unsupported tile config {self}: the fused activation pack needs plane columns (pct)")
 
     @property
     def rows(self) -> int:
@@ -69,14 +73,16 @@ class TileConfig:
             f"-DBTC_ACT_BITS={act_bits}", f"-DBTC_WARPS={self.warps}", f"-DBTC_KB={self.kb}",
             f"-DBTC_STAGES={self.stages}", f"-DBTC_MT={self.mt}", f"-DBTC_BF16={int(bf16)}",
             f"-DBTC_DEBUG_ACC={int(debug)}", f"-DBTC_PACK_WARPS={PACK_WARPS}", f"-DBTC_PCT={self.pct}",
-            f"-DBTC_CHUNK={EPILOGUE_CHUNK_BLOCKS}",
+            f"-DBTC_CHUNK={EPILOGUE_CHUNK_BLOCKS}", f"-DBTC_FUSE={int(self.fuse)}",
         )
 
-    def smem_bytes(self, act_bits: int) -> int:
-        """Dynamic shared memory: stages x (weight rows + tokens), each row padded by 16 bytes (see the .cu)."""
+    def smem_bytes(self, act_bits: int, blocks_per_split: int = 0) -> int:
+        """Dynamic shared memory: stages x (weight rows + tokens), each row padded by 16 bytes (see the .cu); with
+        ``fuse``, plus the quantized activations and scales of the split's blocks (rounded up to whole stages)."""
         w = self.rows * (96 * self.kb + 16)
         x = self.mt * (16 * act_bits * self.kb + 16)
-        return self.stages * (w + x)
+        fused = self.pct * -(-blocks_per_split // self.kb) * self.kb * (16 * act_bits + 4) if self.fuse else 0
+        return self.stages * (w + x) + fused
 
 
 @functools.lru_cache(maxsize=None)
@@ -161,6 +167,10 @@ def check_accumulator_args(x, qweight, act_bits, act_group_size):
 
 # ----------------------------------------------------------------------------------------------- launch
 PC_MAX_TOKENS = 2  # up to this M plane columns (6 * pct MMAs per block) beat tokens in columns (measured: M = 4 loses)
+# Plane-column configs may quantize their activations inside the GEMM (fuse_pack): off by default, because the
+# decode step got slower with it although the layer op alone got faster (docs/kernel.md); kernel_bench --fuse: A/B.
+FUSE_PACK = False
+FUSE_MAX_BLOCKS_PER_WARP = 4  # ... where each warp quantizes at most this many blocks (see fuse_pack)
 
 
 def plane_column_tokens(m: int) -> int:
@@ -184,10 +194,23 @@ def choose_config(n: int, k: int, m: int, act_bits: int, device: int | None = No
     cfg = lookup(n, k, m, act_bits) or default_config(m)
     if cfg.mt == 8 and not cfg.pct:
         cfg = replace(cfg, pct=plane_column_tokens(m))
-    if cfg.splits:
-        return cfg
-    dev = torch.cuda.current_device() if device is None else device
-    return replace(cfg, splits=choose_splits(cfg, n, -(-k // BLOCK_K), m, _slots(dev, cfg, act_bits)))
+    nb = -(-k // BLOCK_K)
+    if not cfg.splits:
+        dev = torch.cuda.current_device() if device is None else device
+        cfg = replace(cfg, splits=choose_splits(cfg, n, nb, m, _slots(dev, cfg, act_bits)))
+    return replace(cfg, fuse=fuse_pack(cfg, nb))
+
+
+def fuse_pack(cfg: TileConfig, nb: int) -> bool:
+    """Whether this plane-column config should quantize its activations inside the GEMM (only with ``FUSE_PACK``):
+    where each warp has at most ``FUSE_MAX_BLOCKS_PER_WARP`` (token, block) pairs to quantize. The fused pack runs
+    before the main loop and its reads of x are latency-bound, so a CTA spanning many blocks (no split-K) pays more
+    than the separate launch costs (layer op alone, L2 flushed, on the H100: 4096x4096, 4096x11008 and SmolLM2's
+    shapes gain 2-12%, 12288x4096 with 8 blocks per warp and 28672x8192 with 16 lost 17-70% when fused)."""
+    if not (FUSE_PACK and cfg.pct and cfg.pct <= PC_MAX_TOKENS):
+        return False
+    per = split_blocks(nb, cfg.splits) if cfg.splits else nb
+    return -(-per * cfg.pct // cfg.warps) <= FUSE_MAX_BLOCKS_PER_WARP
 
 
 def choose_splits(cfg: TileConfig, n: int, nb: int, m: int, slots: int) -> int:
@@ -260,12 +283,13 @@ def pack_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: i
 
 
 def _gemm(x2, xpack, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_size, cfg, debug):
+    """The GEMM launch; with ``cfg.fuse`` ``xpack`` and ``sx`` are None and the kernel quantizes ``x2`` itself."""
     import numpy as np
 
     m, dev = x2.shape[0], x2.device.index
     if cfg.pct and m > cfg.pct:
         raise ValueError(f"tile config {cfg} handles at most pct={cfg.pct} tokens, got M={m}")
-    n, nb, mp = qweight.shape[0], qweight.shape[1] // W_WORDS, xpack.shape[0]
+    n, nb, mp = qweight.shape[0], qweight.shape[1] // W_WORDS, -(-m // 8) * 8
     grid, per = _grid(cfg, n, mp, nb)
     partial = None
     if grid[1] > 1 and not debug:
@@ -273,13 +297,13 @@ def _gemm(x2, xpack, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_s
         if grid[0] * grid[2] > _MAX_TILES:
             raise ValueError(f"too many output tiles ({grid[0] * grid[2]}) for N={n}, M={m}")
     opts = cfg.defines(act_bits, x2.dtype == torch.bfloat16, debug)
-    smem = cfg.smem_bytes(act_bits)
+    smem = cfg.smem_bytes(act_bits, per)
     ws_cols = w_scales.shape[1]
     args = (
         cl.ptr(qweight), cl.ptr(w_scales), cl.ptr(xpack), cl.ptr(sx), cl.ptr(bias), cl.ptr(y), cl.ptr(partial),
-        cl.ptr(_counters(dev)), np.int32(m), np.int32(n), np.int32(nb), np.int32(ws_cols),
-        np.int32(0 if weight_group_size == -1 else 1), np.int32(per),
-        np.int32(bias is not None and bias.dtype == torch.float32),
+        cl.ptr(_counters(dev)), cl.ptr(x2 if cfg.fuse else None), np.int32(m), np.int32(n), np.int32(nb),
+        np.int32(ws_cols), np.int32(0 if weight_group_size == -1 else 1), np.int32(per),
+        np.int32(bias is not None and bias.dtype == torch.float32), np.int32(x2.shape[1]),
     )
     cl.launch(cl.function(dev, KERNEL_FILE, opts, "btc_gemm", smem), grid, (32 * cfg.warps, 1, 1), args, smem, dev)
 
@@ -309,11 +333,17 @@ def btc_linear(
     n = qweight.shape[0]
     if x2.shape[0] == 0:
         return out
-    cfg = config or choose_config(n, kp, x2.shape[0], act_bits, x.device.index)
-    xpack, sx = pack_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)
+    cfg = _fusable(config or choose_config(n, kp, x2.shape[0], act_bits, x.device.index), act_group_size)
+    xpack, sx = (None, None) if cfg.fuse else pack_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)
     _gemm(x2, xpack, sx, qweight, w_scales, bias, out, act_bits=act_bits, weight_group_size=weight_group_size,
           cfg=cfg, debug=False)
     return out
+
+
+def _fusable(cfg: TileConfig, act_group_size: int) -> TileConfig:
+    """``cfg``, with the fused activation pack dropped where the kernel cannot fuse it: a per-token scale
+    (act_group_size -1) needs the whole row's absmax before any block, so it keeps the separate pack launch."""
+    return replace(cfg, fuse=False) if cfg.fuse and act_group_size != 128 else cfg
 
 
 def btc_block_accumulators(
@@ -330,8 +360,8 @@ def btc_block_accumulators(
     kp = nb * BLOCK_K
     if m == 0:
         return acc
-    cfg = config or choose_config(n, kp, m, act_bits, x.device.index)
-    xpack, sx = pack_activations(x2, nb, act_bits, act_group_size, cfg)
+    cfg = _fusable(config or choose_config(n, kp, m, act_bits, x.device.index), act_group_size)
+    xpack, sx = (None, None) if cfg.fuse else pack_activations(x2, nb, act_bits, act_group_size, cfg)
     _gemm(x2, xpack, sx, qweight, scales, None, acc, act_bits=act_bits, weight_group_size=128, cfg=cfg,
           debug=True)
     return acc

@@ -348,9 +348,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--tune", action="store_true")
     p.add_argument("--no-pdl", action="store_true", help="launch without programmatic dependent launch (A/B)")
+    p.add_argument("--fuse", action="store_true", help="let BTC quantize its activations in the GEMM at M <= 2 (A/B)")
     args = p.parse_args(argv)
     if args.no_pdl:
         cuda_launch.PDL = False
+    if args.fuse:
+        btc.FUSE_PACK = True
     shapes = [s for name in args.models.split(",") for s in SHAPES[name]]
     if args.tune:
         from . import btc_tuning

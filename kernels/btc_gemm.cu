@@ -67,6 +67,9 @@
 #ifndef BTC_PCT
 #define BTC_PCT 0  // 0: tokens in the MMA's columns; 1, 2, 4, 8: activation planes in the columns, for <= PCT tokens
 #endif
+#ifndef BTC_FUSE
+#define BTC_FUSE 0  // 1: the GEMM quantizes its own activations (plane columns, act groups of 128): no pack launch
+#endif
 #ifndef BTC_DEBUG_ACC
 #define BTC_DEBUG_ACC 0
 #endif
@@ -100,6 +103,7 @@ static_assert(BTC_STAGES >= 2, "the pipeline needs two stages at least");
 static_assert(BTC_CHUNK >= 1 && (BTC_CHUNK & (BTC_CHUNK - 1)) == 0, "epilogue chunk: a power of two of blocks");
 static_assert(BTC_PCT == 0 || ((BTC_PCT & (BTC_PCT - 1)) == 0 && BTC_PCT <= 8 && BTC_MT == 8),
               "plane columns: PCT in 1, 2, 4, 8 tokens and an 8-token tile");
+static_assert(!BTC_FUSE || BTC_PCT, "the fused activation pack is for the plane-column scheme (few tokens)");
 // token rows of a stage that the MMAs read (plane columns read only the first PCT tokens)
 #define X_TOKENS (BTC_PCT ? BTC_PCT : BTC_MT)
 // fp32 outputs per thread: tokens in columns: (MT/8 column tiles) x 4 fragment values; plane columns: PCT tokens x
@@ -223,7 +227,8 @@ struct Args {
     void* y;               // (M, N) output dtype; debug: (NB, M, N) int32 block accumulators
     float* partial;        // (slots, Mp, N) float32: split 0's prefix, then chunk sums (only when splits > 1)
     int* counters;         // (grid.x * grid.z) arrival counters, zero between launches
-    int M, N, NB, ws_cols, w_step, blocks_per_split, bias_f32;
+    const u16* x;          // BTC_FUSE: (M, K) fp16/bf16 activations, quantized inside the GEMM (else unused)
+    int M, N, NB, ws_cols, w_step, blocks_per_split, bias_f32, K;
 };
 
 // Copy one stage (BTC_KB blocks starting at block b) of weights, then of activations, into shared memory. Split in
@@ -252,7 +257,7 @@ __device__ __forceinline__ void load_stage_x(const Args& a, char* st, int m0, in
 __device__ __forceinline__ void load_stage(const Args& a, char* st, int n0, int m0, int Mp, int b, int kb_end,
                                            unsigned long long policy) {
     load_stage_w(a, st, n0, b, kb_end, policy);
-    load_stage_x(a, st, m0, Mp, b, kb_end);
+    if (!BTC_FUSE) load_stage_x(a, st, m0, Mp, b, kb_end);
 }
 
 // The scales one step needs: weight rows `row`, `row + 8` and tokens tok0 + 8j + {0, 1} of blocks b0 .. b0+KB-1
@@ -268,7 +273,10 @@ __device__ __forceinline__ int out_tok(int i, int t) { return BTC_PCT ? i / 2 : 
 __device__ __forceinline__ int out_row(int i, int g) { return g + 8 * (BTC_PCT ? (i & 1) : ((i >> 1) & 1)); }
 __device__ __forceinline__ bool out_owned(int i, int t) { return BTC_PCT ? (i & 3) == t : true; }
 
-__device__ __forceinline__ void load_scales(const Args& a, StepScales& s, int b0, int kb_end, int row, int tok0) {
+// sxp / sx_row / b_base: where the activation scales are: a.sx (row NB, blocks from 0), or with BTC_FUSE the CTA's
+// shared copy (row = blocks per split rounded up, blocks from the split's first; tokens from m0 = 0).
+__device__ __forceinline__ void load_scales(const Args& a, StepScales& s, int b0, int kb_end, int row, int tok0,
+                                            const float* sxp, int sx_row, int b_base) {
 #if !BTC_DEBUG_ACC
 #pragma unroll
     for (int kb = 0; kb < BTC_KB; ++kb) {
@@ -281,7 +289,7 @@ __device__ __forceinline__ void load_scales(const Args& a, StepScales& s, int b0
 #pragma unroll
             for (int e = 0; e < (BTC_PCT ? 1 : 2); ++e) {
                 const int tok = BTC_PCT ? tok0 + j : tok0 + 8 * j + e;
-                s.sx[j][kb][e] = (in && tok < a.M) ? a.sx[(size_t)tok * a.NB + b] : 0.f;
+                s.sx[j][kb][e] = (in && tok < a.M) ? sxp[(size_t)tok * sx_row + (b - b_base)] : 0.f;
             }
     }
 #endif
@@ -306,8 +314,8 @@ __device__ __forceinline__ void bmma0(int (&d)[4], u32 a0, u32 a1, u32 a2, u32 a
 // j = 4(q%2) + 2(t%2) + e. The four lanes of a quad hold different (i, j) of the same rows, so their integer
 // partial sums are added with two shuffles: the block's exact dot product, before any float is formed.
 #if BTC_PCT
-__device__ __forceinline__ void pc_block(const u32 (&af)[W_BITS][2], u32 xaddr, int g, const int (&coef)[3][2][2],
-                                         int (&acc)[NOUT]) {
+__device__ __forceinline__ void pc_block(const u32 (&af)[W_BITS][2], u32 xaddr, u32 xstride, int g,
+                                         const int (&coef)[3][2][2], int (&acc)[NOUT]) {
 #pragma unroll
     for (int T = 0; T < (BTC_PCT ? BTC_PCT : 1); ++T) {
         int r0 = 0, r1 = 0;
@@ -315,7 +323,7 @@ __device__ __forceinline__ void pc_block(const u32 (&af)[W_BITS][2], u32 xaddr, 
         for (int qh = 0; qh < 2; ++qh) {
             // word t of (token T, plane 4qh + g%4); in A6 records planes 6, 7 do not exist (the next record's bytes)
             const bool live = A_BITS == 8 || qh == 0 || (g & 3) < 2;
-            const u32 xw = live ? lds32(xaddr + T * X_STRIDE + qh * 64) : 0u;
+            const u32 xw = live ? lds32(xaddr + T * xstride + qh * 64) : 0u;
             const u32 b0 = g < 4 ? xw : 0u, b1 = g < 4 ? 0u : xw;
 #pragma unroll
             for (int p = 0; p < 3; ++p) {
@@ -386,10 +394,10 @@ __device__ __forceinline__ float reduce_slots(const float* p, size_t stride, int
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const float* sx, const void* bias, void* y,
-         float* partial, int* counters, int M, int N, int NB, int ws_cols, int w_step, int blocks_per_split,
-         int bias_f32) {
-    const Args a{qweight, w_scales, xpack, sx, bias, y, partial, counters, M, N, NB, ws_cols, w_step,
-                 blocks_per_split, bias_f32};
+         float* partial, int* counters, const u16* x, int M, int N, int NB, int ws_cols, int w_step,
+         int blocks_per_split, int bias_f32, int K) {
+    const Args a{qweight, w_scales, xpack, sx, bias, y, partial, counters, x, M, N, NB, ws_cols, w_step,
+                 blocks_per_split, bias_f32, K};
     extern __shared__ __align__(128) char smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -417,9 +425,44 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
     pdl_wait();
 #pragma unroll
     for (int s = 0; s < BTC_STAGES - 1; ++s) {
-        if (s < nsteps) load_stage_x(a, smem + s * STAGE_BYTES, m0, Mp, kb_begin + s * BTC_KB, kb_end);
+        if (!BTC_FUSE && s < nsteps) load_stage_x(a, smem + s * STAGE_BYTES, m0, Mp, kb_begin + s * BTC_KB, kb_end);
         cp_async_commit();
     }
+#if BTC_FUSE
+    // The activation pack, done here: the split's blocks of the (at most BTC_PCT) tokens are quantized by the CTA's
+    // warps into shared memory, one warp per (token, block) as btc_act_pack does (same codes and scales, bit for
+    // bit), behind the stages (row of a token: the split's blocks rounded up to whole stages; the rounded-up
+    // blocks stay unwritten and their results are discarded, as past kb_end in the unfused kernel).
+    const int x_row_blocks = (a.blocks_per_split + BTC_KB - 1) / BTC_KB * BTC_KB;
+    char* xf = smem + BTC_STAGES * STAGE_BYTES;
+    float* sxf = (float*)(xf + BTC_PCT * x_row_blocks * X_REC);
+    {
+        const int nblk = kb_end - kb_begin;
+        for (int w = warp; w < BTC_PCT * nblk; w += BTC_WARPS) {
+            const int T = w / nblk, j = w - T * nblk;
+            const bool live = m0 + T < a.M;
+            int q[4];
+            const float s = quantize_block(a.x + (size_t)(live ? m0 + T : 0) * a.K, a.K, live, kb_begin + j, 0, 0.f,
+                                           QMAX, q);
+            u32 mine = 0;
+#pragma unroll
+            for (int p = 0; p < A_BITS; ++p)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const u32 wv = __ballot_sync(0xffffffffu, (q[e] >> p) & 1);
+                    if (lane == p * 4 + e) mine = wv;
+                }
+            if (lane < 4 * A_BITS) ((u32*)(xf + (T * x_row_blocks + j) * X_REC))[lane] = mine;
+            if (lane == 0) sxf[T * x_row_blocks + j] = s;
+        }
+    }
+    __syncthreads();
+    const float* sxp = sxf;
+    const int sx_row = x_row_blocks, sx_b0 = kb_begin;
+#else
+    const float* sxp = a.sx;
+    const int sx_row = a.NB, sx_b0 = 0;
+#endif
 #if BTC_PCT
     int coef[3][2][2];  // the integer weight of this thread's D values, see pc_block
 #pragma unroll
@@ -446,7 +489,7 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
     // that their global-memory latency hides behind a whole step of MMAs instead of stalling the epilogue.
     StepScales cur, nxt;
     const int tok0 = BTC_PCT ? m0 : m0 + 2 * t;
-    if (warp_live) load_scales(a, nxt, kb_begin, kb_end, wrow + g, tok0);
+    if (warp_live) load_scales(a, nxt, kb_begin, kb_end, wrow + g, tok0, sxp, sx_row, sx_b0);
     for (int step = 0; step < nsteps; ++step) {
         cp_async_wait<BTC_STAGES - 2>();
         __syncthreads();  // stage `step` landed for every thread; stage `step - 1` is free for everybody
@@ -461,7 +504,7 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
         const int b0 = kb_begin + step * BTC_KB;  // first block of this step; blocks >= kb_end are computed on
                                                   // stale shared memory and discarded (keeps the chains branch-free)
         cur = nxt;
-        if (step + 1 < nsteps) load_scales(a, nxt, b0 + BTC_KB, kb_end, wrow + g, tok0);
+        if (step + 1 < nsteps) load_scales(a, nxt, b0 + BTC_KB, kb_end, wrow + g, tok0, sxp, sx_row, sx_b0);
         const u32 st = smem_addr(smem + (step % BTC_STAGES) * STAGE_BYTES);
         u32 af[BTC_KB][W_BITS][2];
 #pragma unroll
@@ -471,11 +514,17 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
                 ldmatrix_x4(st + a_lane_off + kb * W_REC + p * 16, af[kb][p][0], af[kb][p][1], af[kb][p + 1][0],
                             af[kb][p + 1][1]);
 #if BTC_PCT
+#if BTC_FUSE
+        const u32 xaddr = smem_addr(xf) + (b0 - kb_begin) * X_REC + (g & 3) * 16 + t * 4;
+        const u32 xstride = x_row_blocks * X_REC;
+#else
         const u32 xaddr = st + STAGE_W_BYTES + (g & 3) * 16 + t * 4;
+        const u32 xstride = X_STRIDE;
+#endif
 #pragma unroll
         for (int kb = 0; kb < BTC_KB; ++kb) {
             int acc[NOUT];
-            pc_block(af[kb], xaddr + kb * X_REC, g, coef, acc);
+            pc_block(af[kb], xaddr + kb * X_REC, xstride, g, coef, acc);
             const int b = b0 + kb;
             if (b >= kb_end) break;
 #pragma unroll

@@ -136,16 +136,20 @@ def test_linear_matches_reference(shape, m, act_bits):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("agroup,wgroup", [(128, 128), (-1, 128), (128, -1), (-1, -1)])
 @pytest.mark.parametrize("bias_dtype", [None, "x", torch.float32])
-def test_variants(dtype, agroup, wgroup, bias_dtype):
-    n, k, m = 1536, 576, 5
+def test_variants(dtype, agroup, wgroup, bias_dtype, monkeypatch):
+    """M = 5 (tokens in columns) and M = 1 (plane columns, with the fused activation pack where act groups are
+    128; act groups of the whole row keep the pack kernel)."""
+    monkeypatch.setattr(btc, "FUSE_PACK", True)
+    n, k = 1536, 576
     wq, ws, qweight = _layer(n, k, wgroup, seed=1)
-    x = _x(m, k, dtype).reshape(1, m, k)  # leading dims are kept
     bias = None if bias_dtype is None else torch.randn(n, device=DEV).to(dtype if bias_dtype == "x" else bias_dtype)
-    for act_bits in (6, 8):
-        y = btc.btc_linear(x, qweight, ws, act_bits=act_bits, act_group_size=agroup, weight_group_size=wgroup,
-                           bias=bias)
-        assert y.shape == (1, m, n) and y.dtype == dtype
-        _check_output(y.reshape(m, n), x.reshape(m, k), wq, ws, act_bits, agroup, wgroup, bias)
+    for m in (5, 1):
+        x = _x(m, k, dtype).reshape(1, m, k)  # leading dims are kept
+        for act_bits in (6, 8):
+            y = btc.btc_linear(x, qweight, ws, act_bits=act_bits, act_group_size=agroup, weight_group_size=wgroup,
+                               bias=bias)
+            assert y.shape == (1, m, n) and y.dtype == dtype
+            _check_output(y.reshape(m, n), x.reshape(m, k), wq, ws, act_bits, agroup, wgroup, bias)
 
 
 CONFIGS = [
@@ -168,15 +172,17 @@ def test_every_tile_config_exact(cfg, m):
 
 
 PC_CONFIGS = [
-    btc.TileConfig(warps=w, kb=kb, stages=st, mt=8, splits=sp, pct=pct)
+    btc.TileConfig(warps=w, kb=kb, stages=st, mt=8, splits=sp, pct=pct, fuse=fuse)
     for (w, kb, st, sp, pct) in [(4, 4, 3, 1, 1), (4, 4, 3, 5, 2), (8, 2, 4, 3, 4), (2, 1, 2, 2, 8), (4, 4, 4, 4, 8),
-                                 (8, 4, 2, 2, 1), (1, 4, 3, 64, 4)]
+                                 (8, 4, 2, 2, 1), (1, 4, 3, 64, 4), (4, 2, 4, 1, 2), (8, 4, 3, 7, 1)]
+    for fuse in (False, True)
 ]
 
 
 @pytest.mark.parametrize("cfg", PC_CONFIGS, ids=str)
 def test_plane_column_configs_exact(cfg):
-    """The plane-column scheme (activation planes in the MMA's columns) for every M up to its token count."""
+    """The plane-column scheme (activation planes in the MMA's columns) for every M up to its token count, with the
+    activation pack as its own launch and fused into the GEMM."""
     n, k = 1088, 4224
     wq, ws, qweight = _layer(n, k, seed=4)
     for m in sorted({1, max(1, cfg.pct - 1), cfg.pct}):
@@ -211,9 +217,9 @@ def test_output_independent_of_splits():
     x = _x(m, k)
     ref = reference_linear(x, wq, ws, act_bits=6, act_group_size=128, weight_group_size=128)
     for splits in range(1, 34):
-        for pct in (0, 8):
+        for pct, fuse in ((0, False), (8, False), (8, True)):
             y = btc.btc_linear(x, qweight, ws, act_bits=6, config=btc.TileConfig(kb=4, stages=3, splits=splits,
-                                                                                  pct=pct))
+                                                                                  pct=pct, fuse=fuse))
             _assert_same_bits(y, ref)
 
 
@@ -232,8 +238,10 @@ def test_pack_matches_packing(k, agroup, act_bits):
     assert not xpack[m:].any() and not sx[m:].any()  # padded tokens are zero
 
 
-def test_cuda_graph_capture():
-    n, k, m = 576, 1536, 4
+@pytest.mark.parametrize("m,fuse", [(4, False), (1, False), (1, True)])
+def test_cuda_graph_capture(monkeypatch, m, fuse):
+    monkeypatch.setattr(btc, "FUSE_PACK", fuse)
+    n, k = 576, 1536
     wq, ws, qweight = _layer(n, k, seed=3)
     x = _x(m, k)
     btc.btc_linear(x, qweight, ws, act_bits=6)  # compile and warm up outside the capture
@@ -250,10 +258,21 @@ def test_cuda_graph_capture():
         _check_output(y, x, wq, ws, 6)
 
 
-def test_chained_calls_pdl(monkeypatch):
+@pytest.mark.parametrize("m,fuse", [(3, False), (1, True)])
+def test_chained_calls_pdl(monkeypatch, m, fuse):
+    """M = 3: pack kernel + GEMM per call; M = 1 fused: the GEMM alone reads the previous GEMM's output."""
+    monkeypatch.setattr(btc, "FUSE_PACK", fuse)
     n = k = 576
     wq, ws, qweight = _layer(n, k, seed=5)
-    _check_pdl_chain(monkeypatch, btc.btc_linear, _x(3, k), qweight, wq, ws, 6, steps=6)
+    _check_pdl_chain(monkeypatch, btc.btc_linear, _x(m, k), qweight, wq, ws, 6, steps=6)
+
+
+def test_config_fuses_the_pack_only_when_asked_for_few_tokens_and_short_splits(monkeypatch):
+    assert not btc.choose_config(4096, 4096, 1, 8).fuse  # off by default (docs/kernel.md)
+    monkeypatch.setattr(btc, "FUSE_PACK", True)
+    assert btc.choose_config(4096, 4096, 1, 8).fuse and btc.choose_config(576, 576, 2, 6).fuse
+    assert not btc.choose_config(4096, 4096, 3, 8).fuse  # tokens in columns: the pack kernel
+    assert not btc.choose_config(28672, 8192, 1, 8).fuse  # one split of 64 blocks: 16 per warp
 
 
 def test_errors():

@@ -40,3 +40,20 @@ def test_measured_table_is_consistent():
     for (n, k, act_bits), m in dispatch.CROSSOVER.items():
         assert act_bits in (6, 8) and n % 16 == 0 and k % 128 == 0
         assert m >= 1 and m & (m - 1) == 0 and m <= 8192
+
+
+def test_fused_activation_pack_only_for_few_tokens_and_short_splits(monkeypatch):
+    """btc.fuse_pack, when switched on: plane columns (M <= 2) whose warps each quantize at most
+    FUSE_MAX_BLOCKS_PER_WARP blocks."""
+    from flexq_cli import btc
+
+    cfg = btc.TileConfig(warps=8, kb=4, stages=2, mt=8, pct=1, splits=4)
+    assert not btc.fuse_pack(cfg, 32)  # off by default (docs/kernel.md)
+    monkeypatch.setattr(btc, "FUSE_PACK", True)
+    assert btc.fuse_pack(cfg, 32)  # 8 blocks per split over 8 warps
+    assert not btc.fuse_pack(btc.TileConfig(warps=4, kb=4, stages=3, mt=8, pct=1, splits=1), 64)  # 16 per warp
+    assert btc.fuse_pack(btc.TileConfig(warps=4, kb=4, stages=3, mt=8, pct=2, splits=0), 5)  # SmolLM2: 3 per warp
+    assert not btc.fuse_pack(btc.TileConfig(warps=4, kb=4, stages=3, mt=8, pct=0, splits=4), 32)  # tokens in columns
+    assert not btc.fuse_pack(btc.TileConfig(warps=4, kb=4, stages=3, mt=8, pct=4, splits=64), 64)  # M = 3, 4
+    monkeypatch.setattr(btc, "FUSE_PACK", False)
+    assert not btc.fuse_pack(cfg, 32)

@@ -41,8 +41,10 @@ def test_compiles_default(src):
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 @pytest.mark.parametrize("act_bits,bf16,debug", VARIANTS)
 def test_btc_variants_compile(act_bits, bf16, debug):
-    for cfg in (TileConfig(warps=8, kb=1, stages=3, mt=16), TileConfig(warps=4, kb=4, stages=3, mt=8, pct=2)):
-        _nvcc(kernels_dir() / "btc_gemm.cu", *cfg.defines(act_bits, bf16, debug))
+    for cfg in (TileConfig(warps=8, kb=1, stages=3, mt=16), TileConfig(warps=4, kb=4, stages=3, mt=8, pct=2),
+                TileConfig(warps=8, kb=4, stages=2, mt=8, pct=1, fuse=True)):
+        log = _nvcc(kernels_dir() / "btc_gemm.cu", *cfg.defines(act_bits, bf16, debug))
+        assert all(" 0 bytes spill" in line for line in log.splitlines() if "spill" in line), log
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")

@@ -1,0 +1,87 @@
+"""Where one decode step's time goes: random-init model, FP16 and W6A8, batch B, static cache, CUDA graph.
+
+Prints (and writes to $OUT/decode-profile-<shape>.json) the graph step time (CUDA events over N replays) and the
+kernels of one step grouped by name (torch.profiler over graph replays; CUPTI reports the kernels inside a graph),
+with count per step, GPU us per step, and the sum of kernel time against the step time (the gap is launch/latency).
+Usage: python scripts/gpu_decode_profile.py [SHAPE] [BATCH] [--no-fuse]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+
+import torch
+
+from flexq_cli.config import load_preset
+from flexq_cli.e2e_bench import build_random, plan_model
+from flexq_cli.fusion import fuse_shared_inputs
+from flexq_cli.arch import spec_for_config
+from flexq_cli.generate import Decoder
+from flexq_cli.placement import dispatch
+
+
+def step_profile(model, batch: int, prompt: int = 128, steps: int = 20) -> dict:
+    dec = Decoder(model, batch, prompt + 64, use_graph=True)
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
+    pad = torch.zeros_like(ids, dtype=torch.bool)
+    tok = dec.prefill(ids, pad).argmax(-1)
+    tok = dec.step(tok).argmax(-1)  # captures
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    dec.t -= 1
+    start.record()
+    for _ in range(steps):
+        dec.graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    step_us = start.elapsed_time(end) * 1e3 / steps
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            dec.graph.replay()
+        torch.cuda.synchronize()
+    kernels = defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            k = kernels[e.name[:90]]
+            k[0] += 1
+            k[1] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+    rows = sorted(((n, c / steps, t / steps) for n, (c, t) in kernels.items()), key=lambda r: -r[2])
+    total = sum(r[2] for r in rows)
+    return {"step_us": round(step_us, 1), "kernel_us": round(total, 1),
+            "kernels_per_step": round(sum(r[1] for r in rows), 1),
+            "rows": [{"name": n, "per_step": round(c, 2), "us": round(t, 2)} for n, c, t in rows]}
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    shape = args[0] if args else "llama-2-7b"
+    batch = int(args[1]) if len(args) > 1 else 1
+    fuse = "--no-fuse" not in sys.argv
+    out = {"shape": shape, "batch": batch, "fused": fuse, "device": torch.cuda.get_device_name()}
+    for name, quant in (("fp16", None), ("w6a8", load_preset("w6a8"))):
+        skeleton, placed, why = plan_model(shape, quant, None, 1 << 30)
+        if why:
+            out[name] = {"skipped": why}
+            continue
+        model = build_random(skeleton, placed, quant)
+        if fuse:
+            fuse_shared_inputs(model, spec_for_config(model.config))
+        model = dispatch(model, placed)  # as e2e_bench: buffers (rotary inv_freq) onto the GPU
+        r = step_profile(model, batch)
+        out[name] = r
+        print(f"== {name} batch {batch}: step {r['step_us']} us, kernels {r['kernel_us']} us, "
+              f"{r['kernels_per_step']} kernels/step")
+        for row in r["rows"][:40]:
+            print(f"{row['us']:9.1f} us {row['per_step']:6.1f}x  {row['name']}")
+        del model, skeleton
+        torch.cuda.empty_cache()
+    path = os.path.join(os.environ.get("OUT", "/tmp"), f"decode-profile-{shape}-b{batch}.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
