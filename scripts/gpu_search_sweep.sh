@@ -3,6 +3,7 @@
 # scripts/gpu_accuracy_sweep.sh: SmolLM2-135M, calibration 16 x 2048 tokens (4 used by the weight algorithms),
 # 40 windows of 2048 tokens of WikiText-2 test, exact reference path in float32. Resumable under $RUNS.
 # Usage (device machine, repo root): MODEL=/path/to/SmolLM2.gguf FLEXQ_DATA_DIR=... scripts/gpu_search_sweep.sh
+# Env: PRESETS (names or YAML paths), CALIB_TOTAL (calibration samples, 16), CALIB_SAMPLES (used, 4), RUNS.
 set -uo pipefail
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; RUNS=${RUNS:-/tmp/acc}; mkdir -p "$OUT" "$RUNS/presets" "$RUNS/logs"
@@ -22,7 +23,7 @@ preset() {
   grep -v '^#' "configs/presets/$base.yaml" | grep -vE "^($(printf '%s|' "${@%%:*}" | sed 's/|$//')):" > "$RUNS/presets/$name.yaml"
   printf '%s\n' "$@" >> "$RUNS/presets/$name.yaml"
 }
-timed calib flexq calibrate "$MODEL" --data "$WT" --offset-tokens 81920 --samples 16 --seqlen 2048 --device cuda --out "$RUNS/calib"
+timed calib flexq calibrate "$MODEL" --data "$WT" --offset-tokens 81920 --samples ${CALIB_TOTAL:-16} --seqlen 2048 --device cuda --out "$RUNS/calib"
 preset s-w6a8 w6a8 "smooth_search: true" "weight_clip: output"
 preset s-w6a8-gptq w6a8 "smooth_search: true" "weight_clip: output" "gptq: true" "gptq_act_order: true"
 preset s-w6a8-rtn w6a8 "smooth_search: true"
