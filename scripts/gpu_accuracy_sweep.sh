@@ -6,24 +6,8 @@
 # Logs and step times stay under $RUNS (logs/, times.tsv); $OUT gets one tarball of the results.
 # Usage (device machine, repo root): MODEL=/path/to/SmolLM2.gguf FLEXQ_DATA_DIR=... scripts/gpu_accuracy_sweep.sh
 set -uo pipefail
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-OUT=${OUT:-out}; RUNS=${RUNS:-/tmp/acc}; mkdir -p "$OUT" "$RUNS/presets" "$RUNS/logs"
-MODEL=${MODEL:?the SmolLM2 .gguf path}
-WT=$FLEXQ_DATA_DIR/wikitext-2-raw/wiki.test.raw
-EVAL=(--ppl wikitext2 --seqlen 2048 --max-windows 40 --device cuda --dtype float32 --backend reference)
-flexq() { python3 -m flexq_cli "$@"; }
-timed() {  # timed NAME CMD...: run once (skip when $RUNS/NAME exists), wall seconds to times.tsv
-  local name=$1; shift
-  [ -e "$RUNS/$name" ] && return 0
-  local t0=$(date +%s%N)
-  "$@" > "$RUNS/logs/$name.log" 2>&1 || { echo "FAILED $name"; tail -3 "$RUNS/logs/$name.log"; return 1; }
-  printf '%s\t%s\n' "$name" "$(( ($(date +%s%N) - t0) / 1000000 )) ms" >> "$RUNS/times.tsv"
-}
-preset() {  # preset NAME BASE KEY: VALUE ...: a YAML preset on top of configs/presets/BASE.yaml
-  local name=$1 base=$2; shift 2
-  grep -v '^#' "configs/presets/$base.yaml" | grep -vE "^($(printf '%s|' "${@%%:*}" | sed 's/|$//')):" > "$RUNS/presets/$name.yaml"
-  printf '%s\n' "$@" >> "$RUNS/presets/$name.yaml"
-}
+OUT=${OUT:-out}; RUNS=${RUNS:-/tmp/acc}
+source scripts/sweep_common.sh
 timed calib flexq calibrate "$MODEL" --data "$WT" --offset-tokens 81920 --samples 16 --seqlen 2048 --device cuda --out "$RUNS/calib"
 preset clip-mse w6a8 "weight_clip: mse"
 preset clip-output w6a8 "weight_clip: output"

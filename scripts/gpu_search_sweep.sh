@@ -5,24 +5,8 @@
 # Usage (device machine, repo root): MODEL=/path/to/SmolLM2.gguf FLEXQ_DATA_DIR=... scripts/gpu_search_sweep.sh
 # Env: PRESETS (names or YAML paths), CALIB_TOTAL (calibration samples, 16), CALIB_SAMPLES (used, 4), RUNS.
 set -uo pipefail
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-OUT=${OUT:-out}; RUNS=${RUNS:-/tmp/acc}; mkdir -p "$OUT" "$RUNS/presets" "$RUNS/logs"
-MODEL=${MODEL:?the SmolLM2 .gguf path}
-WT=$FLEXQ_DATA_DIR/wikitext-2-raw/wiki.test.raw
-EVAL=(--ppl wikitext2 --seqlen 2048 --max-windows 40 --device cuda --dtype float32 --backend reference)
-flexq() { python3 -m flexq_cli "$@"; }
-timed() {
-  local name=$1; shift
-  [ -e "$RUNS/$name" ] && return 0
-  local t0=$(date +%s%N)
-  "$@" > "$RUNS/logs/$name.log" 2>&1 || { echo "FAILED $name"; tail -3 "$RUNS/logs/$name.log"; return 1; }
-  printf '%s\t%s\n' "$name" "$(( ($(date +%s%N) - t0) / 1000000 )) ms" >> "$RUNS/times.tsv"
-}
-preset() {
-  local name=$1 base=$2; shift 2
-  grep -v '^#' "configs/presets/$base.yaml" | grep -vE "^($(printf '%s|' "${@%%:*}" | sed 's/|$//')):" > "$RUNS/presets/$name.yaml"
-  printf '%s\n' "$@" >> "$RUNS/presets/$name.yaml"
-}
+OUT=${OUT:-out}; RUNS=${RUNS:-/tmp/acc}
+source scripts/sweep_common.sh
 timed calib flexq calibrate "$MODEL" --data "$WT" --offset-tokens 81920 --samples ${CALIB_TOTAL:-16} --seqlen 2048 --device cuda --out "$RUNS/calib"
 preset s-w6a8 w6a8 "smooth_search: true" "weight_clip: output"
 preset s-w6a8-gptq w6a8 "smooth_search: true" "weight_clip: output" "gptq: true" "gptq_act_order: true"
