@@ -11,7 +11,9 @@ is the top of the ranking under a budget: a fraction or a count of the linears, 
 remaining (A6) scores sum below a KL target.
 
 ``method="fisher"`` (fisher.py) estimates the same KL and dNLL to second order from one forward and a few
-backward passes per sample instead of one model tail per linear (in memory only; not with ``--stream``).
+backward passes per sample instead of one model tail per linear (in memory only; not with ``--stream``). The
+default, ``auto``, is fisher in memory and exact with ``--stream``: on SmolLM2 the Fisher plans gave the lower
+40-window perplexity at a tenth of the time (docs/accuracy.md, "Fast sensitivity analysis").
 
 Artifact ``plan.safetensors``: tensors ``kl`` and ``dnll`` (one entry per linear, in layer order), and the plan
 in the manifest (``extra.act_bits``: module name -> 8 for the A8 set; every other linear uses ``extra.default``).
@@ -19,7 +21,7 @@ in the manifest (``extra.act_bits``: module name -> 8 for the A8 set; every othe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -35,7 +37,7 @@ from .loading import fingerprint, load_fp_model, resolve_model
 from .modules import SimQuantLinear
 
 FILENAME = ARTIFACT_FILES["plan"]
-METHODS = ("exact", "fisher")
+METHODS = ("auto", "exact", "fisher")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,8 @@ class AnalyzeConfig:
     seqlen: int = 512  # tokens of each sample used
     metric: str = "kl"  # "kl" or "dnll": what ranks the layers
     weight_samples: int | None = None  # calibration samples for GPTQ / output clip weights (None: all)
-    method: str = "exact"  # "exact": one model-tail run per linear; "fisher": second-order estimate (fisher.py)
+    method: str = "auto"  # "exact": one model-tail run per linear; "fisher": second-order estimate (fisher.py);
+    # "auto": fisher in memory, exact streamed (resolve_method)
     fisher_draws: int = 4  # label draws per sample of the Fisher estimate
 
     def __post_init__(self):
@@ -202,6 +205,7 @@ def analyze(model_name: str, calib: Path, cfg: AnalyzeConfig, base: QuantConfig,
     """Measure (or reuse the scores of an earlier plan), select, and write ``out/plan.safetensors`` plus
     ``plan.md`` (and ``scores.png``). ``stream``: one decoder layer in memory at a time (streaming.py), the
     same plan; ``offload_dir`` keeps its hidden states on disk."""
+    cfg = resolve_method(cfg, stream)
     if stream and cfg.method == "fisher" and scores_from is None:
         raise FlexQError("--method fisher needs the whole model in memory (its backward passes cross every layer)",
                          "use --method exact with --stream, or drop --stream")
@@ -230,6 +234,14 @@ def analyze(model_name: str, calib: Path, cfg: AnalyzeConfig, base: QuantConfig,
         save_artifact(tmp / FILENAME, {"kl": kl, "dnll": dnll}, manifest)
         write_report(tmp, names, kl, dnll, set(chosen), summary)
     return {"out": str(out), "names": names, "kl": kl, "dnll": dnll, "chosen": chosen, **summary}
+
+
+def resolve_method(cfg: AnalyzeConfig, stream: bool) -> AnalyzeConfig:
+    """``cfg`` with ``method="auto"`` made concrete: the Fisher estimate in memory, the exact runs when streamed
+    (the Fisher backward passes cross every layer at once). The plan's manifest records the method used."""
+    if cfg.method != "auto":
+        return cfg
+    return replace(cfg, method="exact" if stream else "fisher")
 
 
 def _choose(kl: torch.Tensor, dnll: torch.Tensor, cfg: AnalyzeConfig) -> list[int]:

@@ -120,7 +120,7 @@ def test_cli_method_fisher_writes_a_plan_that_records_it(tmp_path, tiny_llama, c
 
 
 @pytest.mark.parametrize("args, code, words", [
-    (("--method", "hessian"), 2, "method must be one of exact, fisher"),
+    (("--method", "hessian"), 2, "method must be one of auto, exact, fisher"),
     (("--method", "fisher", "--fisher-draws", 0), 2, "fisher_draws must be >= 1"),
     (("--method", "fisher", "--stream"), 1, "--method exact with --stream"),
 ])
@@ -129,3 +129,13 @@ def test_cli_bad_method_options_are_one_line_errors(tmp_path, tiny_llama, calib,
                           "--out", tmp_path / "plan", "--device", "cpu", *args)
     assert got == code and words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "plan").exists()
+
+
+def test_the_default_method_is_fisher_in_memory_and_exact_streamed():
+    from flexq_cli.analyze import AnalyzeConfig, resolve_method
+
+    cfg = AnalyzeConfig()
+    assert cfg.method == "auto"
+    assert resolve_method(cfg, stream=False).method == "fisher"
+    assert resolve_method(cfg, stream=True).method == "exact"
+    assert resolve_method(AnalyzeConfig(method="exact"), stream=False).method == "exact"

@@ -147,7 +147,7 @@ def test_streamed_analyze_writes_the_same_plan(preset, offload, calib_dirs, shar
     if preset == "search":
         preset = str(tmp_path / "search.yaml")
         Path(preset).write_text(SEARCH)
-    cfg, base = AnalyzeConfig(a8_count=5, samples=2, seqlen=32), load_preset(preset)
+    cfg, base = AnalyzeConfig(a8_count=5, samples=2, seqlen=32, method="exact"), load_preset(preset)
     acts = tmp_path / "acts"
     acts.mkdir()
     analyze(str(sharded_llama), calib_dirs / "full", cfg, base, tmp_path / "full")
@@ -164,7 +164,7 @@ def test_streamed_analyze_cli_with_offload_and_scores_from(calib_dirs, sharded_l
     """Through the CLI: --stream --offload-dir, then --stream --scores-from (one pass for the three NLLs)."""
     (tmp_path / "acts").mkdir()
     common = ("analyze", sharded_llama, "--calib", calib_dirs / "full", "--samples", 2, "--seqlen", 32,
-              "--a8-count", 4, "--device", "cpu")
+              "--a8-count", 4, "--device", "cpu", "--method", "exact")
     code, _, err = run_cli(*common, "--out", tmp_path / "full")
     assert code == 0, err
     code, out, err = run_cli(*common, "--out", tmp_path / "stream", "--stream", "--offload-dir", tmp_path / "acts")
@@ -189,7 +189,7 @@ def _analyze_both(model: Path, text_file: Path, tmp_path: Path, samples: int, se
     code, _, err = run_cli("calibrate", model, "--data", text_file, "--samples", samples, "--seqlen", seqlen,
                            "--device", "cpu", "--out", tmp_path / "calib")
     assert code == 0, err
-    cfg = AnalyzeConfig(a8_budget=0.25, samples=samples, seqlen=seqlen)
+    cfg = AnalyzeConfig(a8_budget=0.25, samples=samples, seqlen=seqlen, method="exact")
     for name, stream in (("full", False), ("stream", True)):
         analyze(str(model), tmp_path / "calib", cfg, load_preset("w6a8"), tmp_path / name, stream=stream)
     return _plan(tmp_path / "full"), _plan(tmp_path / "stream")

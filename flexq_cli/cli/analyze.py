@@ -28,9 +28,9 @@ def command(
                                               "to measure with.")] = "w6a8",
     weight_samples: Annotated[Optional[int], typer.Option(help="Calibration samples for GPTQ / output-clip weights "
                                                                 "(default: all).")] = None,
-    method: Annotated[str, typer.Option(help="exact (re-run the model tail per linear) or fisher (second-order "
+    method: Annotated[str, typer.Option(help="exact (re-run the model tail per linear), fisher (second-order "
                                               "estimate from one forward and a few backwards per sample; not "
-                                              "with --stream).")] = _D.method,
+                                              "with --stream) or auto (fisher, or exact with --stream).")] = _D.method,
     fisher_draws: Annotated[int, typer.Option(help="With --method fisher: label draws per sample.")] = _D.fisher_draws,
     scores_from: Annotated[Optional[Path], typer.Option(help="Reuse the scores of an earlier plan (re-budget without re-measuring).")] = None,
     show: Annotated[int, typer.Option(help="Rows of the ranking to print.")] = 15,
