@@ -205,7 +205,7 @@ def analyze(model_name: str, calib: Path, cfg: AnalyzeConfig, base: QuantConfig,
     """Measure (or reuse the scores of an earlier plan), select, and write ``out/plan.safetensors`` plus
     ``plan.md`` (and ``scores.png``). ``stream``: one decoder layer in memory at a time (streaming.py), the
     same plan; ``offload_dir`` keeps its hidden states on disk."""
-    cfg = resolve_method(cfg, stream)
+    cfg = resolve_method(cfg, stream) if scores_from is None else _reused_method(cfg, scores_from)
     if stream and cfg.method == "fisher" and scores_from is None:
         raise FlexQError("--method fisher needs the whole model in memory (its backward passes cross every layer)",
                          "use --method exact with --stream, or drop --stream")
@@ -242,6 +242,15 @@ def resolve_method(cfg: AnalyzeConfig, stream: bool) -> AnalyzeConfig:
     if cfg.method != "auto":
         return cfg
     return replace(cfg, method="exact" if stream else "fisher")
+
+
+def _reused_method(cfg: AnalyzeConfig, plan: Path) -> AnalyzeConfig:
+    """``cfg`` carrying the method that measured the scores reused from ``plan`` (plans from before the option
+    measured exactly), so the new plan's manifest says how its scores were obtained."""
+    manifest, _ = load_plan(plan)
+    measured = manifest.config.get("analyze", {})
+    return replace(cfg, method=measured.get("method", "exact"), fisher_draws=measured.get("fisher_draws",
+                                                                                          cfg.fisher_draws))
 
 
 def _choose(kl: torch.Tensor, dnll: torch.Tensor, cfg: AnalyzeConfig) -> list[int]:

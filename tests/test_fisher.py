@@ -139,3 +139,16 @@ def test_the_default_method_is_fisher_in_memory_and_exact_streamed():
     assert resolve_method(cfg, stream=False).method == "fisher"
     assert resolve_method(cfg, stream=True).method == "exact"
     assert resolve_method(AnalyzeConfig(method="exact"), stream=False).method == "exact"
+
+
+def test_scores_from_records_the_method_that_measured_them(tmp_path, tiny_llama, calib):
+    from flexq_cli.analyze import load_plan
+
+    common = ("analyze", tiny_llama, "--calib", calib, "--samples", 2, "--seqlen", 32, "--device", "cpu")
+    code, _, err = run_cli(*common, "--method", "fisher", "--fisher-draws", 3, "--a8-count", 2, "--out", tmp_path / "a")
+    assert code == 0, err
+    code, _, err = run_cli(*common, "--method", "exact", "--a8-count", 4, "--scores-from", tmp_path / "a",
+                           "--out", tmp_path / "b")
+    assert code == 0, err
+    measured = load_plan(tmp_path / "b")[0].config["analyze"]
+    assert measured["method"] == "fisher" and measured["fisher_draws"] == 3 and measured["a8_count"] == 4
