@@ -60,7 +60,8 @@ class QuantConfig:
         if not isinstance(self.smooth_search, bool):
             raise ValueError("smooth_search must be true or false")
         if self.smooth_search and self.smooth_alpha is not None:
-            raise ValueError("smooth_search chooses the smoothing itself: drop smooth_alpha, or set smooth_search false")
+            raise ValueError("smooth_search chooses the smoothing itself: drop smooth_alpha, "
+                             "or set smooth_search false")
 
     @property
     def needs_calibration(self) -> bool:

@@ -133,8 +133,8 @@ def search_layer(layer, spec, config, model_config, prefix: str, inputs: dict[st
     """Choose and fold the factors of every group of one decoder layer (``smooth_search``), in place.
 
     ``config``: the QuantConfig; ``model_config``: the model's (heads, for grouped-query attention); ``prefix``: the
-    layer's full name and a dot. ``inputs``: group's first linear (relative name) -> (T, K) float32 sample of the group's input, taken from the
-    float layer before any fold. Groups run in ``spec.groups`` order; a fold changes only the input of the group it
+    layer's full name and a dot. ``inputs``: group's first linear (relative name) -> (T, K) float32 sample of the
+    group's input, taken from the float layer before any fold. Groups run in ``spec.groups`` order; a fold changes only the input of the group it
     scales, and that group's sample and Hessian (``hessians``, same keys, (Kp, Kp)) are rescaled to match
     (X / s, and H / s s^T), so GPTQ and the output clip search that follow see the smoothed inputs. Returns the
     chosen alpha per group (None: no smoothing).
