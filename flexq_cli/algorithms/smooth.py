@@ -86,15 +86,31 @@ def smooth_model(model, spec, absmax: dict[str, torch.Tensor], alpha: float) -> 
                 continue
             linears = [layer.get_submodule(rel) for rel in group.linears]
             amax = absmax[f"{spec.layers}.{i}.{group.linears[0]}"].to(linears[0].weight.device)
-            if group.norm is not None:
-                s = smoothing_factors(amax, [lin.weight for lin in linears], alpha)
-                fold_into_norm(layer.get_submodule(group.norm), linears, s)
-            else:
-                prev = layer.get_submodule(group.prev)
-                s = _prev_factors(prev, linears, amax, alpha, model.config)
-                fold_into_linear(prev, linears, s, s[channel_map(prev.out_features, amax.numel(), model.config)])
+            s, s_in = group_factors(layer, group, linears, amax, alpha, model.config)
+            fold_group(layer, group, linears, s, s_in)
             spread.setdefault(group.linears[0].rsplit(".", 1)[-1], []).append((s.max() / s.min()).log2().item())
     return {k: sum(v) / len(v) for k, v in spread.items()}
+
+
+def group_factors(layer, group, linears, amax: torch.Tensor, alpha: float,
+                  config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, s_in) of one group of ``layer``: its factors (over the norm's channels, or over the previous linear's
+    output channels) and the same as each of the group's K input channels sees them (they differ only under
+    grouped-query attention). ``amax``: (K,) maxima of the group's input; ``config``: the model's."""
+    if group.norm is not None:
+        s = smoothing_factors(amax, [lin.weight for lin in linears], alpha)
+        return s, s
+    prev = layer.get_submodule(group.prev)
+    s = _prev_factors(prev, linears, amax, alpha, config)
+    return s, s[channel_map(prev.out_features, amax.numel(), config).to(s.device)]
+
+
+def fold_group(layer, group, linears, s: torch.Tensor, s_in: torch.Tensor) -> None:
+    """Fold ``group_factors``' result into ``layer``: into the norm's weight, or into the previous linear's rows."""
+    if group.norm is not None:
+        fold_into_norm(layer.get_submodule(group.norm), linears, s)
+    else:
+        fold_into_linear(layer.get_submodule(group.prev), linears, s, s_in)
 
 
 def _prev_factors(prev, linears, amax: torch.Tensor, alpha: float, config) -> torch.Tensor:
@@ -108,17 +124,17 @@ def _prev_factors(prev, linears, amax: torch.Tensor, alpha: float, config) -> to
 
 
 def group_output_error(x: torch.Tensor, linears: list[torch.nn.Linear], bits: list[int], s: torch.Tensor | None,
-                       config) -> float:
+                       config, refs: list[torch.Tensor] | None = None) -> float:
     """Squared error of the group's output on (T, K) float32 inputs ``x`` when the input is divided by ``s`` (None:
     1) and each linear's columns multiplied by it, its weights rounded to nearest and its input fake-quantized at
-    its activation bits, against the float output x W^T."""
+    its activation bits, against the float output x W^T (``refs``: those outputs, when already computed)."""
     kp = padded_k(x.shape[1], config.weight_group_size, config.act_group_size)
     xs = pad_k(x if s is None else x / s, kp)
     quantized_inputs: dict[int, torch.Tensor] = {}
+    refs = refs or [x @ lin.weight.detach().float().T for lin in linears]
     err = 0.0
-    for lin, b in zip(linears, bits):
+    for lin, b, ref in zip(linears, bits, refs):
         w = lin.weight.detach().float()
-        ref = x @ w.T
         ws = pad_k(w if s is None else w * s, kp)
         q, scales = quantize_weight(ws, config.weight_bits, config.weight_group_size)
         if b not in quantized_inputs:
@@ -134,10 +150,10 @@ def search_layer(layer, spec, config, model_config, prefix: str, inputs: dict[st
 
     ``config``: the QuantConfig; ``model_config``: the model's (heads, for grouped-query attention); ``prefix``: the
     layer's full name and a dot. ``inputs``: group's first linear (relative name) -> (T, K) float32 sample of the
-    group's input, taken from the float layer before any fold. Groups run in ``spec.groups`` order; a fold changes only the input of the group it
-    scales, and that group's sample and Hessian (``hessians``, same keys, (Kp, Kp)) are rescaled to match
-    (X / s, and H / s s^T), so GPTQ and the output clip search that follow see the smoothed inputs. Returns the
-    chosen alpha per group (None: no smoothing).
+    group's input, taken from the float layer before any fold. Groups run in ``spec.groups`` order; a fold
+    changes only the input of the group it scales, and that group's sample and Hessian (``hessians``, same keys,
+    (Kp, Kp)) are rescaled to match (X / s, and H / s s^T), so GPTQ and the output clip search that follow see
+    the smoothed inputs. Returns the chosen alpha per group (None: no smoothing).
     """
     chosen: dict[str, float | None] = {}
     for group in spec.groups:
@@ -148,25 +164,18 @@ def search_layer(layer, spec, config, model_config, prefix: str, inputs: dict[st
         linears = [layer.get_submodule(rel) for rel in group.linears]
         bits = [config.act_bits_for(prefix + rel) for rel in group.linears]
         amax = x.abs().amax(dim=0)
-        prev = layer.get_submodule(group.prev) if group.prev is not None else None
-        best_err, best = group_output_error(x, linears, bits, None, config), (None, None, None)
+        refs = [x @ lin.weight.detach().float().T for lin in linears]  # float outputs: one for all candidates
+        best_err, best = group_output_error(x, linears, bits, None, config, refs), (None, None, None)
         for alpha in SEARCH_ALPHAS:
-            if prev is None:
-                s = s_in = smoothing_factors(amax, [lin.weight for lin in linears], alpha)
-            else:
-                s = _prev_factors(prev, linears, amax, alpha, model_config)
-                s_in = s[channel_map(prev.out_features, amax.numel(), model_config).to(s.device)]
-            err = group_output_error(x, linears, bits, s_in, config)
+            s, s_in = group_factors(layer, group, linears, amax, alpha, model_config)
+            err = group_output_error(x, linears, bits, s_in, config, refs)
             if err < best_err:
                 best_err, best = err, (alpha, s, s_in)
         alpha, s, s_in = best
         chosen[key] = alpha
         if alpha is None:
             continue
-        if prev is None:
-            fold_into_norm(layer.get_submodule(group.norm), linears, s)
-        else:
-            fold_into_linear(prev, linears, s, s_in)
+        fold_group(layer, group, linears, s, s_in)
         inputs[key] = x / s_in
         if hessians is not None and key in hessians:
             h = hessians[key]
