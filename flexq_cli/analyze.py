@@ -205,19 +205,23 @@ def analyze(model_name: str, calib: Path, cfg: AnalyzeConfig, base: QuantConfig,
     """Measure (or reuse the scores of an earlier plan), select, and write ``out/plan.safetensors`` plus
     ``plan.md`` (and ``scores.png``). ``stream``: one decoder layer in memory at a time (streaming.py), the
     same plan; ``offload_dir`` keeps its hidden states on disk."""
-    cfg = resolve_method(cfg, stream) if scores_from is None else _reused_method(cfg, scores_from)
-    if stream and cfg.method == "fisher" and scores_from is None:
-        raise FlexQError("--method fisher needs the whole model in memory (its backward passes cross every layer)",
-                         "use --method exact with --stream, or drop --stream")
+    if scores_from is None:
+        cfg = resolve_method(cfg, stream)
+        if stream and cfg.method == "fisher":
+            raise FlexQError("--method fisher needs the whole model in memory (its backward passes cross every "
+                             "layer)", "use --method exact with --stream, or drop --stream")
     ref = resolve_model(model_name)
     model_fp = fingerprint(ref)
+    reused = None if scores_from is None else load_plan(scores_from, model_fp)
+    if reused is not None:
+        cfg = _reused_method(cfg, reused[0])
     calib_manifest, calib_tensors = load_calibration(calib, model_fp)
     ids = calib_tensors["input_ids"]
     if cfg.samples > ids.shape[0] or cfg.seqlen > ids.shape[1]:
         raise FlexQError(f"--samples {cfg.samples} --seqlen {cfg.seqlen} asks for more than {calib} holds "
                          f"({ids.shape[0]} x {ids.shape[1]} tokens)", "lower them, or calibrate with more")
     ids = ids[: cfg.samples, : cfg.seqlen].long()
-    reuse = None if scores_from is None else lambda names: _reuse_scores(scores_from, model_fp, names, base)
+    reuse = None if reused is None else lambda names: _reuse_scores(scores_from, reused, names, base)
     with atomic_output_dir(out, force) as tmp:
         if stream:
             names, kl, dnll, chosen, losses = _measure_streamed(ref, cfg, base, calib_tensors, ids, device, reuse,
@@ -244,10 +248,9 @@ def resolve_method(cfg: AnalyzeConfig, stream: bool) -> AnalyzeConfig:
     return replace(cfg, method="exact" if stream else "fisher")
 
 
-def _reused_method(cfg: AnalyzeConfig, plan: Path) -> AnalyzeConfig:
-    """``cfg`` carrying the method that measured the scores reused from ``plan`` (plans from before the option
-    measured exactly), so the new plan's manifest says how its scores were obtained."""
-    manifest, _ = load_plan(plan)
+def _reused_method(cfg: AnalyzeConfig, manifest: Manifest) -> AnalyzeConfig:
+    """``cfg`` carrying the method that measured the scores of the reused plan (its ``manifest``; plans from
+    before the option measured exactly), so the new plan's manifest says how its scores were obtained."""
     measured = manifest.config.get("analyze", {})
     return replace(cfg, method=measured.get("method", "exact"), fisher_draws=measured.get("fisher_draws",
                                                                                           cfg.fisher_draws))
@@ -316,9 +319,10 @@ def simulated_model(model, spec, base: QuantConfig, calib_tensors: dict, weight_
     return {name: sims[name] for name in linear_names(model, spec)}
 
 
-def _reuse_scores(plan: Path, model_fp: str, names: list[str], base: QuantConfig):
-    """Scores measured by an earlier ``flexq analyze`` of the same model and base config."""
-    manifest, tensors = load_plan(plan, model_fp)
+def _reuse_scores(plan: Path, loaded: tuple, names: list[str], base: QuantConfig):
+    """Scores measured by an earlier ``flexq analyze`` of the same model (``loaded``: ``load_plan`` of ``plan``,
+    checked against the model's fingerprint) and base config."""
+    manifest, tensors = loaded
     if manifest.extra["layers"] != names:
         raise FlexQError(f"{plan} scores other linears than this model has", "re-run flexq analyze without --scores-from")
     if QuantConfig.from_dict(manifest.config["quant"]) != base:
