@@ -186,9 +186,19 @@ def default_config(m: int) -> TileConfig:
     return TileConfig(warps=4, kb=2, stages=4, mt=16 if m <= 16 else 32)
 
 
-def choose_config(n: int, k: int, m: int, act_bits: int, device: int | None = None) -> TileConfig:
+def choose_config(n: int, k: int, m: int, act_bits: int, device: int | None = None,
+                  act_group_size: int = 128) -> TileConfig:
     """The tile config for this shape: the H100-tuned table (btc_tuning.py), else ``default_config``, with the
-    plane-column scheme for few tokens and split-K resolved by ``choose_splits``."""
+    plane-column scheme for few tokens, split-K resolved by ``choose_splits`` and the fused activation pack where
+    ``fuse_pack`` allows it. Cached: every btc_linear call asks, and the split search alone costs 20-40 us of
+    Python per call on untuned shapes (measured on the 2-core CPU machine), which an eager decode pays per linear.
+    Whoever changes ``btc_tuning.TUNED`` at run time clears the cache (``choose_config.cache_clear``)."""
+    return _choose_config(n, k, m, act_bits, device, act_group_size, FUSE_PACK)
+
+
+@functools.lru_cache(maxsize=4096)
+def _choose_config(n: int, k: int, m: int, act_bits: int, device: int | None, act_group_size: int,
+                   fuse_allowed: bool) -> TileConfig:
     from .btc_tuning import lookup
 
     cfg = lookup(n, k, m, act_bits) or default_config(m)
@@ -198,16 +208,20 @@ def choose_config(n: int, k: int, m: int, act_bits: int, device: int | None = No
     if not cfg.splits:
         dev = torch.cuda.current_device() if device is None else device
         cfg = replace(cfg, splits=choose_splits(cfg, n, nb, m, _slots(dev, cfg, act_bits)))
-    return replace(cfg, fuse=fuse_pack(cfg, nb))
+    return replace(cfg, fuse=fuse_allowed and fuse_pack(cfg, nb, act_group_size))
 
 
-def fuse_pack(cfg: TileConfig, nb: int) -> bool:
+choose_config.cache_clear = _choose_config.cache_clear
+
+
+def fuse_pack(cfg: TileConfig, nb: int, act_group_size: int = 128) -> bool:
     """Whether this plane-column config should quantize its activations inside the GEMM (only with ``FUSE_PACK``):
     where each warp has at most ``FUSE_MAX_BLOCKS_PER_WARP`` (token, block) pairs to quantize. The fused pack runs
     before the main loop and its reads of x are latency-bound, so a CTA spanning many blocks (no split-K) pays more
     than the separate launch costs (layer op alone, L2 flushed, on the H100: 4096x4096, 4096x11008 and SmolLM2's
-    shapes gain 2-12%, 12288x4096 with 8 blocks per warp and 28672x8192 with 16 lost 17-70% when fused)."""
-    if not (FUSE_PACK and cfg.pct and cfg.pct <= PC_MAX_TOKENS):
+    shapes gain 2-12%, 12288x4096 with 8 blocks per warp and 28672x8192 with 16 lost 17-71% when fused). A
+    per-token scale (act_group_size -1) needs the whole row's absmax before any block: never fused."""
+    if not (FUSE_PACK and act_group_size == 128 and cfg.pct and cfg.pct <= PC_MAX_TOKENS):
         return False
     per = split_blocks(nb, cfg.splits) if cfg.splits else nb
     return -(-per * cfg.pct // cfg.warps) <= FUSE_MAX_BLOCKS_PER_WARP
@@ -333,17 +347,18 @@ def btc_linear(
     n = qweight.shape[0]
     if x2.shape[0] == 0:
         return out
-    cfg = _fusable(config or choose_config(n, kp, x2.shape[0], act_bits, x.device.index), act_group_size)
+    cfg = config or choose_config(n, kp, x2.shape[0], act_bits, x.device.index, act_group_size)
+    _check_fuse(cfg, act_group_size)
     xpack, sx = (None, None) if cfg.fuse else pack_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)
     _gemm(x2, xpack, sx, qweight, w_scales, bias, out, act_bits=act_bits, weight_group_size=weight_group_size,
           cfg=cfg, debug=False)
     return out
 
 
-def _fusable(cfg: TileConfig, act_group_size: int) -> TileConfig:
-    """``cfg``, with the fused activation pack dropped where the kernel cannot fuse it: a per-token scale
-    (act_group_size -1) needs the whole row's absmax before any block, so it keeps the separate pack launch."""
-    return replace(cfg, fuse=False) if cfg.fuse and act_group_size != 128 else cfg
+def _check_fuse(cfg: TileConfig, act_group_size: int) -> None:
+    if cfg.fuse and act_group_size != 128:
+        raise ValueError(f"tile config {cfg} fuses the activation pack, which needs act_group_size 128 "
+                         f"(got {act_group_size}): pass a config with fuse=False")
 
 
 def btc_block_accumulators(
@@ -360,7 +375,8 @@ def btc_block_accumulators(
     kp = nb * BLOCK_K
     if m == 0:
         return acc
-    cfg = _fusable(config or choose_config(n, kp, m, act_bits, x.device.index), act_group_size)
+    cfg = config or choose_config(n, kp, m, act_bits, x.device.index, act_group_size)
+    _check_fuse(cfg, act_group_size)
     xpack, sx = (None, None) if cfg.fuse else pack_activations(x2, nb, act_bits, act_group_size, cfg)
     _gemm(x2, xpack, sx, qweight, scales, None, acc, act_bits=act_bits, weight_group_size=128, cfg=cfg,
           debug=True)

@@ -360,6 +360,7 @@ def main(argv=None):
 
         table = tune(shapes)
         btc_tuning.TUNED.update(table)  # the bench below then runs the tuned configs
+        btc.choose_config.cache_clear()
         print("TUNED = {")
         for key, val in table.items():
             print(f"    {key}: {val},")

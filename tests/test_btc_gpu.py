@@ -267,6 +267,13 @@ def test_chained_calls_pdl(monkeypatch, m, fuse):
     _check_pdl_chain(monkeypatch, btc.btc_linear, _x(m, k), qweight, wq, ws, 6, steps=6)
 
 
+def test_a_forced_fused_config_needs_128_token_groups():
+    wq, ws, qweight = _layer(192, 576)
+    cfg = btc.TileConfig(warps=4, kb=4, stages=3, mt=8, splits=1, pct=1, fuse=True)
+    with pytest.raises(ValueError, match="act_group_size 128"):
+        btc.btc_linear(_x(1, 576), qweight, ws, act_bits=6, act_group_size=-1, config=cfg)
+
+
 def test_config_fuses_the_pack_only_when_asked_for_few_tokens_and_short_splits(monkeypatch):
     assert not btc.choose_config(4096, 4096, 1, 8).fuse  # off by default (docs/kernel.md)
     monkeypatch.setattr(btc, "FUSE_PACK", True)

@@ -57,3 +57,14 @@ def test_fused_activation_pack_only_for_few_tokens_and_short_splits(monkeypatch)
     assert not btc.fuse_pack(btc.TileConfig(warps=4, kb=4, stages=3, mt=8, pct=4, splits=64), 64)  # M = 3, 4
     monkeypatch.setattr(btc, "FUSE_PACK", False)
     assert not btc.fuse_pack(cfg, 32)
+
+
+def test_choose_config_fuses_only_with_128_token_groups_and_follows_the_switch(monkeypatch):
+    """Tuned shapes need no GPU to configure. The cached choice follows FUSE_PACK and act_group_size."""
+    from flexq_cli import btc
+
+    assert not btc.choose_config(4096, 4096, 1, 8).fuse
+    monkeypatch.setattr(btc, "FUSE_PACK", True)
+    assert btc.choose_config(4096, 4096, 1, 8).fuse
+    assert not btc.choose_config(4096, 4096, 1, 8, act_group_size=-1).fuse  # a per-token scale: the pack kernel
+    assert btc.choose_config(4096, 4096, 1, 8) == btc.choose_config(4096, 4096, 1, 8, None, 128)
