@@ -82,6 +82,16 @@ def text_file(tmp_path_factory, wikitext_test) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def calib(tmp_path_factory, tiny_llama, text_file) -> Path:
+    """``flexq calibrate`` of the tiny LLaMA, 3 samples x 64 tokens: shared by every test that needs one."""
+    out = tmp_path_factory.mktemp("calib") / "calib"
+    code, _, err = run_cli("calibrate", tiny_llama, "--data", text_file, "--samples", 3, "--seqlen", 64,
+                           "--out", out, "--device", "cpu")
+    assert code == 0, err
+    return out
+
+
 def run_cli(*args: str) -> tuple[int, str, str]:
     """Run ``flexq ARGS`` in-process through the real entry point; returns (exit code, stdout, stderr)."""
     import contextlib

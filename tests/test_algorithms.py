@@ -92,15 +92,6 @@ def test_algorithm_options_round_trip_and_say_what_they_need():
     assert QuantConfig(smooth_search=True).needs_activations and QuantConfig(smooth_search=True).needs_calibration
 
 
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory, tiny_llama, text_file):
-    out = tmp_path_factory.mktemp("algo") / "calib"
-    code, _, err = run_cli("calibrate", tiny_llama, "--data", text_file, "--samples", 3, "--seqlen", 64,
-                           "--out", out, "--device", "cpu")
-    assert code == 0, err
-    return out
-
-
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 0.8])
 def test_smoothing_folds_keep_the_float_model_function(tiny_llama, calib, alpha):
     from transformers import AutoModelForCausalLM

@@ -19,15 +19,6 @@ def assert_clean_failure(tmp_path, code, err, *fragments, out_name="out"):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{out_name}.")]  # no temp dirs either
 
 
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory, tiny_llama, text_file):
-    out = tmp_path_factory.mktemp("bad") / "calib"
-    code, _, err = run_cli("calibrate", tiny_llama, "--data", text_file, "--samples", 2, "--seqlen", 32,
-                           "--out", out, "--device", "cpu")
-    assert code == 0, err
-    return out
-
-
 def test_missing_model(tmp_path):
     code, _, err = run_cli("quantize", tmp_path / "nowhere", "--out", tmp_path / "out")
     assert_clean_failure(tmp_path, code, err, "not found")

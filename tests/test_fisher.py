@@ -98,15 +98,6 @@ def test_more_draws_change_little_and_a_seed_is_reproducible():
     assert torch.equal(a, b) and spearman(a, c) > 0.9
 
 
-@pytest.fixture(scope="module")
-def calib(tmp_path_factory, tiny_llama, text_file):
-    out = tmp_path_factory.mktemp("fisher") / "calib"
-    code, _, err = run_cli("calibrate", tiny_llama, "--data", text_file, "--samples", 2, "--seqlen", 48,
-                           "--out", out, "--device", "cpu")
-    assert code == 0, err
-    return out
-
-
 def test_cli_method_fisher_writes_a_plan_that_records_it(tmp_path, tiny_llama, calib):
     from flexq_cli.analyze import load_plan
 
