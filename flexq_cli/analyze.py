@@ -13,7 +13,7 @@ remaining (A6) scores sum below a KL target.
 ``method="fisher"`` (fisher.py) estimates the same KL and dNLL to second order from one forward and a few
 backward passes per sample instead of one model tail per linear (in memory only; not with ``--stream``). The
 default, ``auto``, is fisher in memory and exact with ``--stream``: on SmolLM2 the Fisher plans gave the lower
-40-window perplexity at a tenth of the time (docs/accuracy.md, "Fast sensitivity analysis").
+40-window perplexity in an eighth of the time (docs/accuracy.md, "Fast sensitivity analysis").
 
 Artifact ``plan.safetensors``: tensors ``kl`` and ``dnll`` (one entry per linear, in layer order), and the plan
 in the manifest (``extra.act_bits``: module name -> 8 for the A8 set; every other linear uses ``extra.default``).
