@@ -33,6 +33,7 @@ class QuantConfig:
     gptq_act_order: bool = False  # columns by decreasing Hessian diagonal (group scales then fixed up front)
     smooth_alpha: float | None = None  # SmoothQuant migration strength; None: no smoothing
     smooth_search: bool = False  # choose the smoothing per linear group by measured output error (AWQ-like)
+    rotate: bool = False  # Hadamard rotation of the residual stream and each head's values (algorithms/rotate.py)
 
     def __post_init__(self):
         if self.weight_bits != 6:
@@ -59,6 +60,11 @@ class QuantConfig:
             raise ValueError(f"smooth_alpha must be null or in [0, 1], got {self.smooth_alpha}")
         if not isinstance(self.smooth_search, bool):
             raise ValueError("smooth_search must be true or false")
+        if not isinstance(self.rotate, bool):
+            raise ValueError("rotate must be true or false")
+        if self.rotate and self.smooth_alpha is not None:
+            raise ValueError("smooth_alpha reads input maxima measured on the unrotated model: with rotate, use "
+                             "smooth_search (measured on the rotated layers) or no smoothing")
         if self.smooth_search and self.smooth_alpha is not None:
             raise ValueError("smooth_search chooses the smoothing itself: drop smooth_alpha, "
                              "or set smooth_search false")

@@ -54,18 +54,22 @@ def resolve_config(preset: str | None, plan: Path | None, model_fingerprint: str
         if (chosen.weight_group_size, chosen.act_group_size) != (base.weight_group_size, base.act_group_size):
             raise FlexQError(f"--preset {preset} uses other group sizes than the plan in {plan} was measured with",
                              "drop --preset, or re-run flexq analyze with that preset")
-        if (chosen.smooth_alpha, chosen.smooth_search) != (base.smooth_alpha, base.smooth_search):
-            raise FlexQError(f"--preset {preset} smooths otherwise ({_smoothing(chosen)}) than the plan in {plan} was "
-                             f"measured with ({_smoothing(base)})", "re-run flexq analyze with that preset")
+        if (chosen.smooth_alpha, chosen.smooth_search, chosen.rotate) != (base.smooth_alpha, base.smooth_search,
+                                                                          base.rotate):
+            raise FlexQError(f"--preset {preset} transforms the model otherwise ({_transforms(chosen)}) than the "
+                             f"plan in {plan} was measured on ({_transforms(base)})",
+                             "re-run flexq analyze with that preset")
         base = chosen
     config = base.with_plan(manifest.extra["act_bits"], manifest.extra["default"])
     return config, {"plan": str(plan), "plan_summary": manifest.extra.get("summary", {})}
 
 
-def _smoothing(config: QuantConfig) -> str:
+def _transforms(config: QuantConfig) -> str:
     if config.smooth_search:
-        return "smooth_search"
-    return "no smoothing" if config.smooth_alpha is None else f"alpha {config.smooth_alpha}"
+        kind = "smooth_search"
+    else:
+        kind = "no smoothing" if config.smooth_alpha is None else f"alpha {config.smooth_alpha}"
+    return kind + (", rotated" if config.rotate else "")
 
 
 @torch.no_grad()
@@ -142,6 +146,7 @@ def quantize(model_name: str, out: Path, *, preset: str | None = None, plan: Pat
     ref = resolve_model(model_name)
     fp = fingerprint(ref)
     config, origin = resolve_config(preset, plan, fp)
+    check_streamable(config, stream)
     calib_tensors = load_calibration_for(calib, config, fp, calib_samples)
     with atomic_output_dir(out, force) as tmp:
         start = time.perf_counter()
@@ -167,6 +172,13 @@ def quantize(model_name: str, out: Path, *, preset: str | None = None, plan: Pat
             manifest = manifest_for(keep, linear_names(model, spec), algorithms)
             save_quantized(tmp, model, tokenizer, manifest, config, max_shard_bytes)
     return QuantizeResult(str(out), *list(result.__dict__.values())[1:])
+
+
+def check_streamable(config: QuantConfig, stream: bool) -> None:
+    """The rotation rewrites the embeddings and the head with the decoder layers: not one layer at a time."""
+    if stream and config.rotate:
+        raise FlexQError("rotate is not available with --stream (the rotation rewrites the embeddings and the "
+                         "head along with every layer)", "drop --stream, or use a preset without rotate")
 
 
 def save_quantized(folder: Path, model, tokenizer, manifest: Manifest, config: QuantConfig, max_shard_bytes: int):

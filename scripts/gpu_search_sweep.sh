@@ -3,7 +3,8 @@
 # scripts/gpu_accuracy_sweep.sh: SmolLM2-135M, calibration 16 x 2048 tokens (4 used by the weight algorithms),
 # 40 windows of 2048 tokens of WikiText-2 test, exact reference path in float32. Resumable under $RUNS.
 # Usage (device machine, repo root): MODEL=/path/to/SmolLM2.gguf FLEXQ_DATA_DIR=... scripts/gpu_search_sweep.sh
-# Env: PRESETS (names or YAML paths), CALIB_TOTAL (calibration samples, 16), CALIB_SAMPLES (used, 4), RUNS.
+# Env: PRESETS (names or YAML paths; NAME@N uses N calibration samples), CALIB_TOTAL (calibration samples, 16),
+# CALIB_SAMPLES (used when no @N, 4), RUNS.
 set -uo pipefail
 OUT=${OUT:-out}; RUNS=${RUNS:-/tmp/acc}
 source scripts/sweep_common.sh
@@ -17,9 +18,18 @@ preset f-w6a8-gptq w6a8-best "gptq: true" "gptq_act_order: true"
 preset s-w6a8-gptq-d10 w6a8 "smooth_search: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "gptq_damp: 0.1"
 preset s-w6a8-gptq-noorder w6a8 "smooth_search: true" "weight_clip: output" "gptq: true"
 preset s-w6a8-gptq-mse w6a8 "smooth_search: true" "weight_clip: mse" "gptq: true" "gptq_act_order: true"
+preset r-best w6a8-best "rotate: true"
+preset r-rtn w6a8 "rotate: true"
+preset r-clip w6a8 "rotate: true" "smooth_search: true" "weight_clip: output"
+preset r-nosmooth w6a8 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true"
+preset r-nosmooth-noorder w6a8 "rotate: true" "weight_clip: output" "gptq: true"
+preset r-nosmooth-mse w6a8 "rotate: true" "weight_clip: mse" "gptq: true" "gptq_act_order: true"
+preset r-flexq flexq "rotate: true" "smooth_search: true" "weight_clip: output"
 for p in ${PRESETS:-w6a8-best s-w6a8 s-w6a8-rtn s-flexq s-w6a6 s-w6a8-gptq}; do
-  src=$RUNS/presets/$p.yaml; [ -f "$src" ] || src=$p
-  timed "q-$p" flexq quantize "$MODEL" --preset "$src" --calib "$RUNS/calib" --calib-samples ${CALIB_SAMPLES:-4} \
+  name=${p%@*}; n=${CALIB_SAMPLES:-4}; [ "$name" = "$p" ] || n=${p#*@}
+  src=$RUNS/presets/$name.yaml; [ -f "$src" ] || src=$name
+  p=${name##*/}-c$n; p=${p%.yaml}
+  timed "q-$p" flexq quantize "$MODEL" --preset "$src" --calib "$RUNS/calib" --calib-samples $n \
       --device cuda --out "$RUNS/q-$p"
   timed "eval-$p.json" flexq eval "$RUNS/q-$p" "${EVAL[@]}" --json "$RUNS/eval-$p.json"
 done

@@ -114,6 +114,77 @@ def test_smoothing_folds_keep_the_float_model_function(tiny_llama, calib, alpha)
     assert torch.allclose(after, before, rtol=1e-4, atol=1e-4)
 
 
+def test_hadamard_matrices_are_orthogonal_and_odd_sizes_are_refused():
+    from flexq_cli.algorithms.rotate import hadamard
+
+    for n in (1, 64, 96, 576, 4096, 5120):  # Sylvester, Paley 24 and 12 x 12 x 4 (SmolLM2), LLaMA-2-13B's 5120
+        h = hadamard(n)
+        assert torch.allclose(h @ h.T, torch.eye(n, dtype=torch.float64), atol=1e-12)
+        assert torch.allclose(h.abs(), torch.full((n, n), n ** -0.5, dtype=torch.float64))
+    assert not torch.equal(hadamard(64, seed=0), hadamard(64, seed=1))
+    with pytest.raises(ValueError, match="no Hadamard matrix of order 18"):
+        hadamard(18)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_rotation_keeps_the_float_model_function(tmp_path, tokenizer, tied):
+    """Residual rotation with the norm weights folded, per-head value rotation under grouped-query attention
+    (4 query heads on 2 KV heads), a tied head untied: the logits stay those of the float model."""
+    from conftest import make_tiny
+    from transformers import AutoModelForCausalLM
+
+    from flexq_cli.algorithms.rotate import rotate_model
+    from flexq_cli.arch import spec_for_config
+
+    path = make_tiny(tmp_path / "m", tokenizer, tie_word_embeddings=tied)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    for norm in [m for n, m in model.named_modules() if n.endswith("norm")]:
+        norm.weight.data = 0.5 + torch.rand(norm.weight.shape)  # non-trivial weights to fold
+    ids = torch.randint(0, 1000, (2, 40))
+    with torch.no_grad():
+        before = model(ids).logits
+        q_before = model.model.layers[1].self_attn.q_proj.weight.clone()
+        rotate_model(model, spec_for_config(model.config))
+        after = model(ids).logits
+    assert not model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    assert torch.all(model.model.layers[1].input_layernorm.weight == 1)
+    assert not torch.allclose(q_before, model.model.layers[1].self_attn.q_proj.weight, atol=1e-3)
+    assert torch.allclose(after, before, rtol=1e-4, atol=1e-4), (after - before).abs().max()
+
+
+def test_quantize_with_rotation_saves_an_untied_head_and_refuses_smooth_alpha(tmp_path, tiny_llama, calib):
+    from transformers import AutoModelForCausalLM
+
+    from flexq_cli.quantize import load_quantized
+
+    with pytest.raises(ValueError, match="use smooth_search"):
+        QuantConfig(rotate=True, smooth_alpha=0.5)
+    preset = _preset(tmp_path, act_bits=8, rotate=True, smooth_search=True, weight_clip="output")
+    code, _, err = run_cli("quantize", tiny_llama, "--preset", preset, "--calib", calib, "--out", tmp_path / "q")
+    assert code == 0, err
+    model, _, manifest = load_quantized(tmp_path / "q")
+    assert manifest.config["quant"]["rotate"] and "rotate_seconds" in manifest.extra["algorithms"]
+    fp = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    assert not torch.allclose(model.model.embed_tokens.weight.float(), fp.model.embed_tokens.weight, atol=1e-2)
+    ids = torch.randint(0, 1000, (1, 48))
+    with torch.no_grad():
+        lf, lq = fp(ids).logits, model(ids).logits
+    assert (lq - lf).norm() / lf.norm() < 0.1, ((lq - lf).norm() / lf.norm()).item()
+    for cmd in ("quantize", "analyze"):
+        code, _, err = run_cli(cmd, tiny_llama, "--preset", preset, "--calib", calib, "--stream",
+                               "--out", tmp_path / f"s-{cmd}")
+        assert code != 0 and "rotate is not available with --stream" in err and "Traceback" not in err
+        assert not (tmp_path / f"s-{cmd}").exists()
+    code, _, err = run_cli("analyze", tiny_llama, "--calib", calib, "--preset", preset, "--a8-count", 2,
+                           "--samples", 2, "--seqlen", 64, "--out", tmp_path / "plan")
+    assert code == 0, err
+    unrotated = _preset(tmp_path, act_bits=8, smooth_search=True, weight_clip="output")
+    code, _, err = run_cli("quantize", tiny_llama, "--plan", tmp_path / "plan", "--preset", unrotated,
+                           "--calib", calib, "--out", tmp_path / "q2")
+    assert code != 0 and "transforms the model otherwise (smooth_search)" in err and "rotated" in err
+
+
 def _preset(tmp_path, **fields) -> str:
     path = tmp_path / "algo.yaml"
     path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in {"act_bits": 6, **fields}.items()))
@@ -176,7 +247,7 @@ def test_analyze_measures_the_smoothed_model(tmp_path, tiny_llama, calib):
     assert code == 0, err
     code, _, err = run_cli("quantize", tiny_llama, "--plan", tmp_path / "plan", "--preset", "w6a8",
                            "--out", tmp_path / "q2")
-    assert code != 0 and "smooths" in err
+    assert code != 0 and "transforms the model otherwise (no smoothing)" in err and "(alpha 0.5)" in err
 
 
 def _layer_and_inputs(tiny_llama, outlier: float):

@@ -1,9 +1,10 @@
 """Glue: apply the accuracy algorithms of a QuantConfig to a float model, layer by layer.
 
-``prepare_quantized`` smooths the float model (smooth.py) when the config asks for it, then replaces every
-decoder linear by the module that ``make_module(name, linear, codes, scales)`` builds from the chosen INT6
-codes and scales: round to nearest, the clip search (clip.py) or GPTQ (gptq.py). With ``smooth_search`` the
-smoothing is chosen per group inside the layer-by-layer pass (``smooth.search_layer``), on each layer's inputs.
+``prepare_quantized`` rotates (rotate.py) and smooths (smooth.py) the float model when the config asks for it,
+then replaces every decoder linear by the module that ``make_module(name, linear, codes, scales)`` builds from
+the chosen INT6 codes and scales: round to nearest, the clip search (clip.py) or GPTQ (gptq.py). With
+``smooth_search`` the smoothing is chosen per group inside the layer-by-layer pass (``smooth.search_layer``), on
+each layer's inputs.
 
 Algorithms that need calibration activations run sequentially: the calibration samples' inputs to decoder
 layer 0 are cached once; for each layer, hooks accumulate the Hessian X^T X of every linear group's input
@@ -26,6 +27,7 @@ from ..config import QuantConfig
 from ..modules import SimQuantLinear, replace_module
 from ..primitives import pad_k, padded_k, quantize_weight, quantize_with_scales
 from .gptq import Hessian, choose_scales, gptq_quantize
+from .rotate import rotate_model
 from .smooth import SEARCH_TOKENS, search_layer, smooth_model
 
 MakeModule = Callable[[str, torch.nn.Linear, torch.Tensor, torch.Tensor], torch.nn.Module]
@@ -54,6 +56,9 @@ def prepare_quantized(model, spec, config: QuantConfig, make_module: MakeModule,
     if config.needs_calibration and calib is None:
         raise ValueError("this config needs calibration data (smoothing, GPTQ or the output clip search)")
     summary, start = {}, time.perf_counter()
+    if config.rotate:
+        rotate_model(model, spec)
+        summary["rotate_seconds"] = round(time.perf_counter() - start, 2)
     if config.smooth_alpha is not None:
         absmax = {name: calib[f"{name}.absmax"] for name in linear_names(model, spec)}
         summary["smooth_log2_spread"] = smooth_model(model, spec, absmax, config.smooth_alpha)
