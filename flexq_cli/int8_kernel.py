@@ -62,9 +62,30 @@ class Int8Config:
         return self.stages * stage + 2 * self.bn * 144
 
 
-def default_config(m: int) -> Int8Config:
-    """Fewer than 128 tokens would leave most of a 128-token tile empty: a 64-token tile then."""
-    return Int8Config() if m > 64 else Int8Config(bm=64, bn=128, wm=1, wn=8)
+# Decode-sized tiles (M <= 64), chosen from an H100 sweep of the configs below on LLaMA-2-7B/70B shapes
+# (scripts/gpu_int8_small_m.py and the bench of 2026-11-22 14:30-14:45 UTC, docs/kernel.md): a CTA streams its bn
+# weight rows over all of K, so what matters at small M is enough CTAs for the SMs (small N: 64-row tiles, a deep
+# pipeline) without reading the weights once per token tile (large N: one token tile, wider rows; 33-64 tokens:
+# 16-token tiles only below N = 8192, which took 137 us against 102 with the 64 x 128 tile), in one wave: 32 x 32
+# tiles fit 3 CTAs per SM, 396 CTAs on an H100, N <= 12,672 (14336 rows took 73 us against 42-54 at M = 16 and 64
+# in two waves).
+NARROW_N, SMALL_N, ONE_WAVE_32, LARGE_N = 8_192, 10_000, 12_672, 16_384
+_TILE_16_64 = Int8Config(bm=16, bn=64, wm=1, wn=4, stages=6)
+
+
+def default_config(m: int, n: int = 4096) -> Int8Config:
+    """The tile config for M tokens and N weight rows: 128 x 128 from 65 tokens, decode-sized tiles below."""
+    if m > 64:
+        return Int8Config()
+    if m > 32:  # four 16-token tiles read the weights four times: only worth it for the narrowest layers
+        return _TILE_16_64 if n < NARROW_N else Int8Config(bm=64, bn=128, wm=1, wn=8)
+    if n < SMALL_N:
+        return _TILE_16_64
+    if m <= 16:
+        return Int8Config(bm=16, bn=128, wm=1, wn=8, stages=4) if n >= LARGE_N else _TILE_16_64
+    if n <= ONE_WAVE_32:
+        return Int8Config(bm=32, bn=32, wm=2, wn=1, stages=6)
+    return Int8Config(bm=32, bn=64, wm=2, wn=2, stages=4)
 
 
 def quantize_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: int, cfg: Int8Config):
@@ -122,7 +143,7 @@ def int8_linear(
     x2, out, kp = check_linear_args(x, qweight, w_scales, bias, out, act_bits, act_group_size, weight_group_size)
     if x2.shape[0] == 0:
         return out
-    cfg = config or default_config(x2.shape[0])
+    cfg = config or default_config(x2.shape[0], qweight.shape[0])
     xq, sx = quantize_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)
     _gemm(x2, xq, sx, qweight, w_scales, bias, out, act_bits=act_bits, weight_group_size=weight_group_size,
           cfg=cfg, debug=False)
@@ -135,7 +156,7 @@ def int8_block_accumulators(x: torch.Tensor, qweight: torch.Tensor, *, act_bits:
     x2, scales, acc = check_accumulator_args(x, qweight, act_bits, act_group_size)
     if x2.shape[0] == 0:
         return acc
-    cfg = config or default_config(x2.shape[0])
+    cfg = config or default_config(x2.shape[0], qweight.shape[0])
     xq, sx = quantize_activations(x2, acc.shape[0], act_bits, act_group_size, cfg)
     _gemm(x2, xq, sx, qweight, scales, None, acc, act_bits=act_bits, weight_group_size=128, cfg=cfg, debug=True)
     return acc

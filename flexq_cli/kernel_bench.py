@@ -337,6 +337,9 @@ SHAPES = {
     "llama2-70b": [(8192, 8192), (10240, 8192), (28672, 8192), (8192, 28672)],
     "llama3-8b": [(6144, 4096), (14336, 4096), (4096, 14336)],
     "smollm2": [(576, 576), (192, 576), (1536, 576), (576, 1536)],
+    # what decoding runs after q/k/v and gate/up fusion (fusion.py) where the table above lacks it: gate/up of
+    # LLaMA-2-7B, LLaMA-3-8B and LLaMA-2-70B; q/k/v and gate/up of SmolLM2
+    "fused": [(22016, 4096), (28672, 4096), (57344, 8192), (960, 576), (3072, 576)],
 }
 
 

@@ -68,3 +68,16 @@ def test_choose_config_fuses_only_with_128_token_groups_and_follows_the_switch(m
     assert btc.choose_config(4096, 4096, 1, 8).fuse
     assert not btc.choose_config(4096, 4096, 1, 8, act_group_size=-1).fuse  # a per-token scale: the pack kernel
     assert btc.choose_config(4096, 4096, 1, 8) == btc.choose_config(4096, 4096, 1, 8, None, 128)
+
+
+def test_int8_decode_tiles_fit_the_tokens_and_the_rows():
+    """Below 65 tokens the INT8 kernel takes a token tile of at most 2 x M rounded to 16, and never more rows per
+    CTA than N has; from 65 tokens the 128 x 128 tile."""
+    from flexq_cli.int8_kernel import Int8Config, default_config
+
+    for m in (1, 4, 8, 16, 17, 32, 33, 64):
+        for n in (576, 4096, 12288, 14336, 28672, 57344):
+            cfg = default_config(m, n)
+            assert cfg.bm <= max(16, 2 * m) and cfg.bn <= max(64, n), (m, n, cfg)
+    assert default_config(65, 4096) == default_config(4096, 57344) == Int8Config()
+    assert default_config(32, 14336).bn == 64 and default_config(32, 12288).bn == 32  # one wave of 32 x 32 tiles

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from flexq_cli.btc import TileConfig
-from flexq_cli.int8_kernel import Int8Config
+from flexq_cli.int8_kernel import default_config
 from flexq_cli.resources import kernel_source, kernels_dir
 
 NVCC = shutil.which("nvcc")
@@ -54,7 +54,9 @@ def test_int8_variants_compile_without_spills(act_bits, bf16, debug, tmp_path):
     src = tmp_path / "w6_int8_gemm.cu"
     src.write_text(kernel_source("w6_int8_gemm.cu"))
     assert not [line for line in src.read_text().splitlines() if line.startswith("#include")]
-    for cfg in (Int8Config(), Int8Config(bm=64, bn=128, wm=1, wn=8)):
+    tiles = {default_config(m, n) for m in (8, 32, 64, 128) for n in (4096, 12288, 28672)}  # every default tile
+    assert len(tiles) == 6
+    for cfg in tiles:
         log = _nvcc(src, *cfg.defines(act_bits, bf16, debug))
         assert " 0 bytes spill stores" in log and "spill stores" in log, log
         assert all(" 0 bytes spill" in line for line in log.splitlines() if "spill" in line), log
