@@ -18,7 +18,7 @@ preset all-w6a8 w6a8 "smooth_alpha: 0.5" "weight_clip: output" "gptq: true"
 preset w6a6-smooth w6a6 "smooth_alpha: 0.5"
 preset w6a6-best w6a6 "smooth_alpha: 0.5" "weight_clip: output"
 for p in w6a8 w6a6 flexq; do timed "q-$p" flexq quantize "$MODEL" --preset $p --device cuda --out "$RUNS/q-$p"; done
-for p in w6a8-best flexq-best; do
+for p in w6a8-best flexq-best; do  # the presets as they are now (docs/accuracy.md dates each definition)
   timed "q-$p" flexq quantize "$MODEL" --preset $p --calib "$RUNS/calib" --calib-samples 4 --device cuda --out "$RUNS/q-$p"
 done
 for p in clip-mse clip-output gptq gptq-actorder smooth all-w6a8 w6a6-smooth w6a6-best; do
