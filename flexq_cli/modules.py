@@ -5,8 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .btc import btc_linear
 from .config import QuantConfig
+from .cuda_launch import available
+from .dispatch import choose_kernel
 from .errors import BackendUnavailable, NonFiniteError
+from .int8_kernel import int8_linear
 from .packing import pack_bitplanes, packed_words, unpack_bitplanes
 from .primitives import dequantize, fake_quantize_activation, pad_k, padded_k, quantize_weight
 from .reference import reference_linear
@@ -79,13 +83,8 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = resolve_backend(self.backend, x)
         if backend == "auto":
-            from .dispatch import choose_kernel
-
             backend = choose_kernel(x.numel() // x.shape[-1], self.out_features, self.padded_in, self.act_bits)
         if backend != "reference":
-            from .btc import btc_linear
-            from .int8_kernel import int8_linear
-
             kernel = btc_linear if backend == "btc" else int8_linear
             return kernel(x, self.qweight, self.scales, act_bits=self.act_bits, bias=self.bias,
                           act_group_size=self.act_group_size, weight_group_size=self.weight_group_size)
@@ -105,8 +104,6 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     if not x.is_cuda:
         raise BackendUnavailable(f"--backend {backend} needs the model on a CUDA GPU",
                                  "use --device cuda or --backend reference")
-    from .cuda_launch import available
-
     ok, why = available()
     if not ok:
         raise BackendUnavailable(f"the CUDA kernels cannot run here: {why}",
