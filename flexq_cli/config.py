@@ -116,7 +116,7 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name_or_path: str) -> QuantConfig:
-    """A preset by name (``w6a6``, ``w6a8``, ``flexq``) or a YAML file path."""
+    """A preset by name (``w6a6``, ``w6a8``, ``flexq``, ... : ``preset_names()``) or a YAML file path."""
     import yaml
 
     from .resources import configs_dir

@@ -180,7 +180,7 @@ def run_e2e_bench(model_name: str, *, random_init: bool, preset: str = "w6a8", b
     config = load_preset(preset)
     if random_init and config.needs_calibration:
         raise FlexQError(f"--preset {preset} needs calibration data, which a random-init model has none of",
-                         "use a round-to-nearest preset (w6a8, w6a6, flexq)")
+                         "use a round-to-nearest preset (w6a8, w6a6, flexq-rtn)")
     if device_map is not None and not random_init:
         raise FlexQError("bench --e2e --device-map builds its models with --random-init",
                          "add --random-init, or run flexq generate --device-map on a quantized directory")

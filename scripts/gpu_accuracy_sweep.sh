@@ -17,8 +17,8 @@ preset smooth w6a8 "smooth_alpha: 0.5"
 preset all-w6a8 w6a8 "smooth_alpha: 0.5" "weight_clip: output" "gptq: true"
 preset w6a6-smooth w6a6 "smooth_alpha: 0.5"
 preset w6a6-best w6a6 "smooth_alpha: 0.5" "weight_clip: output"
-for p in w6a8 w6a6 flexq; do timed "q-$p" flexq quantize "$MODEL" --preset $p --device cuda --out "$RUNS/q-$p"; done
-for p in w6a8-best flexq-best; do  # the presets as they are now (docs/accuracy.md dates each definition)
+for p in w6a8 w6a6 flexq-rtn; do timed "q-$p" flexq quantize "$MODEL" --preset $p --device cuda --out "$RUNS/q-$p"; done
+for p in w6a8-best flexq; do  # the presets as they are now (docs/accuracy.md dates each definition)
   timed "q-$p" flexq quantize "$MODEL" --preset $p --calib "$RUNS/calib" --calib-samples 4 --device cuda --out "$RUNS/q-$p"
 done
 for p in clip-mse clip-output gptq gptq-actorder smooth all-w6a8 w6a6-smooth w6a6-best; do
@@ -27,7 +27,7 @@ for p in clip-mse clip-output gptq gptq-actorder smooth all-w6a8 w6a6-smooth w6a
 done
 # the A6/A8 mix at FlexQ's A8 count (30), measured by the sensitivity analysis: RTN and on the smoothed model
 timed plan-rtn30 flexq analyze "$MODEL" --calib "$RUNS/calib" --a8-count 30 --samples 4 --seqlen 512 --device cuda --out "$RUNS/plan-rtn30"
-timed plan-best30 flexq analyze "$MODEL" --calib "$RUNS/calib" --preset flexq-best --a8-count 30 --samples 4 --seqlen 512 \
+timed plan-best30 flexq analyze "$MODEL" --calib "$RUNS/calib" --preset flexq --a8-count 30 --samples 4 --seqlen 512 \
     --device cuda --out "$RUNS/plan-best30"
 timed q-plan-rtn30 flexq quantize "$MODEL" --plan "$RUNS/plan-rtn30" --device cuda --out "$RUNS/q-plan-rtn30"
 timed q-plan-best30 flexq quantize "$MODEL" --plan "$RUNS/plan-best30" --calib "$RUNS/calib" --calib-samples 4 --device cuda \

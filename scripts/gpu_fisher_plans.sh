@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # docs/accuracy.md, "Fast sensitivity analysis": the exact and the Fisher plan (30 A8 linears) of SmolLM2-135M on
-# the RTN (w6a8) and the smoothed (flexq-best) base, each quantized and evaluated on the 40-window protocol of
+# the RTN (w6a8) and the smoothed (flexq) base, each quantized and evaluated on the 40-window protocol of
 # scripts/gpu_accuracy_sweep.sh (analysis and quantization on the GPU, evaluation on the exact reference path in
 # float32). Each step's wall time goes to $RUNS/times.txt; $OUT gets times.txt and one tarball of the results.
 # Usage (device machine, repo root): MODEL=/path/to/SmolLM2.gguf FLEXQ_DATA_DIR=... scripts/gpu_fisher_plans.sh
@@ -22,7 +22,7 @@ step() {  # step NAME flexq-ARGS...: run, log, time, and refresh $OUT (what is d
 }
 step calib calibrate "$MODEL" --data "$WT" --offset-tokens 81920 --samples 16 --seqlen 2048 --device cuda --out "$RUNS/calib"
 for m in fisher exact; do
-  step plan-best-$m analyze "$MODEL" --calib "$RUNS/calib" --preset flexq-best --a8-count 30 --samples 4 --seqlen 512 \
+  step plan-best-$m analyze "$MODEL" --calib "$RUNS/calib" --preset flexq --a8-count 30 --samples 4 --seqlen 512 \
     --method $m --device cuda --out "$RUNS/plan-best-$m"
   step q-best-$m quantize "$MODEL" --plan "$RUNS/plan-best-$m" --calib "$RUNS/calib" --calib-samples 4 --device cuda \
     --out "$RUNS/q-best-$m"

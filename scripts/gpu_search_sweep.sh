@@ -12,7 +12,7 @@ timed calib flexq calibrate "$MODEL" --data "$WT" --offset-tokens 81920 --sample
 preset s-w6a8 w6a8 "smooth_search: true" "weight_clip: output"
 preset s-w6a8-gptq w6a8 "smooth_search: true" "weight_clip: output" "gptq: true" "gptq_act_order: true"
 preset s-w6a8-rtn w6a8 "smooth_search: true"
-preset s-flexq flexq "smooth_search: true" "weight_clip: output"
+preset s-flexq flexq-rtn "smooth_search: true" "weight_clip: output"
 preset s-w6a6 w6a6 "smooth_search: true" "weight_clip: output"
 preset s-best w6a8 "smooth_search: true" "weight_clip: output" "gptq: true" "gptq_act_order: true"
 preset f-w6a8-gptq w6a8 "smooth_alpha: 0.5" "weight_clip: output" "gptq: true" "gptq_act_order: true"
@@ -25,7 +25,7 @@ preset r-clip w6a8 "rotate: true" "smooth_search: true" "weight_clip: output"
 preset r-nosmooth w6a8 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true"
 preset r-nosmooth-noorder w6a8 "rotate: true" "weight_clip: output" "gptq: true"
 preset r-nosmooth-mse w6a8 "rotate: true" "weight_clip: mse" "gptq: true" "gptq_act_order: true"
-preset r-flexq flexq "rotate: true" "smooth_search: true" "weight_clip: output"
+preset r-flexq flexq-rtn "rotate: true" "smooth_search: true" "weight_clip: output"
 for p in ${PRESETS:-w6a8-best s-w6a8 s-w6a8-rtn s-flexq s-w6a6 s-w6a8-gptq}; do
   name=${p%@*}; n=${CALIB_SAMPLES:-4}; [ "$name" = "$p" ] || n=${p#*@}
   src=$RUNS/presets/$name.yaml; [ -f "$src" ] || src=$name

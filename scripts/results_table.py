@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 ROWS = [("fp", "FP (float32)", "-"), ("w6a8", "W6A8 (`--preset w6a8`)", "210"),
-        ("w6a6", "W6A6 (`--preset w6a6`)", "0"), ("flexq", "FlexQ hard-coded mix (`--preset flexq`: down_proj A8)", "30"),
+        ("w6a6", "W6A6 (`--preset w6a6`)", "0"),
+        ("flexq-rtn", "FlexQ hard-coded mix (`--preset flexq-rtn`: down_proj A8)", "30"),
         ("plan-a8x30", "sensitivity plan, same A8 count (`--a8-count 30`)", "30"),
         ("plan-b10", "sensitivity plan, `--a8-budget 0.1`", "21"), ("plan-b25", "sensitivity plan, `--a8-budget 0.25`", "52")]
 

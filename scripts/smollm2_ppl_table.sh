@@ -19,7 +19,7 @@ step "$RUNS/plan-b10" flexq analyze $MODEL --calib "$RUNS/calib" --scores-from "
 step "$RUNS/plan-b25" flexq analyze $MODEL --calib "$RUNS/calib" --scores-from "$RUNS/plan-a8x30" --a8-budget 0.25 \
   --samples 4 --seqlen 512 --device cpu --out "$RUNS/plan-b25"
 step "$RUNS/eval-fp.json" flexq eval $MODEL "${EVAL[@]}" --json "$RUNS/eval-fp.json"
-for p in w6a8 w6a6 flexq; do
+for p in w6a8 w6a6 flexq-rtn; do
   step "$RUNS/q-$p" flexq quantize $MODEL --preset $p --out "$RUNS/q-$p"
   step "$RUNS/eval-$p.json" flexq eval "$RUNS/q-$p" "${EVAL[@]}" --json "$RUNS/eval-$p.json"
 done

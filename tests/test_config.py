@@ -9,12 +9,14 @@ from flexq_cli.errors import FlexQError
 
 
 def test_presets_exist_and_load():
-    assert {"w6a6", "w6a8", "flexq"} <= set(preset_names())
+    assert {"w6a6", "w6a8", "flexq", "flexq-rtn", "w6a8-best"} <= set(preset_names())
     assert load_preset("w6a8").act_bits_for("model.layers.0.self_attn.q_proj") == 8
     assert load_preset("w6a6").act_bits_for("model.layers.0.mlp.down_proj") == 6
-    flexq = load_preset("flexq")
-    assert flexq.act_bits_for("model.layers.3.mlp.down_proj") == 8
-    assert flexq.act_bits_for("model.layers.3.mlp.up_proj") == 6
+    for name in ("flexq", "flexq-rtn"):  # FlexQ's mix, with and without the accuracy algorithms
+        flexq = load_preset(name)
+        assert flexq.act_bits_for("model.layers.3.mlp.down_proj") == 8
+        assert flexq.act_bits_for("model.layers.3.mlp.up_proj") == 6
+    assert load_preset("flexq").needs_calibration and not load_preset("flexq-rtn").needs_calibration
 
 
 def test_overrides_are_ordered_and_exact_names_win_where_listed_first():

@@ -62,7 +62,7 @@ def quantized(tiny_llama, tmp_path_factory):
     from flexq_cli.quantize import load_quantized, quantize
 
     out = tmp_path_factory.mktemp("dm") / "q"
-    quantize(str(tiny_llama), out, preset="flexq")
+    quantize(str(tiny_llama), out, preset="flexq-rtn")
     return load_quantized(out)[0]
 
 
@@ -185,7 +185,7 @@ def _tiny_quantized_on_cpu(layers: int = 4):
                          tie_word_embeddings=False)
     config.architectures = ["LlamaForCausalLM"]
     model = LlamaForCausalLM(config).half().eval()
-    quantize_model(model, spec_for_config(config), load_preset("flexq"), torch.float16)
+    quantize_model(model, spec_for_config(config), load_preset("flexq-rtn"), torch.float16)
     return model
 
 

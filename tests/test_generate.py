@@ -44,7 +44,7 @@ def test_left_padded_batch_matches_each_prompt_alone(fp_model):
 def test_quantized_model_generates_like_its_own_full_recompute(tiny_llama, tmp_path):
     from flexq_cli.quantize import load_quantized, quantize
 
-    quantize(str(tiny_llama), tmp_path / "q", preset="flexq")
+    quantize(str(tiny_llama), tmp_path / "q", preset="flexq-rtn")
     model, _, _ = load_quantized(tmp_path / "q")
     prompt = [11, 22, 33, 44]
     got = generate_tokens(model, [prompt], SamplingConfig(max_new_tokens=10), use_graph=False)
@@ -74,7 +74,7 @@ def test_fused_qkv_and_gate_up_give_the_same_bits(tiny_llama, tmp_path):
     from flexq_cli.fusion import SharedOutputSlice, fuse_shared_inputs
     from flexq_cli.quantize import load_quantized, quantize
 
-    quantize(str(tiny_llama), tmp_path / "q", preset="flexq")
+    quantize(str(tiny_llama), tmp_path / "q", preset="flexq-rtn")
     model, _, _ = load_quantized(tmp_path / "q")
     ids = torch.randint(0, 1000, (2, 24))
     with torch.no_grad():

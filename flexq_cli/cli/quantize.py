@@ -14,7 +14,9 @@ def command(
     model: Model,
     out: Out,
     plan: Annotated[Optional[Path], typer.Option(help="Output of flexq analyze (per-layer activation bits).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="w6a8, w6a6, flexq, or a YAML file (default w6a8).")] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        help="w6a8, w6a6, w6a8-best, flexq, flexq-rtn, or a YAML file (default w6a8); w6a8-best and flexq need "
+             "--calib.")] = None,
     calib: Annotated[Optional[Path], typer.Option(help="Output of flexq calibrate: needed by GPTQ, the output clip "
                                                    "search and smoothing.")] = None,
     calib_samples: Annotated[Optional[int], typer.Option(help="Calibration samples used (default: all).")] = None,
