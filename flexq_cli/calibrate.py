@@ -39,10 +39,13 @@ class CalibConfig:
 
 
 class _InputStats:
-    """Running statistics of one linear's input: (K,) absmax and sum |x|, and per-token absmax values."""
+    """Running statistics of one linear's input: (K,) absmax and sum |x|, and per-token absmax values (up to
+    ``tokens`` of them, in one buffer allocated up front, and the sums updated in place: thousands of small tensors
+    kept between the forward passes' large temporaries pinned glibc's heap, ~0.6 GB more per 2048-token sample)."""
 
-    def __init__(self, name: str):
-        self.name, self.absmax, self.sumabs, self.tokens, self.token_absmax = name, None, None, 0, []
+    def __init__(self, name: str, tokens: int):
+        self.name, self.absmax, self.sumabs, self.tokens = name, None, None, 0
+        self.token_absmax = torch.empty(tokens, dtype=torch.float16)
 
     def __call__(self, module, args):
         x = args[0].detach().float().reshape(-1, args[0].shape[-1])
@@ -51,13 +54,16 @@ class _InputStats:
             raise NonFiniteError(f"NaN/Inf activations reach {self.name} during calibration",
                                  "the model overflows in this dtype: try --dtype float32 or bfloat16")
         amax, sabs = x.abs().amax(dim=0), x.abs().sum(dim=0)
-        self.absmax = amax if self.absmax is None else torch.maximum(self.absmax, amax)
-        self.sumabs = sabs if self.sumabs is None else self.sumabs + sabs
+        if self.absmax is None:
+            self.absmax, self.sumabs = amax, sabs
+        else:
+            torch.maximum(self.absmax, amax, out=self.absmax)
+            self.sumabs.add_(sabs)
+        self.token_absmax[self.tokens : self.tokens + x.shape[0]] = per_token.cpu()
         self.tokens += x.shape[0]
-        self.token_absmax.append(per_token.to(torch.float16).cpu())
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        q = torch.quantile(torch.cat(self.token_absmax).float(), torch.tensor(TOKEN_QUANTILES))
+        q = torch.quantile(self.token_absmax[: self.tokens].float(), torch.tensor(TOKEN_QUANTILES))
         return {f"{self.name}.absmax": self.absmax.cpu(), f"{self.name}.meanabs": (self.sumabs / self.tokens).cpu(),
                 f"{self.name}.token_absmax": q}
 
@@ -67,7 +73,7 @@ def collect_stats(model, spec, input_ids: torch.Tensor) -> dict[str, torch.Tenso
     """Run every sample through the model once, with hooks on each decoder linear's input."""
     stats, handles = {}, []
     for name in linear_names(model, spec):
-        stats[name] = _InputStats(name)
+        stats[name] = _InputStats(name, input_ids.numel())
         handles.append(model.get_submodule(name).register_forward_pre_hook(stats[name]))
     device = next(model.parameters()).device
     try:

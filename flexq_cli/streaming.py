@@ -255,7 +255,7 @@ def collect_stats_streamed(sm: StreamedModel, input_ids: torch.Tensor,
             with sm.loaded(prefix, sm.dtype) as layer:
                 handles = []
                 for rel in sm.spec.linears:
-                    stats[f"{prefix}.{rel}"] = _InputStats(f"{prefix}.{rel}")
+                    stats[f"{prefix}.{rel}"] = _InputStats(f"{prefix}.{rel}", input_ids.numel())
                     handles.append(layer.get_submodule(rel).register_forward_pre_hook(stats[f"{prefix}.{rel}"]))
                 try:
                     acts.advance(layer, keep=i + 1 < len(sm.layers))
