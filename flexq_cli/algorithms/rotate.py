@@ -90,13 +90,11 @@ def rotate_model(model, spec, seed: int = 0) -> None:
     config.tie_word_embeddings = False
 
     for layer in decoder_layers(model, spec):
-        for group in spec.groups:
-            linears = [layer.get_submodule(rel) for rel in group.linears]
-            if group.norm is not None:
-                norm = layer.get_submodule(group.norm)
-                for lin in linears:
-                    _set(lin, "weight", (lin.weight.double() * norm.weight.double()) @ q)
-                norm.weight.data.fill_(1.0)
+        for group in (g for g in spec.groups if g.norm is not None):  # q/k/v, gate/up: read a norm
+            norm = layer.get_submodule(group.norm)
+            for lin in (layer.get_submodule(rel) for rel in group.linears):
+                _set(lin, "weight", (lin.weight.double() * norm.weight.double()) @ q)
+            norm.weight.data.fill_(1.0)
         for rel in (spec.groups[1].linears[0], spec.groups[3].linears[0]):  # o_proj, down_proj: write the residual
             lin = layer.get_submodule(rel)
             _set(lin, "weight", q.T @ lin.weight.double())
