@@ -210,9 +210,7 @@ def analyze(model_name: str, calib: Path, cfg: AnalyzeConfig, base: QuantConfig,
         if stream and cfg.method == "fisher":
             raise FlexQError("--method fisher needs the whole model in memory (its backward passes cross every "
                              "layer)", "use --method exact with --stream, or drop --stream")
-    from .quantize import check_streamable
-
-    check_streamable(base, stream)
+    base.check_streamable(stream)
     ref = resolve_model(model_name)
     model_fp = fingerprint(ref)
     reused = None if scores_from is None else load_plan(scores_from, model_fp)

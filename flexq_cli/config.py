@@ -69,15 +69,30 @@ class QuantConfig:
             raise ValueError("smooth_search chooses the smoothing itself: drop smooth_alpha, "
                              "or set smooth_search false")
 
+    def activation_users(self) -> list[str]:
+        """The options that choose the weights with calibration activations (layer by layer), as YAML keys."""
+        return [key for key, on in (("gptq", self.gptq), ("weight_clip: output", self.weight_clip == "output"),
+                                    ("smooth_search", self.smooth_search)) if on]
+
+    def calibration_users(self) -> list[str]:
+        """The options that read calibration data (statistics or activations), as YAML keys."""
+        return self.activation_users() + (["smooth_alpha"] if self.smooth_alpha is not None else [])
+
     @property
     def needs_calibration(self) -> bool:
         """Whether quantizing with this config reads calibration data (statistics or activations)."""
-        return self.needs_activations or self.smooth_alpha is not None
+        return bool(self.calibration_users())
 
     @property
     def needs_activations(self) -> bool:
         """Whether the weights are chosen with calibration activations (layer by layer), not from weights alone."""
-        return self.gptq or self.weight_clip == "output" or self.smooth_search
+        return bool(self.activation_users())
+
+    def check_streamable(self, stream: bool) -> None:
+        """The rotation rewrites the embeddings and the head with the decoder layers: not one layer at a time."""
+        if stream and self.rotate:
+            raise FlexQError("rotate is not available with --stream (the rotation rewrites the embeddings and the "
+                             "head along with every layer)", "drop --stream, or use a preset without rotate")
 
     def act_bits_for(self, name: str) -> int:
         """Activation bits of the linear called ``name`` (its full module name)."""

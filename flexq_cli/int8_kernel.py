@@ -15,6 +15,7 @@ truth for the kernel's compile-time constants (``Int8Config.defines``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -73,8 +74,10 @@ NARROW_N, SMALL_N, ONE_WAVE_32, LARGE_N = 8_192, 10_000, 12_672, 16_384
 _TILE_16_64 = Int8Config(bm=16, bn=64, wm=1, wn=4, stages=6)
 
 
+@functools.cache
 def default_config(m: int, n: int = 4096) -> Int8Config:
-    """The tile config for M tokens and N weight rows: 128 x 128 from 65 tokens, decode-sized tiles below."""
+    """The tile config for M tokens and N weight rows: 128 x 128 from 65 tokens, decode-sized tiles below (cached:
+    every int8_linear call asks, an eager decode once per linear)."""
     if m > 64:
         return Int8Config()
     if m > 32:  # four 16-token tiles read the weights four times: only worth it for the narrowest layers

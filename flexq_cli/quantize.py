@@ -101,10 +101,7 @@ def load_calibration_for(calib: Path | None, config: QuantConfig, model_fp: str,
     if not config.needs_calibration:
         return None
     if calib is None:
-        needs = [k for k, on in (("gptq", config.gptq), ("weight_clip: output", config.weight_clip == "output"),
-                                 ("smooth_alpha", config.smooth_alpha is not None),
-                                 ("smooth_search", config.smooth_search)) if on]
-        raise FlexQError(f"this config ({', '.join(needs)}) needs calibration data",
+        raise FlexQError(f"this config ({', '.join(config.calibration_users())}) needs calibration data",
                          "pass --calib DIR (the output of flexq calibrate for this model)")
     from .calibrate import load_calibration
 
@@ -146,7 +143,7 @@ def quantize(model_name: str, out: Path, *, preset: str | None = None, plan: Pat
     ref = resolve_model(model_name)
     fp = fingerprint(ref)
     config, origin = resolve_config(preset, plan, fp)
-    check_streamable(config, stream)
+    config.check_streamable(stream)
     calib_tensors = load_calibration_for(calib, config, fp, calib_samples)
     with atomic_output_dir(out, force) as tmp:
         start = time.perf_counter()
@@ -172,13 +169,6 @@ def quantize(model_name: str, out: Path, *, preset: str | None = None, plan: Pat
             manifest = manifest_for(keep, linear_names(model, spec), algorithms)
             save_quantized(tmp, model, tokenizer, manifest, config, max_shard_bytes)
     return QuantizeResult(str(out), *list(result.__dict__.values())[1:])
-
-
-def check_streamable(config: QuantConfig, stream: bool) -> None:
-    """The rotation rewrites the embeddings and the head with the decoder layers: not one layer at a time."""
-    if stream and config.rotate:
-        raise FlexQError("rotate is not available with --stream (the rotation rewrites the embeddings and the "
-                         "head along with every layer)", "drop --stream, or use a preset without rotate")
 
 
 def save_quantized(folder: Path, model, tokenizer, manifest: Manifest, config: QuantConfig, max_shard_bytes: int):

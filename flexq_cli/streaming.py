@@ -380,7 +380,7 @@ def quantize_streamed(ref: ModelRef, config, folder: Path, manifest_for, calib: 
             sm.layer_inputs(ids, acts)
             summary["calibration_tokens"] = int(ids.numel())
         # Round to nearest reads the weights as stored (16-bit: half the float32 memory; the codes are the same).
-        dtype = torch.float32 if config.needs_activations or config.smooth_alpha is not None else None
+        dtype = torch.float32 if config.needs_calibration else None
         for i in ui.track(range(len(sm.layers)), "quantizing layers"):
             with sm.loaded(f"{sm.spec.layers}.{i}", dtype) as layer:
                 start = time.perf_counter()

@@ -112,12 +112,9 @@ static_assert(!BTC_FUSE || BTC_PCT, "the fused activation pack is for the plane-
 
 
 // ================================================================ activation quantize-and-pack
-// x (M, K) fp16/bf16 row-major, K the ORIGINAL width (the tail up to NB*128 is read as zeros: no padded copy).
-// One warp per (token, block): lane l holds k = 128b + 32e + l for e = 0..3, so a warp ballot of bit p of
-// element e is directly word e of plane p (bit l = k % 32). Scales and codes: quantize_block (common.cuh).
-// whole_row != 0: one scale per token (act_group_size -1); then one CTA per token (grid.y must be 1).
 // One (token, block) record from the codes a warp holds four per lane (quantize_block): a warp ballot of bit p of
 // element e is word e of plane p; lane p*4+e keeps that word, so the record is one coalesced 4*A_BITS-word store.
+// Shared by btc_act_pack and the fused pack of btc_gemm (BTC_FUSE).
 __device__ __forceinline__ u32 plane_word(const int (&q)[4], int lane) {
     u32 mine = 0;
 #pragma unroll
@@ -130,6 +127,10 @@ __device__ __forceinline__ u32 plane_word(const int (&q)[4], int lane) {
     return mine;
 }
 
+// x (M, K) fp16/bf16 row-major, K the ORIGINAL width (the tail up to NB*128 is read as zeros: no padded copy).
+// One warp per (token, block): lane l holds k = 128b + 32e + l for e = 0..3, so a warp ballot of bit p of
+// element e is directly word e of plane p (bit l = k % 32). Scales and codes: quantize_block (common.cuh).
+// whole_row != 0: one scale per token (act_group_size -1); then one CTA per token (grid.y must be 1).
 extern "C" __global__ void __launch_bounds__(32 * BTC_PACK_WARPS)
 btc_act_pack(const u16* __restrict__ x, u32* __restrict__ xpack, float* __restrict__ sx,
              int M, int K, int NB, int whole_row) {

@@ -82,6 +82,10 @@ def rotate_model(model, spec, seed: int = 0) -> None:
     q = hadamard(hidden, seed).to(device)
     hd = hadamard(head_dim, seed + 1).to(device)
 
+    readers = [g for g in spec.groups if g.norm is not None]  # q/k/v, gate/up: read a norm
+    writers = [g for g in spec.groups if g.norm is None]  # o_proj (attention's), down_proj: write the residual
+    attn = writers[0]  # spec order: attention's group before the MLP's; its prev is v_proj
+
     embed, head = model.get_input_embeddings(), model.get_submodule(spec.lm_head)
     final = model.get_submodule(spec.final_norm)
     _set(head, "weight", (head.weight.double() * final.weight.double()) @ q)
@@ -90,17 +94,16 @@ def rotate_model(model, spec, seed: int = 0) -> None:
     config.tie_word_embeddings = False
 
     for layer in decoder_layers(model, spec):
-        for group in (g for g in spec.groups if g.norm is not None):  # q/k/v, gate/up: read a norm
+        for group in readers:
             norm = layer.get_submodule(group.norm)
             for lin in (layer.get_submodule(rel) for rel in group.linears):
                 _set(lin, "weight", (lin.weight.double() * norm.weight.double()) @ q)
             norm.weight.data.fill_(1.0)
-        for rel in (spec.groups[1].linears[0], spec.groups[3].linears[0]):  # o_proj, down_proj: write the residual
-            lin = layer.get_submodule(rel)
+        for lin in (layer.get_submodule(rel) for group in writers for rel in group.linears):
             _set(lin, "weight", q.T @ lin.weight.double())
             if lin.bias is not None:
                 _set(lin, "bias", lin.bias.double() @ q)
-        v, o = layer.get_submodule(spec.groups[1].prev), layer.get_submodule(spec.groups[1].linears[0])
+        v, o = layer.get_submodule(attn.prev), layer.get_submodule(attn.linears[0])
         wv = v.weight.double().reshape(-1, head_dim, v.in_features)  # (kv heads, head_dim, hidden)
         _set(v, "weight", torch.einsum("ed,hek->hdk", hd, wv).reshape(v.weight.shape))
         if v.bias is not None:
