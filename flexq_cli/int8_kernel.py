@@ -68,8 +68,8 @@ class Int8Config:
 # weight rows over all of K, so what matters at small M is enough CTAs for the SMs (small N: 64-row tiles, a deep
 # pipeline) without reading the weights once per token tile (large N: one token tile, wider rows; 33-64 tokens:
 # 16-token tiles only below N = 8192, which took 137 us against 102 with the 64 x 128 tile), in one wave: 32 x 32
-# tiles fit 3 CTAs per SM, 396 CTAs on an H100, N <= 12,672 (14336 rows took 73 us against 42-54 at M = 16 and 64
-# in two waves).
+# tiles fit 3 CTAs per SM by their shared memory (computed, not profiled), 396 CTAs on an H100, so N <= 12,672;
+# 14336 rows (448 CTAs) took 73 us against 42-54 us at M = 16 and 64.
 NARROW_N, SMALL_N, ONE_WAVE_32, LARGE_N = 8_192, 10_000, 12_672, 16_384
 _TILE_16_64 = Int8Config(bm=16, bn=64, wm=1, wn=4, stages=6)
 
