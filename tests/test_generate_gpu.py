@@ -32,7 +32,7 @@ def tiny(quantized: str | None):
     return model
 
 
-@pytest.mark.parametrize("quantized", [None, "w6a8", "flexq"])
+@pytest.mark.parametrize("quantized", [None, "w6a8", "flexq-rtn"])
 def test_graph_decode_matches_eager_token_for_token(quantized):
     from flexq_cli.fusion import fuse_shared_inputs
 
