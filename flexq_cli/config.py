@@ -34,6 +34,9 @@ class QuantConfig:
     smooth_alpha: float | None = None  # SmoothQuant migration strength; None: no smoothing
     smooth_search: bool = False  # choose the smoothing per linear group by measured output error (AWQ-like)
     rotate: bool = False  # Hadamard rotation of the residual stream and each head's values (algorithms/rotate.py)
+    # Linears (full names or re:REGEX, as in act_bits_overrides) whose input is rotated at run time, block by
+    # 128-wide block, by a Hadamard matrix folded into their weight (algorithms/rotate.py): down_proj in w6a6-best.
+    online_rotate: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
         if self.weight_bits != 6:
@@ -65,6 +68,21 @@ class QuantConfig:
         if self.rotate and self.smooth_alpha is not None:
             raise ValueError("smooth_alpha reads input maxima measured on the unrotated model: with rotate, use "
                              "smooth_search (measured on the rotated layers) or no smoothing")
+        if self.online_rotate is None:
+            object.__setattr__(self, "online_rotate", ())
+        if isinstance(self.online_rotate, str) or not all(isinstance(p, str) for p in self.online_rotate):
+            raise ValueError(f"online_rotate must be a list of linear names or re:REGEX patterns, "
+                             f"got {self.online_rotate!r}")
+        object.__setattr__(self, "online_rotate", tuple(self.online_rotate))
+        for pattern in self.online_rotate:
+            try:
+                re.compile(pattern[3:] if pattern.startswith("re:") else "")
+            except re.error as exc:
+                raise ValueError(f"online_rotate: bad pattern {pattern!r} ({exc})") from None
+        if self.online_rotate and self.smooth_search:
+            raise ValueError("smooth_search would fold its factors for the rotated inputs of online_rotate into the "
+                             "unrotated producer: drop smooth_search (smooth_alpha folds before the rotation) "
+                             "or online_rotate")
         if self.smooth_search and self.smooth_alpha is not None:
             raise ValueError("smooth_search chooses the smoothing itself: drop smooth_alpha, "
                              "or set smooth_search false")
@@ -93,13 +111,20 @@ class QuantConfig:
         if stream and self.rotate:
             raise FlexQError("rotate is not available with --stream (the rotation rewrites the embeddings and the "
                              "head along with every layer)", "drop --stream, or use a preset without rotate")
+        if stream and self.online_rotate:
+            raise FlexQError("online_rotate is not available with --stream yet (the streamed pass does not fold "
+                             "the rotation)", "drop --stream, or use a preset without online_rotate")
 
     def act_bits_for(self, name: str) -> int:
         """Activation bits of the linear called ``name`` (its full module name)."""
         for pattern, bits in self.act_bits_overrides:
-            if pattern == name or (pattern.startswith("re:") and re.fullmatch(pattern[3:], name)):
+            if _matches(pattern, name):
                 return bits
         return self.act_bits
+
+    def online_rotated(self, name: str) -> bool:
+        """Whether the linear called ``name`` (its full module name) gets the online input rotation."""
+        return any(_matches(pattern, name) for pattern in self.online_rotate)
 
     def with_plan(self, act_bits: dict[str, int], default: int) -> "QuantConfig":
         """This config with a plan's explicit per-layer bits (and default) replacing its own overrides."""
@@ -108,6 +133,7 @@ class QuantConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["act_bits_overrides"] = dict(self.act_bits_overrides)
+        d["online_rotate"] = list(self.online_rotate)
         return d
 
     @classmethod
@@ -122,6 +148,10 @@ class QuantConfig:
             return cls(**raw)
         except (ValueError, TypeError, re.error) as exc:
             raise FlexQError(f"{where}: {exc}", "fix the config") from exc
+
+
+def _matches(pattern: str, name: str) -> bool:
+    return pattern == name or (pattern.startswith("re:") and re.fullmatch(pattern[3:], name) is not None)
 
 
 def preset_names() -> list[str]:

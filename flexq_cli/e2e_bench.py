@@ -52,6 +52,7 @@ def build_random(skeleton, device_map: dict[str, str], quant=None, seed: int = 0
     16-bit linears and quantized at once (round to nearest, in row chunks), so the memory holds the finished
     model plus one 16-bit linear, never the 16-bit model: LLaMA-2-70B W6A8 builds within one 80 GB GPU.
     Layers kept on ``cpu`` beside a GPU are drawn and quantized on the GPU, then moved."""
+    from .algorithms.rotate import fold_input_rotation, online_block
     from .modules import QuantLinear, replace_module
     from .placement import storage_device
     from .streaming import quantize_linear_chunked
@@ -66,6 +67,8 @@ def build_random(skeleton, device_map: dict[str, str], quant=None, seed: int = 0
         work = gpus[0] if keep == "cpu" and gpus else keep
         if isinstance(module, QuantLinear):
             linear = _random_linear(module.in_features, module.out_features, module.bias is not None, work, std)
+            if module.rotation is not None:  # the online rotation costs time at run time: measure it too
+                fold_input_rotation(linear, online_block(), name)
             replace_module(skeleton, name, quantize_linear_chunked(name, linear, quant).to(keep))
             continue
         module.to_empty(device=work, recurse=False)

@@ -32,6 +32,7 @@ from torch import nn
 
 from . import ui
 from .modules import SimQuantLinear, replace_module
+from .primitives import block_rotate
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -46,7 +47,10 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         w = ctx.sim.weight[:, : ctx.k]  # (N, Kp) -> (N, K): the zero-padded columns have no input
-        return (g.float() @ w).to(g.dtype), None
+        gx = g.float() @ w
+        if ctx.sim.rotation is not None:  # y = (x Q) W^T: the gradient of x is (g W) Q^T
+            gx = block_rotate(gx, ctx.sim.rotation.T)
+        return gx.to(g.dtype), None
 
 
 class _Scores:

@@ -52,7 +52,8 @@ class FusedQuantLinear(_SharedOutput, QuantLinear):
         bias_dtype = next((m.bias.dtype for m in members if m.bias is not None), torch.float16)
         fused = cls(first.in_features, sum(m.out_features for m in members), bias=has_bias, act_bits=first.act_bits,
                     weight_group_size=first.weight_group_size, act_group_size=first.act_group_size,
-                    dtype=bias_dtype, device="meta")
+                    dtype=bias_dtype, device="meta", rotate_input=first.rotation is not None)
+        fused.rotation = first.rotation
         fused.qweight = torch.cat([m.qweight for m in members])
         fused.scales = torch.cat([m.scales for m in members])
         if has_bias:
@@ -85,7 +86,10 @@ def _fused_class(members: list[nn.Module]):
         return None
     if all(type(m) is QuantLinear for m in members):
         keys = {(m.in_features, m.act_bits, m.weight_group_size, m.act_group_size, m.backend) for m in members}
-        return FusedQuantLinear if len(keys) == 1 else None
+        rotations = [m.rotation for m in members]
+        same_rotation = all(r is None for r in rotations) or all(
+            r is not None and torch.equal(r, rotations[0]) for r in rotations)
+        return FusedQuantLinear if len(keys) == 1 and same_rotation else None
     if all(type(m) is nn.Linear for m in members):
         keys = {(m.in_features, m.weight.dtype, m.bias is None) for m in members}
         return FusedLinear if len(keys) == 1 else None

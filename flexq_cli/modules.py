@@ -12,10 +12,13 @@ from .dispatch import choose_kernel
 from .errors import BackendUnavailable, NonFiniteError
 from .int8_kernel import int8_linear
 from .packing import pack_bitplanes, packed_words, unpack_bitplanes
-from .primitives import dequantize, fake_quantize_activation, pad_k, padded_k, quantize_weight
+from .primitives import BLOCK_K, block_rotate, dequantize, fake_quantize_activation, pad_k, padded_k, quantize_weight
 from .reference import reference_linear
 
 BACKENDS = ("auto", "reference", "btc", "int8")
+# Set on a float nn.Linear by algorithms/rotate.py's online fold: the (128, 128) block its input is rotated by
+# (its weight already holds W diag(q, q, ...)). The modules built from that linear apply the same rotation.
+INPUT_ROTATION = "flexq_input_rotation"
 
 
 class QuantLinear(nn.Module):
@@ -25,14 +28,19 @@ class QuantLinear(nn.Module):
       qweight: (N, Kp / 128 * 24) int32 bit-plane words (layout: packing.py)
       scales:  (N, Kp / weight_group_size) float16, or (N, 1) per output channel
       bias:    (N,) in the model's 16-bit dtype, when the source linear had one
+      rotation: (128, 128) float32, with ``rotate_input``: the input is multiplied by diag(rotation, ...) before
+               its quantization (the online rotation of algorithms/rotate.py; the weight was folded to match)
     ``backend``: "reference" (pure PyTorch, any device), "btc" or "int8" (one CUDA kernel), or "auto" (on CUDA the
     kernel dispatch.py picks for the token count, on the CPU the reference; a CUDA input without a usable kernel
     is an error, never a silent fallback). Every backend gives the same bits.
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool, act_bits: int,
-                 weight_group_size: int = 128, act_group_size: int = 128, dtype=torch.float16, device=None):
+                 weight_group_size: int = 128, act_group_size: int = 128, dtype=torch.float16, device=None,
+                 rotate_input: bool = False):
         super().__init__()
+        if rotate_input and in_features % BLOCK_K:
+            raise ValueError(f"the online input rotation needs in_features divisible by {BLOCK_K}, got {in_features}")
         self.in_features, self.out_features = in_features, out_features
         self.act_bits, self.weight_group_size, self.act_group_size = act_bits, weight_group_size, act_group_size
         self.padded_in = padded_k(in_features, weight_group_size, act_group_size)
@@ -41,8 +49,11 @@ class QuantLinear(nn.Module):
                                                      device=device))
         self.register_buffer("scales", torch.empty(out_features, n_scales, dtype=torch.float16, device=device))
         self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
+        rotation = torch.empty(BLOCK_K, BLOCK_K, dtype=torch.float32, device=device) if rotate_input else None
+        self.register_buffer("rotation", rotation)
         self.backend = "auto"
         self._codes = None  # unpacked int8 codes, cached for the reference path
+        self._rotation = None  # ``rotation`` in the activations' dtype, cached
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, act_bits: int, config: QuantConfig, name: str = "",
@@ -55,12 +66,15 @@ class QuantLinear(nn.Module):
                                  "NaN/Inf values", "the source checkpoint is damaged; re-download or fix it")
         has_bias = linear.bias is not None
         dtype = linear.bias.dtype if has_bias else torch.float16
+        rotation = getattr(linear, INPUT_ROTATION, None)
         layer = cls(linear.in_features, linear.out_features, bias=has_bias, act_bits=act_bits,
                     weight_group_size=config.weight_group_size, act_group_size=config.act_group_size,
-                    dtype=dtype, device=w.device)
+                    dtype=dtype, device=w.device, rotate_input=rotation is not None)
         q, scales = _codes_and_scales(linear, layer.padded_in, config, codes, scales)
         layer.qweight.copy_(pack_bitplanes(q))
         layer.scales.copy_(scales)
+        if rotation is not None:
+            layer.rotation.copy_(rotation)
         if has_bias:
             layer.bias.copy_(linear.bias.detach())
         return layer
@@ -72,15 +86,19 @@ class QuantLinear(nn.Module):
         return self._codes
 
     def dequantized_weight(self) -> torch.Tensor:
-        """(N, K) float32 weight as the integer codes and scales represent it."""
+        """(N, K) float32 weight as the integer codes and scales represent it (for the rotated input, if any)."""
         w = dequantize(self.codes(), self.scales, self.weight_group_size)
         return w[:, : self.in_features]
 
     def _apply(self, fn, *args, **kwargs):
-        self._codes = None  # device or dtype moves invalidate the cache
+        self._codes = self._rotation = None  # device or dtype moves invalidate the caches
         return super()._apply(fn, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rotation is not None:
+            if self._rotation is None or self._rotation.dtype != x.dtype or self._rotation.device != x.device:
+                self._rotation = self.rotation.to(device=x.device, dtype=x.dtype)
+            x = block_rotate(x, self._rotation)
         backend = resolve_backend(self.backend, x)
         if backend == "auto":
             backend = choose_kernel(x.numel() // x.shape[-1], self.out_features, self.padded_in, self.act_bits)
@@ -93,7 +111,8 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, W6A{self.act_bits}, "
-                f"wgroup={self.weight_group_size}, agroup={self.act_group_size}, backend={self.backend}")
+                f"wgroup={self.weight_group_size}, agroup={self.act_group_size}, backend={self.backend}"
+                + (", input rotated" if self.rotation is not None else ""))
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
@@ -131,9 +150,12 @@ class SimQuantLinear(nn.Module):
         self.register_buffer("codes", q if lazy else None)
         self.register_buffer("code_scales", s if lazy else None)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+        rotation = getattr(linear, INPUT_ROTATION, None)
+        self.register_buffer("rotation", None if rotation is None else rotation.float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = pad_k(x.float(), self.padded_in)
+        xf = x.float() if self.rotation is None else block_rotate(x.float(), self.rotation)
+        xf = pad_k(xf, self.padded_in)
         if self.act_bits is not None:
             xf = fake_quantize_activation(xf, self.act_bits, self.config.act_group_size)
         w = self.weight if self.weight is not None else _dequantize_rows(self.codes, self.code_scales,

@@ -123,3 +123,10 @@ def fake_quantize_activation(x: torch.Tensor, bits: int, group_size: int = 128) 
     xg = _grouped(x.float(), group_size)
     s = _div_qmax(xg.abs().amax(dim=-1, keepdim=True), bits).clamp_(min=torch.finfo(torch.float32).tiny)
     return (xg / s).round_().clamp_(-qmax - 1, qmax).mul_(s).reshape(x.shape)
+
+
+def block_rotate(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``x`` (..., K) times the block-diagonal matrix diag(q, q, ...) of (b, b) blocks ``q``; K a multiple of b.
+    The online input rotation of a quantized linear (algorithms/rotate.py): one block per 128-wide group."""
+    b = q.shape[0]
+    return (x.unflatten(-1, (x.shape[-1] // b, b)) @ q.to(x.dtype)).flatten(-2)

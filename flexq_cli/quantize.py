@@ -54,8 +54,7 @@ def resolve_config(preset: str | None, plan: Path | None, model_fingerprint: str
         if (chosen.weight_group_size, chosen.act_group_size) != (base.weight_group_size, base.act_group_size):
             raise FlexQError(f"--preset {preset} uses other group sizes than the plan in {plan} was measured with",
                              "drop --preset, or re-run flexq analyze with that preset")
-        if (chosen.smooth_alpha, chosen.smooth_search, chosen.rotate) != (base.smooth_alpha, base.smooth_search,
-                                                                          base.rotate):
+        if _transform_keys(chosen) != _transform_keys(base):
             raise FlexQError(f"--preset {preset} transforms the model otherwise ({_transforms(chosen)}) than the "
                              f"plan in {plan} was measured on ({_transforms(base)})",
                              "re-run flexq analyze with that preset")
@@ -64,12 +63,17 @@ def resolve_config(preset: str | None, plan: Path | None, model_fingerprint: str
     return config, {"plan": str(plan), "plan_summary": manifest.extra.get("summary", {})}
 
 
+def _transform_keys(config: QuantConfig) -> tuple:
+    return config.smooth_alpha, config.smooth_search, config.rotate, config.online_rotate
+
+
 def _transforms(config: QuantConfig) -> str:
     if config.smooth_search:
         kind = "smooth_search"
     else:
         kind = "no smoothing" if config.smooth_alpha is None else f"alpha {config.smooth_alpha}"
-    return kind + (", rotated" if config.rotate else "")
+    online = f", online rotation of {list(config.online_rotate)}" if config.online_rotate else ""
+    return kind + (", rotated" if config.rotate else "") + online
 
 
 @torch.no_grad()
@@ -230,7 +234,7 @@ def quantized_skeleton(hf_config, config: QuantConfig | None, dtype: torch.dtype
         replace_module(model, name, QuantLinear(
             linear.in_features, linear.out_features, bias=linear.bias is not None,
             act_bits=config.act_bits_for(name), weight_group_size=config.weight_group_size,
-            act_group_size=config.act_group_size, device="meta"))
+            act_group_size=config.act_group_size, device="meta", rotate_input=config.online_rotated(name)))
     return model
 
 

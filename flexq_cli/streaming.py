@@ -285,9 +285,10 @@ def quantize_linear_chunked(name: str, linear: torch.nn.Linear, config, codes=No
     """``QuantLinear.from_linear`` in row chunks (codes and scales chosen per chunk when not given: exact for
     round-to-nearest, which is row-wise). Same buffers as one call on the whole weight, bounded temporaries."""
     from .algorithms.sequential import weight_codes
-    from .modules import QuantLinear
+    from .modules import INPUT_ROTATION, QuantLinear
 
     bits = config.act_bits_for(name)
+    rotation = getattr(linear, INPUT_ROTATION, None)
     out = None
     for r0, r1 in _row_chunks(linear.out_features, linear.in_features):
         part = _rows_of(linear, r0, r1)
@@ -297,7 +298,9 @@ def quantize_linear_chunked(name: str, linear: torch.nn.Linear, config, codes=No
             out = QuantLinear(linear.in_features, linear.out_features, bias=linear.bias is not None, act_bits=bits,
                               weight_group_size=config.weight_group_size, act_group_size=config.act_group_size,
                               dtype=piece.bias.dtype if piece.bias is not None else torch.float16,
-                              device=linear.weight.device)
+                              device=linear.weight.device, rotate_input=rotation is not None)
+            if rotation is not None:
+                out.rotation.copy_(rotation)
         out.qweight[r0:r1], out.scales[r0:r1] = piece.qweight, piece.scales
         if piece.bias is not None:
             out.bias[r0:r1] = piece.bias

@@ -339,3 +339,112 @@ def test_quantize_with_smoothing_search_records_it_and_cuts_the_output_error(tmp
     assert set(found) == {"q_proj", "o_proj", "gate_proj", "down_proj"}
     assert found["q_proj"]["none"] == 0 and found["gate_proj"]["none"] == 0  # the outliers made it smooth
     assert errors["search"] < 0.8 * errors["rtn"], errors
+
+
+DOWN = "re:.*\\.down_proj"
+
+
+def test_online_rotation_options_are_checked():
+    assert QuantConfig(online_rotate=[DOWN]).online_rotated("model.layers.3.mlp.down_proj")
+    assert not QuantConfig(online_rotate=[DOWN]).online_rotated("model.layers.3.mlp.up_proj")
+    assert QuantConfig.from_dict(QuantConfig(online_rotate=[DOWN]).to_dict()).online_rotate == (DOWN,)
+    for bad in ("re:.*down", [3]):
+        with pytest.raises(ValueError, match="must be a list"):
+            QuantConfig(online_rotate=bad)
+    with pytest.raises(FlexQError, match="online_rotate"):
+        QuantConfig.from_dict({"online_rotate": ["re:("]}, "preset.yaml")
+    with pytest.raises(ValueError, match="drop smooth_search"):
+        QuantConfig(online_rotate=[DOWN], smooth_search=True)
+    QuantConfig(online_rotate=[DOWN], smooth_alpha=0.5)  # smoothing folds before the rotation
+
+
+def test_online_rotation_keeps_the_float_model_function(tmp_path, tokenizer):
+    """W D offline and x D at run time (D = diag(q, q, ...), 128-wide Hadamard blocks): the same logits."""
+    from conftest import make_tiny
+    from transformers import AutoModelForCausalLM
+
+    from flexq_cli.algorithms.rotate import online_block, rotate_inputs_online
+    from flexq_cli.arch import spec_for_config
+    from flexq_cli.modules import INPUT_ROTATION
+
+    q = online_block()
+    assert torch.allclose(q @ q.T, torch.eye(128, dtype=torch.float64), atol=1e-12)
+    model = AutoModelForCausalLM.from_pretrained(make_tiny(tmp_path / "m", tokenizer, intermediate_size=256),
+                                                 dtype=torch.float32).eval()
+    down = model.model.layers[1].mlp.down_proj
+    w_before = down.weight.clone()
+    ids = torch.randint(0, 1000, (2, 40))
+    with torch.no_grad():
+        before = model(ids).logits
+        assert rotate_inputs_online(model, spec_for_config(model.config), QuantConfig(online_rotate=[DOWN])) == 2
+        after = model(ids).logits
+    assert torch.equal(getattr(down, INPUT_ROTATION), q.float())
+    assert not hasattr(model.model.layers[1].mlp.up_proj, INPUT_ROTATION)
+    assert not torch.allclose(w_before, down.weight, atol=1e-3)
+    assert torch.allclose(after, before, rtol=1e-4, atol=1e-4), (after - before).abs().max()
+
+
+def test_quantize_with_online_rotation_stores_it_and_loads(tmp_path, tokenizer, text_file):
+    """The rotated down_proj of the quantized directory applies the stored block to its input; without it the
+    logits go far off. Bad uses are one-line errors that leave nothing behind."""
+    from conftest import make_tiny
+    from transformers import AutoModelForCausalLM
+
+    from flexq_cli.algorithms.rotate import online_block
+    from flexq_cli.quantize import load_quantized
+
+    model_dir = make_tiny(tmp_path / "m", tokenizer, intermediate_size=256)
+    code, _, err = run_cli("calibrate", model_dir, "--data", text_file, "--samples", 2, "--seqlen", 64,
+                           "--out", tmp_path / "c", "--device", "cpu")
+    assert code == 0, err
+    preset = _preset(tmp_path, act_bits=6, rotate=True, gptq=True, weight_clip="output", online_rotate=[DOWN])
+    code, _, err = run_cli("quantize", model_dir, "--preset", preset, "--calib", tmp_path / "c",
+                           "--out", tmp_path / "q")
+    assert code == 0, err
+    model, _, manifest = load_quantized(tmp_path / "q")
+    assert manifest.config["quant"]["online_rotate"] == [DOWN] and manifest.extra["algorithms"]["online_rotated"] == 2
+    layer = model.model.layers[0]
+    assert torch.equal(layer.mlp.down_proj.rotation, online_block().float())
+    assert layer.mlp.up_proj.rotation is None and layer.self_attn.o_proj.rotation is None
+    fp = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.randint(0, 1000, (1, 48))
+    with torch.no_grad():
+        lf, lq = fp(ids).logits, model(ids).logits
+        for block in model.model.layers:
+            block.mlp.down_proj.rotation = None
+        unrotated = model(ids).logits
+    assert (lq - lf).norm() / lf.norm() < 0.1, ((lq - lf).norm() / lf.norm()).item()
+    assert (unrotated - lf).norm() / lf.norm() > 2 * (lq - lf).norm() / lf.norm()
+
+    code, _, err = run_cli("quantize", model_dir, "--preset", preset, "--calib", tmp_path / "c", "--stream",
+                           "--out", tmp_path / "s")
+    assert code != 0 and "not available with --stream" in err and not (tmp_path / "s").exists()
+    rtn = _preset(tmp_path, act_bits=6, online_rotate=["model.layers.9.mlp.down_proj"])
+    code, _, err = run_cli("quantize", model_dir, "--preset", rtn, "--out", tmp_path / "n")
+    assert code != 0 and "matches no decoder linear" in err and not (tmp_path / "n").exists()
+
+
+def test_online_rotation_of_a_width_not_a_multiple_of_128_is_a_one_line_error(tmp_path, tiny_llama):
+    code, _, err = run_cli("quantize", tiny_llama, "--preset", _preset(tmp_path, online_rotate=[DOWN]),
+                           "--out", tmp_path / "q")
+    assert code != 0 and "200 input features, not a multiple of 128" in err and "Traceback" not in err
+    assert not (tmp_path / "q").exists()
+
+
+def test_straight_through_gradient_of_a_rotated_linear_is_exact():
+    """The Fisher pass's hand-written backward: (g W) D^T for an online-rotated linear, as autograd gives it."""
+    from flexq_cli.algorithms.rotate import fold_input_rotation, online_block
+    from flexq_cli.fisher import _StraightThrough
+    from flexq_cli.modules import SimQuantLinear
+    from flexq_cli.primitives import block_rotate
+
+    linear = torch.nn.Linear(256, 64, bias=False)
+    fold_input_rotation(linear, online_block())
+    sim = SimQuantLinear(linear, QuantConfig(), act_bits=None)
+    x = torch.randn(5, 256, requires_grad=True)
+    g = torch.randn(5, 64)
+    (gx,) = torch.autograd.grad(_StraightThrough.apply(x, sim), x, g)
+    x2 = x.detach().clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(block_rotate(x2, sim.rotation) @ sim.weight.T, x2, g)
+    assert torch.allclose(gx, expected, atol=1e-5)
+    assert torch.allclose(sim(x.detach()), block_rotate(x.detach(), sim.rotation) @ sim.weight.T, atol=1e-5)

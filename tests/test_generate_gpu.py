@@ -12,7 +12,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("cupy", reason="CuPy is not installed: pip install 'flexq[cuda]'")
 
 from flexq_cli.arch import spec_for_config  # noqa: E402
-from flexq_cli.config import load_preset  # noqa: E402
+from flexq_cli.config import QuantConfig, load_preset  # noqa: E402
 from flexq_cli.generate import SamplingConfig, generate_tokens  # noqa: E402
 from flexq_cli.modules import set_backend  # noqa: E402
 from flexq_cli.quantize import quantize_model  # noqa: E402
@@ -28,11 +28,16 @@ def tiny(quantized: str | None):
     with torch.device("cuda"):
         model = LlamaForCausalLM(config).half().eval()
     if quantized:
-        quantize_model(model, spec_for_config(config), load_preset(quantized), torch.float16)
+        quant = ONLINE if quantized == "online" else load_preset(quantized)
+        quantize_model(model, spec_for_config(config), quant, torch.float16)
     return model
 
 
-@pytest.mark.parametrize("quantized", [None, "w6a8", "flexq-rtn"])
+# W6A6 round to nearest with down_proj's input rotated online (a matmul before the kernel, inside the graph too)
+ONLINE = QuantConfig(act_bits=6, online_rotate=("re:.*\\.down_proj",))
+
+
+@pytest.mark.parametrize("quantized", [None, "w6a8", "flexq-rtn", "online"])
 def test_graph_decode_matches_eager_token_for_token(quantized):
     from flexq_cli.fusion import fuse_shared_inputs
 
@@ -47,8 +52,9 @@ def test_graph_decode_matches_eager_token_for_token(quantized):
     assert graph["tokens"] == eager["tokens"]
 
 
-def test_kernel_logits_track_the_reference_path():
-    model = tiny("w6a8")
+@pytest.mark.parametrize("quantized", ["w6a8", "online"])
+def test_kernel_logits_track_the_reference_path(quantized):
+    model = tiny(quantized)
     ids = torch.randint(0, 1000, (2, 40), device="cuda")
     with torch.no_grad():
         kernel = model(ids).logits.float()

@@ -159,14 +159,20 @@ def test_errors():
         int8_kernel.Int8Config(bm=40)
 
 
+@pytest.mark.parametrize("rotated", [False, True])
 @pytest.mark.parametrize("m", [1, 8, 63, 64, 300])
-def test_quant_linear_dispatch(m):
-    """QuantLinear on CUDA: auto, btc and int8 give the same bits as the reference path, whichever kernel runs."""
-    n, k = 1536, 576
+def test_quant_linear_dispatch(m, rotated):
+    """QuantLinear on CUDA: auto, btc and int8 give the same bits as the reference path, whichever kernel runs
+    (with the online input rotation too: every backend quantizes the same rotated input)."""
+    n, k = 1536, 640 if rotated else 576
     linear = torch.nn.Linear(k, n, bias=True).to(DEV)
+    from flexq_cli.algorithms.rotate import fold_input_rotation, online_block
     from flexq_cli.config import QuantConfig
 
+    if rotated:
+        fold_input_rotation(linear, online_block())
     layer = QuantLinear.from_linear(linear, 8, QuantConfig()).to(DEV)
+    assert (layer.rotation is not None) == rotated
     layer.bias.data = layer.bias.data.half()
     x = _x(m, k)
     outs = {}

@@ -12,8 +12,15 @@ Inside attention, v_proj's output and o_proj's input are rotated per head by a H
 Why: a Hadamard rotation spreads the few huge channels of LLaMA-family hidden states over all channels, so the
 inputs of q/k/v, gate/up and o_proj have no outliers left for 6/8-bit per-token scales to clip or waste range
 on, and the weights' rows lose their outlier columns too (smaller group scales). down_proj's input (the MLP's
-intermediate activations) has no linear producer to fold a rotation into; smoothing still serves it. All of it
-is done once on the float model: the kernels, the packed format and the integer numerics do not change.
+intermediate activations) has no linear producer to fold a rotation into: ``online_rotate`` (below) serves it.
+All of it is done once on the float model: the kernels, the packed format and the integer numerics do not change.
+
+Online rotation (``QuantConfig.online_rotate``, e.g. every down_proj): the linear's input is multiplied at run
+time by the block-diagonal D = diag(q, q, ...) of one (128, 128) randomized Hadamard block q per 128-wide group,
+and its weight becomes W D offline, so x W^T = (x D)(W D)^T. The quantization groups of both the weights and the
+activations are 128 wide and aligned with the blocks, so within every group the outlier channels are spread as
+a full rotation would spread them. The quantized linear stores q (64 KB) and applies it before quantizing its
+input (modules.QuantLinear); the cost is one small (tokens, K/128, 128) x (128, 128) matmul per call.
 
 The matrix: ``hadamard(n)`` builds a Hadamard matrix from Sylvester doublings and Paley (type I) blocks,
 normalized and multiplied by random signs (a fixed seed), for every size that factors so (4096, 5120, 8192,
@@ -26,8 +33,12 @@ import functools
 
 import torch
 
-from ..arch import decoder_layers
+from ..arch import decoder_layers, linear_names
+from ..errors import FlexQError
+from ..modules import INPUT_ROTATION
+from ..primitives import BLOCK_K, block_rotate
 
+ONLINE_SEED = 2  # the online block's random signs (0 and 1: the residual stream's and the heads' matrices)
 PALEY_PRIMES = (3, 7, 11, 19, 23, 31, 43, 47, 59, 67, 71, 79, 83, 103, 107, 127)  # q = 3 mod 4: order q + 1
 
 
@@ -110,3 +121,34 @@ def rotate_model(model, spec, seed: int = 0) -> None:
             _set(v, "bias", (v.bias.double().reshape(-1, head_dim) @ hd).reshape(-1))
         wo = o.weight.double().reshape(o.out_features, -1, head_dim)  # (hidden, heads, head_dim)
         _set(o, "weight", (wo @ hd).reshape(o.weight.shape))
+
+
+def online_block() -> torch.Tensor:
+    """The (128, 128) float64 block of the online input rotation."""
+    return hadamard(BLOCK_K, ONLINE_SEED)
+
+
+@torch.no_grad()
+def fold_input_rotation(linear: torch.nn.Linear, q: torch.Tensor, name: str = "linear") -> None:
+    """Make ``linear`` rotate its input by diag(q, q, ...) and hold W diag(q, q, ...): the same function, in place.
+    A forward pre-hook rotates the input of the float linear; the quantized modules built from it
+    (``modules.INPUT_ROTATION``) rotate theirs."""
+    if linear.in_features % q.shape[0]:
+        raise FlexQError(f"online_rotate: {name} has {linear.in_features} input features, not a multiple of "
+                         f"{q.shape[0]}", "leave this linear out of online_rotate")
+    _set(linear, "weight", block_rotate(linear.weight.double(), q.to(linear.weight.device)))
+    qf = q.float().to(linear.weight.device)
+    setattr(linear, INPUT_ROTATION, qf)
+    linear.register_forward_pre_hook(lambda module, args: (block_rotate(args[0], qf), *args[1:]), prepend=True)
+
+
+def rotate_inputs_online(model, spec, config) -> int:
+    """Fold the online rotation into every decoder linear that ``config.online_rotate`` names; returns how many."""
+    names = [name for name in linear_names(model, spec) if config.online_rotated(name)]
+    if not names:
+        raise FlexQError(f"online_rotate {list(config.online_rotate)} matches no decoder linear of this model",
+                         "use full names like model.layers.0.mlp.down_proj or a pattern like re:.*\\.down_proj")
+    q = online_block()
+    for name in names:
+        fold_input_rotation(model.get_submodule(name), q, name)
+    return len(names)

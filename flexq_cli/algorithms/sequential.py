@@ -1,6 +1,7 @@
 """Glue: apply the accuracy algorithms of a QuantConfig to a float model, layer by layer.
 
-``prepare_quantized`` rotates (rotate.py) and smooths (smooth.py) the float model when the config asks for it,
+``prepare_quantized`` rotates (rotate.py) and smooths (smooth.py) the float model when the config asks for it
+(the online input rotations last, after the smoothing),
 then replaces every decoder linear by the module that ``make_module(name, linear, codes, scales)`` builds from
 the chosen INT6 codes and scales: round to nearest, the clip search (clip.py) or GPTQ (gptq.py). With
 ``smooth_search`` the smoothing is chosen per group inside the layer-by-layer pass (``smooth.search_layer``), on
@@ -27,7 +28,7 @@ from ..config import QuantConfig
 from ..modules import SimQuantLinear, replace_module
 from ..primitives import pad_k, padded_k, quantize_weight, quantize_with_scales
 from .gptq import Hessian, choose_scales, gptq_quantize
-from .rotate import rotate_model
+from .rotate import rotate_inputs_online, rotate_model
 from .smooth import SEARCH_TOKENS, search_layer, smooth_model
 
 MakeModule = Callable[[str, torch.nn.Linear, torch.Tensor, torch.Tensor], torch.nn.Module]
@@ -63,6 +64,8 @@ def prepare_quantized(model, spec, config: QuantConfig, make_module: MakeModule,
         absmax = {name: calib[f"{name}.absmax"] for name in linear_names(model, spec)}
         summary["smooth_log2_spread"] = smooth_model(model, spec, absmax, config.smooth_alpha)
         summary["smooth_seconds"] = round(time.perf_counter() - start, 2)
+    if config.online_rotate:
+        summary["online_rotated"] = rotate_inputs_online(model, spec, config)
     start = time.perf_counter()
     if config.needs_activations:
         ids = calib["input_ids"][:samples].long()
