@@ -26,6 +26,13 @@ preset r-nosmooth w6a8 "rotate: true" "weight_clip: output" "gptq: true" "gptq_a
 preset r-nosmooth-noorder w6a8 "rotate: true" "weight_clip: output" "gptq: true"
 preset r-nosmooth-mse w6a8 "rotate: true" "weight_clip: mse" "gptq: true" "gptq_act_order: true"
 preset r-flexq flexq-rtn "rotate: true" "smooth_search: true" "weight_clip: output"
+DOWN='online_rotate: ["re:.*\\.down_proj"]'  # down_proj's input rotated online, block by 128-wide block
+preset ro-best w6a8 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "$DOWN"
+preset ro-rtn w6a8 "rotate: true" "$DOWN"
+preset ro-clip w6a8 "rotate: true" "weight_clip: output" "$DOWN"
+preset ro-flexq flexq-rtn "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "$DOWN"
+preset r6-best w6a6 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true"
+preset ro6-best w6a6 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "$DOWN"
 for p in ${PRESETS:-w6a8-best s-w6a8 s-w6a8-rtn s-flexq s-w6a6 s-w6a8-gptq}; do
   name=${p%@*}; n=${CALIB_SAMPLES:-4}; [ "$name" = "$p" ] || n=${p#*@}
   src=$RUNS/presets/$name.yaml; [ -f "$src" ] || src=$name
