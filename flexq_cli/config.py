@@ -37,6 +37,8 @@ class QuantConfig:
     # Linears (full names or re:REGEX, as in act_bits_overrides) whose input is rotated at run time, block by
     # 128-wide block, by a Hadamard matrix folded into their weight (algorithms/rotate.py): down_proj in w6a6-best.
     online_rotate: tuple[str, ...] = field(default_factory=tuple)
+    tune_norms: int = 0  # epochs of end-to-end RMSNorm tuning against the float model (algorithms/tune.py)
+    tune_samples: int = 0  # calibration samples the tuning uses (the first ones); 0: all that the weights use
 
     def __post_init__(self):
         if self.weight_bits != 6:
@@ -68,6 +70,10 @@ class QuantConfig:
         if self.rotate and self.smooth_alpha is not None:
             raise ValueError("smooth_alpha reads input maxima measured on the unrotated model: with rotate, use "
                              "smooth_search (measured on the rotated layers) or no smoothing")
+        for name in ("tune_norms", "tune_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+                raise ValueError(f"{name} must be an integer in 0..100, got {value!r}")
         if self.online_rotate is None:
             object.__setattr__(self, "online_rotate", ())
         if isinstance(self.online_rotate, str) or not all(isinstance(p, str) for p in self.online_rotate):
@@ -94,7 +100,8 @@ class QuantConfig:
 
     def calibration_users(self) -> list[str]:
         """The options that read calibration data (statistics or activations), as YAML keys."""
-        return self.activation_users() + (["smooth_alpha"] if self.smooth_alpha is not None else [])
+        return self.activation_users() + [key for key, on in (("smooth_alpha", self.smooth_alpha is not None),
+                                                              ("tune_norms", self.tune_norms > 0)) if on]
 
     @property
     def needs_calibration(self) -> bool:
@@ -111,6 +118,9 @@ class QuantConfig:
         if stream and self.rotate:
             raise FlexQError("rotate is not available with --stream (the rotation rewrites the embeddings and the "
                              "head along with every layer)", "drop --stream, or use a preset without rotate")
+        if stream and self.tune_norms:
+            raise FlexQError("tune_norms is not available with --stream (it trains through the whole model at once)",
+                             "drop --stream, or use a preset without tune_norms")
         if stream and self.online_rotate:
             raise FlexQError("online_rotate is not available with --stream yet (the streamed pass does not fold "
                              "the rotation)", "drop --stream, or use a preset without online_rotate")

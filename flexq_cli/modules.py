@@ -145,7 +145,7 @@ class SimQuantLinear(nn.Module):
         self.in_features, self.config, self.act_bits = linear.in_features, config, act_bits
         self.padded_in = padded_k(linear.in_features, config.weight_group_size, config.act_group_size)
         q, s = _codes_and_scales(linear, self.padded_in, config, codes, scales)
-        self.weight = None if lazy else nn.Parameter(_dequantize_rows(q, s, config.weight_group_size),
+        self.weight = None if lazy else nn.Parameter(dequantize_rows(q, s, config.weight_group_size),
                                                      requires_grad=False)  # (N, Kp) float32
         self.register_buffer("codes", q if lazy else None)
         self.register_buffer("code_scales", s if lazy else None)
@@ -158,7 +158,7 @@ class SimQuantLinear(nn.Module):
         xf = pad_k(xf, self.padded_in)
         if self.act_bits is not None:
             xf = fake_quantize_activation(xf, self.act_bits, self.config.act_group_size)
-        w = self.weight if self.weight is not None else _dequantize_rows(self.codes, self.code_scales,
+        w = self.weight if self.weight is not None else dequantize_rows(self.codes, self.code_scales,
                                                                           self.config.weight_group_size)
         return nn.functional.linear(xf, w, self.bias).to(x.dtype)
 
@@ -166,7 +166,7 @@ class SimQuantLinear(nn.Module):
 DEQUANT_CHUNK_ELEMENTS = 1 << 24  # weights per dequantization chunk (64 MB of float32 temporaries)
 
 
-def _dequantize_rows(q: torch.Tensor, s: torch.Tensor, group_size: int) -> torch.Tensor:
+def dequantize_rows(q: torch.Tensor, s: torch.Tensor, group_size: int) -> torch.Tensor:
     """``dequantize`` in row chunks: the same values (elementwise), temporaries bounded for 70B-sized weights."""
     w = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     step = max(1, DEQUANT_CHUNK_ELEMENTS // max(q.shape[1], 1))

@@ -31,6 +31,10 @@ preset ro-best w6a8 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_
 preset ro-rtn w6a8 "rotate: true" "$DOWN"
 preset ro-clip w6a8 "rotate: true" "weight_clip: output" "$DOWN"
 preset ro-flexq flexq-rtn "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "$DOWN"
+preset rt1 w6a8 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "tune_norms: 1"
+preset rt2 w6a8 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "tune_norms: 2"
+preset rt1s4 w6a8 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "tune_norms: 1" "tune_samples: 4"
+preset rt1s8 w6a8 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "tune_norms: 1" "tune_samples: 8"
 preset r6-best w6a6 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true"
 preset ro6-best w6a6 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "$DOWN"
 for p in ${PRESETS:-w6a8-best s-w6a8 s-w6a8-rtn s-flexq s-w6a6 s-w6a8-gptq}; do

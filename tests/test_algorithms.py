@@ -448,3 +448,55 @@ def test_straight_through_gradient_of_a_rotated_linear_is_exact():
     (expected,) = torch.autograd.grad(block_rotate(x2, sim.rotation) @ sim.weight.T, x2, g)
     assert torch.allclose(gx, expected, atol=1e-5)
     assert torch.allclose(sim(x.detach()), block_rotate(x.detach(), sim.rotation) @ sim.weight.T, atol=1e-5)
+
+
+def _kl(teacher, model, ids) -> float:
+    with torch.no_grad():
+        t = torch.log_softmax(teacher(ids).logits.float(), -1)
+        s = torch.log_softmax(model(ids).logits.float(), -1)
+    return (t.exp() * (t - s)).sum(-1).mean().item()
+
+
+def test_norm_tuning_lowers_the_kl_and_keeps_the_codes(tmp_path, tokenizer):
+    """tune_norms trains only the RMSNorm weights of the packed model, against the float model's distributions."""
+    import copy
+
+    from conftest import make_tiny
+    from transformers import AutoModelForCausalLM
+
+    from flexq_cli.algorithms.tune import norm_weights, tune_norms
+    from flexq_cli.arch import spec_for_config
+    from flexq_cli.modules import QuantLinear
+    from flexq_cli.quantize import quantize_model
+
+    fp = AutoModelForCausalLM.from_pretrained(make_tiny(tmp_path / "m", tokenizer), dtype=torch.float32).eval()
+    spec = spec_for_config(fp.config)
+    model = copy.deepcopy(fp)
+    quantize_model(model, spec, QuantConfig(act_bits=6), torch.float32)
+    ids = torch.randint(0, 1000, (3, 64), generator=torch.Generator().manual_seed(0))
+    before, norms = _kl(fp, model, ids), [w.clone() for w in norm_weights(model, spec)]
+    qweights = {n: m.qweight.clone() for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    summary = tune_norms(model, fp, spec, ids, epochs=4, lr=5e-3)
+    after = _kl(fp, model, ids)
+    assert after < 0.8 * before, (before, after, summary)
+    assert len(summary["kl_per_epoch"]) == 4
+    assert any(not torch.equal(a, b) for a, b in zip(norms, norm_weights(model, spec)))
+    assert all(torch.equal(m.qweight, qweights[n]) for n, m in model.named_modules() if isinstance(m, QuantLinear))
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_quantize_with_norm_tuning_records_it_and_needs_calibration(tmp_path, tiny_llama, calib):
+    from flexq_cli.quantize import load_quantized
+
+    for bad in ({"tune_norms": -1}, {"tune_samples": 1.5}, {"tune_norms": True}):
+        with pytest.raises(ValueError, match="must be an integer in 0..100"):
+            QuantConfig(**bad)
+    preset = _preset(tmp_path, act_bits=8, rotate=True, tune_norms=1, tune_samples=2)
+    code, _, err = run_cli("quantize", tiny_llama, "--preset", preset, "--out", tmp_path / "n")
+    assert code != 0 and "(tune_norms) needs calibration data" in err and not (tmp_path / "n").exists()
+    code, _, err = run_cli("quantize", tiny_llama, "--preset", preset, "--calib", calib, "--out", tmp_path / "q")
+    assert code == 0, err
+    _, _, manifest = load_quantized(tmp_path / "q")
+    algorithms = manifest.extra["algorithms"]
+    assert manifest.config["quant"]["tune_norms"] == 1 and algorithms["tune_tokens"] == 2 * 64
+    assert len(algorithms["tune_norms"]["kl_per_epoch"]) == 1 and "tune_seconds" in algorithms

@@ -17,6 +17,7 @@ hidden) activation set and one layer's Hessians, whatever the depth.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Callable
 
@@ -30,6 +31,7 @@ from ..primitives import pad_k, padded_k, quantize_weight, quantize_with_scales
 from .gptq import Hessian, choose_scales, gptq_quantize
 from .rotate import rotate_inputs_online, rotate_model
 from .smooth import SEARCH_TOKENS, search_layer, smooth_model
+from .tune import tune_norms
 
 MakeModule = Callable[[str, torch.nn.Linear, torch.Tensor, torch.Tensor], torch.nn.Module]
 
@@ -55,8 +57,9 @@ def prepare_quantized(model, spec, config: QuantConfig, make_module: MakeModule,
     calibration artifact (input_ids and per-linear absmax), required when ``config.needs_calibration``.
     Returns a summary (seconds per step, smoothing spread) for the manifest."""
     if config.needs_calibration and calib is None:
-        raise ValueError("this config needs calibration data (smoothing, GPTQ or the output clip search)")
+        raise ValueError(f"this config ({', '.join(config.calibration_users())}) needs calibration data")
     summary, start = {}, time.perf_counter()
+    teacher = copy.deepcopy(model) if config.tune_norms else None
     if config.rotate:
         rotate_model(model, spec)
         summary["rotate_seconds"] = round(time.perf_counter() - start, 2)
@@ -79,6 +82,12 @@ def prepare_quantized(model, spec, config: QuantConfig, make_module: MakeModule,
             linear = model.get_submodule(name)
             replace_module(model, name, make_module(name, linear, *weight_codes(linear, config)))
     summary["weights_seconds"] = round(time.perf_counter() - start, 2)
+    if config.tune_norms:
+        start = time.perf_counter()
+        ids = calib["input_ids"][:samples][: config.tune_samples or None].long()
+        summary["tune_norms"] = tune_norms(model, teacher, spec, ids, config.tune_norms)
+        summary["tune_tokens"] = int(ids.numel())
+        summary["tune_seconds"] = round(time.perf_counter() - start, 2)
     return summary
 
 
