@@ -117,7 +117,8 @@ class QuantConfig:
         """The rotation rewrites the embeddings and the head with the decoder layers: not one layer at a time."""
         if stream and self.rotate:
             raise FlexQError("rotate is not available with --stream (the rotation rewrites the embeddings and the "
-                             "head along with every layer)", "drop --stream, or use a preset without rotate")
+                             "head along with every layer)",
+                             "drop --stream, or use a preset without rotate (flexq-stream, w6a8, w6a6)")
         if stream and self.tune_norms:
             raise FlexQError("tune_norms is not available with --stream (it trains through the whole model at once)",
                              "drop --stream, or use a preset without tune_norms")

@@ -30,6 +30,9 @@ DOWN='online_rotate: ["re:.*\\.down_proj"]'  # down_proj's input rotated online,
 preset ro-best w6a8 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "$DOWN"
 preset ro-rtn w6a8 "rotate: true" "$DOWN"
 preset ro-clip w6a8 "rotate: true" "weight_clip: output" "$DOWN"
+TUNE=("tune_norms: 1" "tune_samples: 4")
+preset rt-flexq flexq-rtn "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "${TUNE[@]}"
+preset rot-flexq flexq-rtn "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "$DOWN" "${TUNE[@]}"
 preset ro-flexq flexq-rtn "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "$DOWN"
 preset rt1 w6a8 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "tune_norms: 1"
 preset rt2 w6a8 "rotate: true" "weight_clip: output" "gptq: true" "gptq_act_order: true" "tune_norms: 2"

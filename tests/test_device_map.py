@@ -122,7 +122,7 @@ def tiny_config():
     return config
 
 
-@pytest.mark.parametrize("preset", [None, "flexq", "w6a6"])
+@pytest.mark.parametrize("preset", [None, "flexq-rtn", "w6a6"])
 def test_layer_by_layer_random_init_builder(preset):
     from flexq_cli.arch import linear_names, spec_for_config
     from flexq_cli.config import load_preset

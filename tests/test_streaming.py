@@ -80,7 +80,7 @@ def test_offloaded_calibration_is_bit_identical_and_cleans_up(calib_dirs, sharde
     assert not list(offload.iterdir())
 
 
-@pytest.mark.parametrize("preset", ["w6a8", "flexq", "gptq-smooth", "search"])
+@pytest.mark.parametrize("preset", ["w6a8", "flexq-stream", "gptq-smooth", "search"])
 def test_streamed_quantize_is_bit_identical(preset, calib_dirs, sharded_llama, tmp_path, monkeypatch):
     """Round to nearest (packed in many row chunks), smoothing + output clip search, GPTQ with act-order and
     smoothing, the smoothing search + output clip; the output sharded into several files."""
@@ -134,7 +134,7 @@ def _plan(folder: Path):
     return manifest, tensors, (folder / "plan.md").read_text()
 
 
-@pytest.mark.parametrize("preset, offload", [("w6a8", False), ("w6a8", True), ("flexq", False),
+@pytest.mark.parametrize("preset, offload", [("w6a8", False), ("w6a8", True), ("flexq-stream", False),
                                              ("search", False)])
 def test_streamed_analyze_writes_the_same_plan(preset, offload, calib_dirs, sharded_llama, tmp_path):
     """Bit-identical scores, NLLs, A8 set, manifest and plan.md. Each streamed run (the base, all A6, one per
