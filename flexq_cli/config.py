@@ -114,17 +114,15 @@ class QuantConfig:
         return bool(self.activation_users())
 
     def check_streamable(self, stream: bool) -> None:
-        """The rotation rewrites the embeddings and the head with the decoder layers: not one layer at a time."""
-        if stream and self.rotate:
-            raise FlexQError("rotate is not available with --stream (the rotation rewrites the embeddings and the "
-                             "head along with every layer)",
-                             "drop --stream, or use a preset without rotate (flexq-stream, w6a8, w6a6)")
-        if stream and self.tune_norms:
-            raise FlexQError("tune_norms is not available with --stream (it trains through the whole model at once)",
-                             "drop --stream, or use a preset without tune_norms")
-        if stream and self.online_rotate:
-            raise FlexQError("online_rotate is not available with --stream yet (the streamed pass does not fold "
-                             "the rotation)", "drop --stream, or use a preset without online_rotate")
+        """Refuse, in one line, the options that need the whole model at once when ``stream`` is asked for."""
+        whole_model = (("rotate", self.rotate, "the rotation rewrites the embeddings and the head along with every "
+                        "layer"),
+                       ("tune_norms", self.tune_norms, "it trains through the whole model at once"),
+                       ("online_rotate", self.online_rotate, "the streamed pass does not fold the rotation yet"))
+        for key, on, why in whole_model:
+            if stream and on:
+                raise FlexQError(f"{key} is not available with --stream ({why})",
+                                 f"drop --stream, or use a preset without {key} (flexq-stream, w6a8, w6a6)")
 
     def act_bits_for(self, name: str) -> int:
         """Activation bits of the linear called ``name`` (its full module name)."""

@@ -15,10 +15,10 @@ def command(
     out: Out,
     plan: Annotated[Optional[Path], typer.Option(help="Output of flexq analyze (per-layer activation bits).")] = None,
     preset: Annotated[Optional[str], typer.Option(
-        help="w6a8, w6a6, w6a8-best, flexq, flexq-rtn, or a YAML file (default w6a8); w6a8-best and flexq need "
-             "--calib.")] = None,
+        help="w6a8, w6a6, flexq-rtn, flexq, flexq-stream, w6a8-best, w6a6-best (configs/presets), or a YAML file "
+             "(default w6a8); flexq, flexq-stream and the -best presets need --calib.")] = None,
     calib: Annotated[Optional[Path], typer.Option(help="Output of flexq calibrate: needed by GPTQ, the output clip "
-                                                   "search and smoothing.")] = None,
+                                                   "search, smoothing and norm tuning.")] = None,
     calib_samples: Annotated[Optional[int], typer.Option(help="Calibration samples used (default: all).")] = None,
     device: Device = "cpu",
     force: Force = False,
