@@ -161,7 +161,11 @@ def _launch_pdl(fn, grid, block, args, smem, stream: int) -> None:
     import numpy as np
 
     launch, Attr, Config = _driver_launch_ex()
-    vals = [ctypes.c_uint64(int(v)) if v.dtype == np.uint64 else ctypes.c_int32(int(v)) for v in args]
+    kinds = {np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.int32): ctypes.c_int32,
+             np.dtype(np.float32): ctypes.c_float}
+    if any(getattr(v, "dtype", None) not in kinds for v in args):
+        raise TypeError(f"kernel arguments must be numpy uint64, int32 or float32 scalars, got {args}")
+    vals = [kinds[v.dtype](v.item()) for v in args]
     params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
     attr = Attr(id=_CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION)
     attr.value[0] = 1  # programmaticStreamSerializationAllowed
