@@ -333,6 +333,7 @@ def btc_linear(
     bias: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     config: TileConfig | None = None,
+    packed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """W6A6 / W6A8 linear layer: ``reference_linear`` on the GPU.
 
@@ -342,17 +343,41 @@ def btc_linear(
     act_bits: 6 or 8; act_group_size, weight_group_size: 128 or -1 (one group per row).
     bias: (N,) in x's dtype or float32, or None. out: optional (..., N) output in x's dtype.
     Returns (..., N) in x's dtype. config: force a tile config (tuning and tests), else ``choose_config``.
+    packed: ``pack_activations``' result for x, made by the kernel before (the RMSNorm's, norm_kernel.py): the
+    pack launch is skipped (and the GEMM does not quantize x itself).
     """
     x2, out, kp = check_linear_args(x, qweight, w_scales, bias, out, act_bits, act_group_size, weight_group_size)
     n = qweight.shape[0]
     if x2.shape[0] == 0:
         return out
     cfg = config or choose_config(n, kp, x2.shape[0], act_bits, x.device.index, act_group_size)
+    if packed is not None:
+        check_packed(packed, -(-x2.shape[0] // 8) * 8, kp // BLOCK_K * act_bits * 4, kp // BLOCK_K, torch.int32,
+                     x.device, act_group_size)
+        cfg = replace(cfg, fuse=False)
     _check_fuse(cfg, act_group_size)
-    xpack, sx = (None, None) if cfg.fuse else pack_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)
+    if packed is not None:
+        xpack, sx = packed
+    else:
+        xpack, sx = (None, None) if cfg.fuse else pack_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)
     _gemm(x2, xpack, sx, qweight, w_scales, bias, out, act_bits=act_bits, weight_group_size=weight_group_size,
           cfg=cfg, debug=False)
     return out
+
+
+def check_packed(packed, rows: int, cols: int, nb: int, dtype: torch.dtype, device, act_group_size: int) -> None:
+    """ValueError unless ``packed`` is (activations (rows, cols) of ``dtype``, scales (rows, nb) float32), made
+    with act groups of 128 (the only kind norm_kernel.py makes)."""
+    if act_group_size != BLOCK_K:
+        raise ValueError(f"packed activations have act groups of {BLOCK_K}; this layer uses {act_group_size}")
+    if not isinstance(packed, tuple) or len(packed) != 2:
+        raise ValueError("packed must be a tuple (packed activations, float32 scales)")
+    xp, sx = packed
+    cl.check_tensor("packed activations", xp, device, (dtype,))
+    cl.check_tensor("packed scales", sx, device, (torch.float32,))
+    if xp.shape != (rows, cols) or sx.shape != (rows, nb):
+        raise ValueError(f"packed activations must be ({rows}, {cols}) with ({rows}, {nb}) scales, got "
+                         f"{tuple(xp.shape)} and {tuple(sx.shape)}")
 
 
 def _check_fuse(cfg: TileConfig, act_group_size: int) -> None:

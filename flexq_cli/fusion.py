@@ -1,4 +1,5 @@
-"""Fuse linears that read the same input (q/k/v; gate/up) into one GEMM, for inference.
+"""Fuse linears that read the same input (q/k/v; gate/up) into one GEMM, and each RMSNorm into one kernel that
+also quantizes and packs for the fused quantized GEMM after it, for inference.
 
 Each member is replaced by a ``SharedOutputSlice`` that asks one fused layer for the output of the
 whole group and returns its own columns. The group's GEMM (and its activation quantize-and-pack) runs once per
@@ -6,6 +7,12 @@ input tensor: the first member's call computes it, the others find the same inpu
 Columns are independent in the W6Ax numerics (per-token activation scales, per-row weight scales), so a fused
 quantized layer gives exactly the bits the separate layers give (16-bit ones: the same math, another GEMM
 shape, so possibly other float rounding). Which linears share an input comes from arch.py.
+
+The RMSNorms (the groups' norms and the final one) become ``modules.KernelRMSNorm``: on CUDA one launch in
+place of HF's seven elementwise kernels, computing ``primitives.rms_norm`` (HF's formula in a fixed summation
+order, within float32 rounding of it), and for a fused quantized group also that group's activation
+quantize-and-pack, which the group's GEMM then skips. On the CPU they keep HF's formula. FP16 models get the
+same norm kernel (where CuPy can run it), so an FP16 baseline keeps the same treatment.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import torch
 from torch import nn
 
 from .arch import decoder_layers
-from .modules import QuantLinear, replace_module
+from .cuda_launch import available
+from .modules import KernelRMSNorm, QuantLinear, replace_module
+from .norm_kernel import launch_shape
 
 
 class _SharedOutput:
@@ -96,21 +105,45 @@ def _fused_class(members: list[nn.Module]):
     return None
 
 
-def fuse_shared_inputs(model: nn.Module, spec) -> int:
-    """Fuse every group of quantized linears that share an input and a configuration; returns groups fused."""
+def fuse_shared_inputs(model: nn.Module, spec, norms: bool = True) -> int:
+    """Fuse every group of linears that share an input and a configuration and, with ``norms``, the RMSNorms
+    (see the module docstring); returns the number of linear groups fused."""
+    quantized = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    backend = quantized[0].backend if quantized else "auto"
+    # FP16 models have run without CuPy so far: their norms become kernels only where the kernel can run
+    norms = norms and (bool(quantized) or available()[0])
     count = 0
     for i, layer in enumerate(decoder_layers(model, spec)):
         for group in spec.groups:
             members = [layer.get_submodule(name) for name in group.linears]
             fused_class = _fused_class(members)
-            if fused_class is None:
-                continue
-            fused = fused_class.concat(members)
-            layer.add_module(f"fused_{group.linears[0].replace('.', '_')}", fused)
-            start = 0
-            for j, (name, member) in enumerate(zip(group.linears, members)):
-                last = j == len(members) - 1
-                replace_module(layer, name, SharedOutputSlice(fused, start, start + member.out_features, last))
-                start += member.out_features
-            count += 1
+            fused = None
+            if fused_class is not None:
+                fused = fused_class.concat(members)
+                layer.add_module(f"fused_{group.linears[0].replace('.', '_')}", fused)
+                start = 0
+                for j, (name, member) in enumerate(zip(group.linears, members)):
+                    last = j == len(members) - 1
+                    replace_module(layer, name, SharedOutputSlice(fused, start, start + member.out_features, last))
+                    start += member.out_features
+                count += 1
+            if norms and group.norm is not None:
+                _norm_kernel(layer, group.norm, fused if isinstance(fused, QuantLinear) else None, backend)
+    if norms:
+        _norm_kernel(model, spec.final_norm, None, backend)
     return count
+
+
+def _norm_kernel(parent: nn.Module, name: str, consumer: QuantLinear | None, backend: str) -> None:
+    """Replace the RMSNorm ``name`` of ``parent`` by a KernelRMSNorm, if it is one the kernel computes."""
+    norm = parent.get_submodule(name)
+    weight = getattr(norm, "weight", None)
+    if not hasattr(norm, "variance_epsilon") or weight is None or weight.dim() != 1:
+        return
+    try:
+        launch_shape(weight.shape[0])
+    except ValueError:  # wider than the kernel covers: HF's norm stays
+        return
+    kernel = KernelRMSNorm(norm, consumer)
+    kernel.backend = backend
+    replace_module(parent, name, kernel)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from . import cuda_launch as cl
-from .btc import check_accumulator_args, check_linear_args
+from .btc import check_accumulator_args, check_linear_args, check_packed
 from .primitives import BLOCK_K, EPILOGUE_CHUNK_BLOCKS
 
 KERNEL_FILE = "w6_int8_gemm.cu"
@@ -136,18 +136,25 @@ def int8_linear(
     bias: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     config: Int8Config | None = None,
+    packed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """W6A6 / W6A8 linear layer on INT8 tensor cores: ``reference_linear`` on the GPU, bit for bit.
 
     Arguments as ``btc.btc_linear`` (same packed weights, checks and ValueErrors): x (..., K) float16/bfloat16
     CUDA contiguous; qweight (N, Kp/128*24) int32; w_scales (N, Kp/weight_group_size) or (N, 1) float16;
     act_bits 6 or 8; group sizes 128 or -1; bias (N,) or None; out optional (..., N). config: force a tile config.
+    packed: ``quantize_activations``' result for x, made by the kernel before (the RMSNorm's, norm_kernel.py): the
+    quantize launch is skipped.
     """
     x2, out, kp = check_linear_args(x, qweight, w_scales, bias, out, act_bits, act_group_size, weight_group_size)
     if x2.shape[0] == 0:
         return out
     cfg = config or default_config(x2.shape[0], qweight.shape[0])
-    xq, sx = quantize_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)
+    if packed is not None:
+        check_packed(packed, x2.shape[0], kp, kp // BLOCK_K, torch.int8, x.device, act_group_size)
+        xq, sx = packed
+    else:
+        xq, sx = quantize_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)
     _gemm(x2, xq, sx, qweight, w_scales, bias, out, act_bits=act_bits, weight_group_size=weight_group_size,
           cfg=cfg, debug=False)
     return out

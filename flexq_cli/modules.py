@@ -1,4 +1,5 @@
-"""Modules that stand in for ``nn.Linear``: the packed W6Ax linear and the float simulation used by analysis."""
+"""Modules that stand in for ``nn.Linear`` (the packed W6Ax linear, the float simulation used by analysis) and for
+the RMSNorm before them at inference (one kernel that can also quantize and pack for the linear)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from .cuda_launch import available
 from .dispatch import choose_kernel
 from .errors import BackendUnavailable, NonFiniteError
 from .int8_kernel import int8_linear
+from .norm_kernel import DTYPES as NORM_DTYPES
+from .norm_kernel import rms_norm_cuda
 from .packing import pack_bitplanes, packed_words, unpack_bitplanes
-from .primitives import BLOCK_K, block_rotate, dequantize, fake_quantize_activation, pad_k, padded_k, quantize_weight
+from .primitives import (BLOCK_K, block_rotate, dequantize, fake_quantize_activation, pad_k, padded_k, quantize_weight,
+                         rms_norm)
 from .reference import reference_linear
 
 BACKENDS = ("auto", "reference", "btc", "int8")
@@ -54,6 +58,9 @@ class QuantLinear(nn.Module):
         self.backend = "auto"
         self._codes = None  # unpacked int8 codes, cached for the reference path
         self._rotation = None  # ``rotation`` in the activations' dtype, cached
+        # (x, kernel, (activations, scales)): x already quantized and packed for ``kernel`` by the RMSNorm kernel
+        # before this layer (fusion.KernelRMSNorm); used once, by the call on that very tensor
+        self.handed_over = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, act_bits: int, config: QuantConfig, name: str = "",
@@ -94,18 +101,26 @@ class QuantLinear(nn.Module):
         self._codes = self._rotation = None  # device or dtype moves invalidate the caches
         return super()._apply(fn, *args, **kwargs)
 
+    def kernel_for(self, x: torch.Tensor) -> str:
+        """What runs ``x`` (already rotated, if this layer rotates): 'reference', 'btc' or 'int8'."""
+        backend = resolve_backend(self.backend, x)
+        if backend == "auto":
+            backend = choose_kernel(x.numel() // x.shape[-1], self.out_features, self.padded_in, self.act_bits)
+        return backend
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        handed, self.handed_over = self.handed_over, None
         if self.rotation is not None:
             if self._rotation is None or self._rotation.dtype != x.dtype or self._rotation.device != x.device:
                 self._rotation = self.rotation.to(device=x.device, dtype=x.dtype)
             x = block_rotate(x, self._rotation)
-        backend = resolve_backend(self.backend, x)
-        if backend == "auto":
-            backend = choose_kernel(x.numel() // x.shape[-1], self.out_features, self.padded_in, self.act_bits)
+        backend = self.kernel_for(x)
         if backend != "reference":
             kernel = btc_linear if backend == "btc" else int8_linear
+            packed = handed[2] if handed is not None and handed[0] is x and handed[1] == backend else None
             return kernel(x, self.qweight, self.scales, act_bits=self.act_bits, bias=self.bias,
-                          act_group_size=self.act_group_size, weight_group_size=self.weight_group_size)
+                          act_group_size=self.act_group_size, weight_group_size=self.weight_group_size,
+                          packed=packed)
         return reference_linear(x, self.codes(), self.scales, act_bits=self.act_bits, bias=self.bias,
                                 act_group_size=self.act_group_size, weight_group_size=self.weight_group_size)
 
@@ -128,6 +143,51 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
         raise BackendUnavailable(f"the CUDA kernels cannot run here: {why}",
                                  "install it (pip install 'flexq[cuda]') or pass --backend reference (slow)")
     return backend
+
+
+class KernelRMSNorm(nn.Module):
+    """An RMSNorm (LLaMA, Mistral, Qwen2: ``weight``, ``variance_epsilon``) as one CUDA launch for inference; with a
+    quantized ``consumer`` (the linear that reads its output: fusion.py passes the fused q/k/v or gate/up layer) the
+    same launch also quantizes and packs the output for the kernel that layer will run, and hands it over.
+
+    On a CUDA fp16/bf16 input: ``primitives.rms_norm``'s numerics, by the kernel (norm_kernel.py) or, with
+    backend 'reference', in PyTorch (the same bits, so the two backends still agree bit for bit). Elsewhere (the
+    CPU, float32): HF's own formula, so those results do not change. The hand-over happens only where the
+    consumer quantizes in groups of 128 without an input rotation and runs the BTC or INT8 kernel on ``x``.
+    """
+
+    def __init__(self, norm: nn.Module, consumer: QuantLinear | None = None):
+        super().__init__()
+        self.weight = norm.weight
+        self.variance_epsilon = norm.variance_epsilon
+        self.consumer = [] if consumer is None else [consumer]  # a list: not registered as a submodule twice
+        self.backend = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eps = self.variance_epsilon
+        if not x.is_cuda or x.dtype not in NORM_DTYPES or self.weight.dtype != x.dtype:
+            xf = x.to(torch.float32)  # transformers' LlamaRMSNorm.forward, op for op
+            xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+            return self.weight * xf.to(x.dtype)
+        if resolve_backend(self.backend, x) == "reference":
+            return rms_norm(x, self.weight, eps)
+        if not x.is_contiguous() or x.data_ptr() % 16:  # the kernel reads whole rows from an aligned base
+            x = x.clone(memory_format=torch.contiguous_format)
+        consumer = self.consumer[0] if self.consumer else None
+        pack = None
+        if consumer is not None and consumer.rotation is None and consumer.act_group_size == BLOCK_K:
+            pack = consumer.kernel_for(x)
+            pack = pack if pack in ("btc", "int8") else None
+        if pack is None:
+            return rms_norm_cuda(x, self.weight, eps)[0]
+        y, packed = rms_norm_cuda(x, self.weight, eps, pack=pack, act_bits=consumer.act_bits,
+                                  padded_in=consumer.padded_in)
+        consumer.handed_over = (y, pack, packed)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, backend={self.backend}" + (
+            ", packs for the next linear" if self.consumer else "")
 
 
 class SimQuantLinear(nn.Module):
@@ -193,7 +253,7 @@ def set_backend(model: nn.Module, backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend}")
     for module in model.modules():
-        if isinstance(module, QuantLinear):
+        if isinstance(module, (QuantLinear, KernelRMSNorm)):
             module.backend = backend
 
 

@@ -130,3 +130,21 @@ def block_rotate(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     The online input rotation of a quantized linear (algorithms/rotate.py): one block per 128-wide group."""
     b = q.shape[0]
     return (x.unflatten(-1, (x.shape[-1] // b, b)) @ q.to(x.dtype)).flatten(-2)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's LlamaRMSNorm (``weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype)``) in a fixed float32 order, so the
+    one-kernel RMSNorm (kernels/rmsnorm.cu) can equal it bit for bit: the squares summed as a bottom-up pairwise
+    tree over the row zero-padded to a power of two (neighbours first: element 2i + 1 into 2i, then 4i + 2 into 4i,
+    ...), the mean a rounded division, and ``1 / sqrt`` in place of rsqrt (both IEEE-rounded, unlike rsqrt).
+    Within float32 rounding of HF's; the model in fusion.py runs this order on CUDA only (the CPU keeps HF's)."""
+    h = x.shape[-1]
+    xf = x.float()
+    sq = xf * xf
+    width = 1 << max(0, (h - 1).bit_length())
+    sq = torch.nn.functional.pad(sq, (0, width - h))
+    while sq.shape[-1] > 1:
+        sq = sq[..., 0::2] + sq[..., 1::2]
+    # a tensor divisor: PyTorch's CUDA division by a Python scalar multiplies by its rounded reciprocal instead
+    inv = torch.sqrt(sq / torch.full_like(sq, h) + eps).reciprocal()
+    return weight * (xf * inv).to(x.dtype)

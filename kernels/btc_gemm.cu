@@ -112,21 +112,6 @@ static_assert(!BTC_FUSE || BTC_PCT, "the fused activation pack is for the plane-
 
 
 // ================================================================ activation quantize-and-pack
-// One (token, block) record from the codes a warp holds four per lane (quantize_block): a warp ballot of bit p of
-// element e is word e of plane p; lane p*4+e keeps that word, so the record is one coalesced 4*A_BITS-word store.
-// Shared by btc_act_pack and the fused pack of btc_gemm (BTC_FUSE).
-__device__ __forceinline__ u32 plane_word(const int (&q)[4], int lane) {
-    u32 mine = 0;
-#pragma unroll
-    for (int p = 0; p < A_BITS; ++p)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const u32 w = __ballot_sync(0xffffffffu, (q[e] >> p) & 1);
-            if (lane == p * 4 + e) mine = w;
-        }
-    return mine;
-}
-
 // x (M, K) fp16/bf16 row-major, K the ORIGINAL width (the tail up to NB*128 is read as zeros: no padded copy).
 // One warp per (token, block): lane l holds k = 128b + 32e + l for e = 0..3, so a warp ballot of bit p of
 // element e is directly word e of plane p (bit l = k % 32). Scales and codes: quantize_block (common.cuh).
@@ -144,7 +129,7 @@ btc_act_pack(const u16* __restrict__ x, u32* __restrict__ xpack, float* __restri
     for (int b = blockIdx.y * BTC_PACK_WARPS + warp; b < NB; b += gridDim.y * BTC_PACK_WARPS) {
         int q[4];
         const float s = quantize_block(xr, K, live, b, whole_row, row_scale, QMAX, q);
-        const u32 mine = plane_word(q, lane);
+        const u32 mine = plane_word<A_BITS>(q, lane);
         if (lane < 4 * A_BITS) xpack[((size_t)tok * NB + b) * (4 * A_BITS) + lane] = mine;
         if (lane == 0) sx[(size_t)tok * NB + b] = s;
     }
@@ -452,7 +437,7 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
             int q[4];
             const float s = quantize_block(a.x + (size_t)(live ? m0 + T : 0) * a.K, a.K, live, kb_begin + j, 0, 0.f,
                                            QMAX, q);
-            const u32 mine = plane_word(q, lane);
+            const u32 mine = plane_word<A_BITS>(q, lane);
             if (lane < 4 * A_BITS) ((u32*)(xf + (T * x_row_blocks + j) * X_REC))[lane] = mine;
             if (lane == 0) sxf[T * x_row_blocks + j] = s;
         }

@@ -33,6 +33,7 @@ __device__ __forceinline__ u16 from_float(float f) {
 __device__ __forceinline__ float fdiv_ieee(float a, float b) { float r; asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
 __device__ __forceinline__ float fmul_ieee(float a, float b) { float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
 __device__ __forceinline__ float fadd_ieee(float a, float b) { float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r; }
+__device__ __forceinline__ float fsqrt_ieee(float a) { float r; asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(a)); return r; }
 __device__ __forceinline__ u32 abs_bits(float f) { return __float_as_uint(f) & 0x7fffffffu; }  // |f| as ordered uint
 
 __device__ __forceinline__ float half_to_float(u16 h) {  // weight scales are always float16
@@ -102,6 +103,13 @@ __device__ __forceinline__ u32 lds32(u32 addr) {
 }
 
 
+// The codes of the values a warp holds four per lane, with scale s; returns s.
+__device__ __forceinline__ float block_codes(const float (&v)[4], float s, int qmax, int (&q)[4]) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) q[e] = act_code(v[e], s, qmax);
+    return s;
+}
+
 // x row `xr` (K values, fp16/bf16) of one token: lane l of a warp holds v[e] = x[128b + 32e + l] (0 past K or for a
 // padding token), the block's codes q[e] and, returned, its scale (whole_row: the given per-token scale).
 __device__ __forceinline__ float quantize_block(const u16* xr, int K, bool live, int b, int whole_row, float row_scale,
@@ -113,10 +121,30 @@ __device__ __forceinline__ float quantize_block(const u16* xr, int K, bool live,
         const int k = b * 128 + e * 32 + lane;
         v[e] = (live && k < K) ? to_float(xr[k]) : 0.f;
     }
-    const float s = whole_row ? row_scale : warp_block_scale(v, qmax);
+    return whole_row ? block_codes(v, row_scale, qmax, q) : block_codes(v, warp_block_scale(v, qmax), qmax, q);
+}
+
+// One (token, block) BTC record from the codes a warp holds four per lane (quantize_block): a warp ballot of bit p
+// of element e is word e of plane p; lane p*4+e keeps that word, so the record is one coalesced 4*ABITS-word store.
+// Shared by btc_act_pack, the fused pack of btc_gemm (BTC_FUSE) and the RMSNorm kernel's pack (rmsnorm.cu).
+template <int ABITS>
+__device__ __forceinline__ u32 plane_word(const int (&q)[4], int lane) {
+    u32 mine = 0;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) q[e] = act_code(v[e], s, qmax);
-    return s;
+    for (int p = 0; p < ABITS; ++p)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const u32 w = __ballot_sync(0xffffffffu, (q[e] >> p) & 1);
+            if (lane == p * 4 + e) mine = w;
+        }
+    return mine;
+}
+
+// The INT8 kernel's K order (w6_int8_gemm.cu, top): lane l's code of element e (physical k = 32e + l of a block)
+// goes to logical byte 32e + i8_code_pos(l) of the block. Shared by i8_act_quant and rmsnorm.cu.
+__device__ __forceinline__ int i8_code_pos(int lane) {
+    const int p = lane & 7, i = lane >> 3;
+    return 16 * (p & 1) + 4 * (p >> 1) + i;
 }
 
 // The per-token scale (act_group_size -1) of row `xr`, reduced over the whole CTA of WARPS warps (all must call).

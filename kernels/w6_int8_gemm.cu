@@ -97,8 +97,7 @@ i8_act_quant(const u16* __restrict__ x, signed char* __restrict__ xq, float* __r
     const int tok = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u16* xr = x + (size_t)tok * K;
     const float row_scale = whole_row ? cta_row_scale<I8_QUANT_WARPS>(xr, K, true, QMAX) : 0.f;
-    const int p = lane & 7, i = lane >> 3;
-    const int kk = 16 * (p & 1) + 4 * (p >> 1) + i;  // this lane's logical position in each 32-wide step
+    const int kk = i8_code_pos(lane);  // this lane's logical position in each 32-wide step
     for (int b = blockIdx.y * I8_QUANT_WARPS + warp; b < NB; b += gridDim.y * I8_QUANT_WARPS) {
         int q[4];
         const float s = quantize_block(xr, K, true, b, whole_row, row_scale, QMAX, q);

@@ -3,7 +3,8 @@
 Prints (and writes to $OUT/decode-profile-<shape>.json) the graph step time (CUDA events over N replays) and the
 kernels of one step grouped by name (torch.profiler over graph replays; CUPTI reports the kernels inside a graph),
 with count per step, GPU us per step, and the sum of kernel time against the step time (the gap is launch/latency).
-Usage: python scripts/gpu_decode_profile.py [SHAPE] [BATCH] [--no-fuse]
+Usage: python scripts/gpu_decode_profile.py [SHAPE] [BATCH] [--no-fuse] [--no-norms] [--top N]
+--no-norms: fuse the linears but keep HF's RMSNorm (no norm kernel, no pack hand-over), for an A/B.
 """
 
 from __future__ import annotations
@@ -56,11 +57,15 @@ def step_profile(model, batch: int, prompt: int = 128, steps: int = 20) -> dict:
 
 
 def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    argv = sys.argv[1:]
+    args = [a for i, a in enumerate(argv) if not a.startswith("--") and (i == 0 or argv[i - 1] != "--top")]
     shape = args[0] if args else "llama-2-7b"
     batch = int(args[1]) if len(args) > 1 else 1
     fuse = "--no-fuse" not in sys.argv
-    out = {"shape": shape, "batch": batch, "fused": fuse, "device": torch.cuda.get_device_name()}
+    norms = "--no-norms" not in sys.argv
+    top = int(sys.argv[sys.argv.index("--top") + 1]) if "--top" in sys.argv else 40
+    out = {"shape": shape, "batch": batch, "fused": fuse, "norm_kernels": fuse and norms,
+           "device": torch.cuda.get_device_name()}
     for name, quant in (("fp16", None), ("w6a8", load_preset("w6a8"))):
         skeleton, placed, why = plan_model(shape, quant, None, 1 << 30)
         if why:
@@ -68,17 +73,17 @@ def main():
             continue
         model = build_random(skeleton, placed, quant)
         if fuse:
-            fuse_shared_inputs(model, spec_for_config(model.config))
+            fuse_shared_inputs(model, spec_for_config(model.config), norms=norms)
         model = dispatch(model, placed)  # as e2e_bench: buffers (rotary inv_freq) onto the GPU
         r = step_profile(model, batch)
         out[name] = r
         print(f"== {name} batch {batch}: step {r['step_us']} us, kernels {r['kernel_us']} us, "
               f"{r['kernels_per_step']} kernels/step")
-        for row in r["rows"][:40]:
+        for row in r["rows"][:top]:
             print(f"{row['us']:9.1f} us {row['per_step']:6.1f}x  {row['name']}")
         del model, skeleton
         torch.cuda.empty_cache()
-    path = os.path.join(os.environ.get("OUT", "/tmp"), f"decode-profile-{shape}-b{batch}.json")
+    path = os.path.join(os.environ.get("OUT", "/tmp"), f"decode-profile-{shape}-b{batch}{'' if norms else '-nonorm'}.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
 

@@ -76,13 +76,21 @@ def test_fused_qkv_and_gate_up_give_the_same_bits(tiny_llama, tmp_path):
 
     quantize(str(tiny_llama), tmp_path / "q", preset="flexq-rtn")
     model, _, _ = load_quantized(tmp_path / "q")
+    torch.manual_seed(0)
     ids = torch.randint(0, 1000, (2, 24))
+    attn = model.model.layers[0].self_attn
+    x = torch.randn(2, 24, model.config.hidden_size)
     with torch.no_grad():
         before = model(ids).logits
+        separate = [attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)]
         assert fuse_shared_inputs(model, spec_for_config(model.config)) == 2 * 2  # (q,k,v) and (gate,up) x 2 layers
         after = model(ids).logits
-    assert isinstance(model.model.layers[0].self_attn.k_proj, SharedOutputSlice)
-    assert torch.equal(before, after)
+        fused = [attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)]
+    assert isinstance(attn.k_proj, SharedOutputSlice)
+    assert all(torch.equal(a, b) for a, b in zip(separate, fused))  # the quantized columns: the same bits
+    # the model: the members' outputs are now strided views of one tensor, and the float32 CPU kernels after
+    # them (attention) may round differently on strided inputs: within float32 rounding
+    assert torch.allclose(before, after, rtol=0, atol=1e-6)
 
 
 def test_fused_float_linears_match_within_float_rounding(fp_model):

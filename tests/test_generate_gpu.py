@@ -46,10 +46,30 @@ def test_graph_decode_matches_eager_token_for_token(quantized):
     eager = generate_tokens(tiny(quantized), prompts, cfg, use_graph=False)
     model = tiny(quantized)
     if quantized:  # fused q/k/v and gate/up quantized GEMMs give the same bits as separate ones
-        fuse_shared_inputs(model, spec_for_config(model.config))
+        fuse_shared_inputs(model, spec_for_config(model.config), norms=False)  # (norm kernels: the next test)
     graph = generate_tokens(model, prompts, cfg, use_graph=True)
     assert graph["graph"] and not eager["graph"]
     assert graph["tokens"] == eager["tokens"]
+
+
+@pytest.mark.parametrize("quantized", [None, "w6a8", "flexq-rtn", "online"])
+def test_norm_kernels_decode_as_the_reference_path(quantized):
+    """Fused with the one-kernel RMSNorms (and their pack hand-over): graph decoding, eager decoding and the
+    pure-PyTorch reference path (rms_norm in PyTorch, reference linears) give the same tokens."""
+    from flexq_cli.fusion import fuse_shared_inputs
+    from flexq_cli.modules import KernelRMSNorm
+
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8, 7]]
+    cfg = SamplingConfig(max_new_tokens=32, stop_at_eos=False)
+    runs = {}
+    for mode in ("graph", "eager", "reference"):
+        model = tiny(quantized)
+        fuse_shared_inputs(model, spec_for_config(model.config))
+        assert sum(isinstance(m, KernelRMSNorm) for m in model.modules()) == 2 * 2 + 1
+        if mode == "reference":
+            set_backend(model, "reference")
+        runs[mode] = generate_tokens(model, prompts, cfg, use_graph=mode == "graph")["tokens"]
+    assert runs["graph"] == runs["eager"] == runs["reference"]
 
 
 @pytest.mark.parametrize("quantized", ["w6a8", "online"])

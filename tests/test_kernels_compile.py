@@ -60,3 +60,17 @@ def test_int8_variants_compile_without_spills(act_bits, bf16, debug, tmp_path):
         log = _nvcc(src, *cfg.defines(act_bits, bf16, debug))
         assert " 0 bytes spill stores" in log and "spill stores" in log, log
         assert all(" 0 bytes spill" in line for line in log.splitlines() if "spill" in line), log
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("act_bits,bf16", [(6, False), (8, True)])
+def test_norm_variants_compile_without_spills(act_bits, bf16, tmp_path):
+    from flexq_cli.norm_kernel import MAX_R, launch_shape
+
+    src = tmp_path / "rmsnorm.cu"
+    src.write_text(kernel_source("rmsnorm.cu"))
+    for h in (64, 576, 4096, 16384):
+        threads, _ = launch_shape(h)
+        log = _nvcc(src, f"-DNORM_BF16={int(bf16)}", f"-DNORM_ACT_BITS={act_bits}", f"-DNORM_THREADS={threads}",
+                    f"-DNORM_MAX_R={MAX_R}")
+        assert all(" 0 bytes spill" in line for line in log.splitlines() if "spill" in line), log

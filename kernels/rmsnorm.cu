@@ -1,0 +1,122 @@
+// RMSNorm of a LLaMA-family decoder in one kernel, optionally with the next quantized linear's activation
+// quantize-and-pack in the same pass (flexq_cli/norm_kernel.py). Numerics: primitives.rms_norm, bit for bit:
+//   ss  = sum of x[k]^2 (fp32) over the row zero-padded to a power of two, as a bottom-up pairwise tree: level o
+//         (o = 1, 2, 4, ...) adds element i + o into element i for i a multiple of 2o. More zero padding leaves
+//         the result unchanged (x + 0 = x for the non-negative partial sums), so the CTA may cover any power of two
+//         >= H: thread t sums elements [tR, tR + R) in registers, lanes by shuffles, warps through shared memory.
+//   inv = 1 / sqrt(ss / H + eps)            (IEEE div.rn, add.rn, sqrt.rn, div.rn)
+//   y   = 16-bit(w * 16-bit(x * inv))        (as HF's LlamaRMSNorm: the normalized row rounded to the input dtype,
+//                                            times the weight; both products are exact in fp32, one rounding each)
+// mode 0: y only. mode 1: y, and the BTC bit planes + scales of y (btc_act_pack's layout; grid = Mp tokens, the
+// padding tokens' records zeros). mode 2: y, and the INT8 kernel's permuted int8 codes + scales (i8_act_quant's
+// layout). Modes 1 and 2 use act groups of 128: each warp quantizes whole 128-wide blocks of y as it makes them
+// (x is read again for that: the CTA's own first read left it in L1).
+// One CTA of NORM_THREADS per token; R = (padded width) / NORM_THREADS <= NORM_MAX_R elements per thread.
+
+#ifndef NORM_BF16
+#define NORM_BF16 0
+#endif
+#ifndef NORM_ACT_BITS
+#define NORM_ACT_BITS 8
+#endif
+#ifndef NORM_THREADS
+#define NORM_THREADS 256
+#endif
+#ifndef NORM_MAX_R
+#define NORM_MAX_R 16
+#endif
+
+#define FQ_BF16 NORM_BF16
+#include "common.cuh"
+
+#define QMAX ((1 << (NORM_ACT_BITS - 1)) - 1)
+#define NORM_WARPS (NORM_THREADS / 32)
+
+static_assert(NORM_ACT_BITS == 6 || NORM_ACT_BITS == 8, "activation bits must be 6 or 8");
+static_assert(NORM_THREADS % 32 == 0 && NORM_THREADS <= 1024, "whole warps per CTA");
+static_assert((NORM_WARPS & (NORM_WARPS - 1)) == 0 && (NORM_MAX_R & (NORM_MAX_R - 1)) == 0, "powers of two");
+
+// y[k] of this token as 16-bit bits: w * round16(x * inv).
+__device__ __forceinline__ u16 norm_value(const u16* xr, const u16* w, int k, float inv) {
+    const u16 h = from_float(fmul_ieee(to_float(xr[k]), inv));
+    return from_float(fmul_ieee(to_float(w[k]), to_float(h)));
+}
+
+// The tree sum of the squares of xr[0..H) (the row's own zero padding up to NORM_THREADS * R), for every thread.
+__device__ __forceinline__ float tree_sum_squares(const u16* xr, int H, int R, bool live) {
+    __shared__ float warp_sums[NORM_WARPS];
+    __shared__ float total;
+    float v[NORM_MAX_R];
+    const int base = threadIdx.x * R;
+#pragma unroll
+    for (int r = 0; r < NORM_MAX_R; ++r) {
+        const float a = (live && r < R && base + r < H) ? to_float(xr[base + r]) : 0.f;
+        v[r] = fmul_ieee(a, a);
+    }
+#pragma unroll
+    for (int o = 1; o < NORM_MAX_R; o *= 2)  // levels inside the thread (beyond R they add zeros: no change)
+#pragma unroll
+        for (int r = 0; r < NORM_MAX_R; r += 2 * o) v[r] = fadd_ieee(v[r], v[r + o]);
+    float s = v[0];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 1; o < 32; o *= 2) {  // lane j += lane j + o (kept by the lanes that are multiples of 2o)
+        const float t = __shfl_down_sync(0xffffffffu, s, o);
+        s = fadd_ieee(s, t);
+    }
+    if (lane == 0) warp_sums[warp] = s;
+    __syncthreads();
+    if (warp == 0) {
+        s = lane < NORM_WARPS ? warp_sums[lane] : 0.f;
+#pragma unroll
+        for (int o = 1; o < NORM_WARPS; o *= 2) {
+            const float t = __shfl_down_sync(0xffffffffu, s, o);
+            s = fadd_ieee(s, t);
+        }
+        if (lane == 0) total = s;
+    }
+    __syncthreads();
+    return total;
+}
+
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
+fq_rmsnorm(const u16* __restrict__ x, const u16* __restrict__ w, u16* __restrict__ y, void* __restrict__ packed,
+           float* __restrict__ sx, int M, int H, int R, int NB, float eps, int mode) {
+    pdl_wait();     // x is the previous kernel's output; packed/sx may still be read by the previous GEMM
+    pdl_trigger();  // the GEMM after us may start its weight prefetch (it waits for this grid before reading)
+    const int tok = blockIdx.x;  // modes 0 and 2: 0 .. M-1; mode 1: 0 .. Mp-1, tokens >= M are padding
+    const bool live = tok < M;
+    const u16* xr = x + (size_t)(live ? tok : 0) * H;
+    const float ss = tree_sum_squares(xr, H, R, live);
+    const float inv = fdiv_ieee(1.f, fsqrt_ieee(fadd_ieee(fdiv_ieee(ss, (float)H), eps)));
+    u16* yr = y + (size_t)tok * H;
+    if (mode == 0) {
+        for (int k = threadIdx.x; k < H; k += NORM_THREADS) yr[k] = norm_value(xr, w, k, inv);
+        return;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int b = warp; b < NB; b += NORM_WARPS) {
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int k = b * 128 + e * 32 + lane;
+            v[e] = 0.f;
+            if (live && k < H) {
+                const u16 h = norm_value(xr, w, k, inv);
+                yr[k] = h;
+                v[e] = to_float(h);
+            }
+        }
+        int q[4];
+        const float s = block_codes(v, warp_block_scale(v, QMAX), QMAX, q);
+        if (mode == 1) {
+            const u32 mine = plane_word<NORM_ACT_BITS>(q, lane);
+            if (lane < 4 * NORM_ACT_BITS) ((u32*)packed)[((size_t)tok * NB + b) * (4 * NORM_ACT_BITS) + lane] = mine;
+        } else {
+            signed char* out = (signed char*)packed + ((size_t)tok * NB + b) * 128 + i8_code_pos(lane);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) out[32 * e] = (signed char)q[e];
+        }
+        if (lane == 0) sx[(size_t)tok * NB + b] = s;
+    }
+}
