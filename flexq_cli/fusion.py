@@ -11,8 +11,10 @@ shape, so possibly other float rounding). Which linears share an input comes fro
 The RMSNorms (the groups' norms and the final one) become ``modules.KernelRMSNorm``: on CUDA one launch in
 place of HF's seven elementwise kernels, computing ``primitives.rms_norm`` (HF's formula in a fixed summation
 order, within float32 rounding of it), and for a fused quantized group also that group's activation
-quantize-and-pack, which the group's GEMM then skips. On the CPU they keep HF's formula. FP16 models get the
-same norm kernel (where CuPy can run it), so an FP16 baseline keeps the same treatment.
+quantize-and-pack, which the group's GEMM then skips. The MLP over a fused gate/up becomes
+``modules.KernelGatedMLP``: the SiLU product (HF's bits) one launch that also packs for down_proj. On the CPU both
+keep HF's formulas. FP16 models get the same kernels (where CuPy can run them, without the packs), so an FP16
+baseline keeps the same treatment.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 
 from .arch import decoder_layers
 from .cuda_launch import available
-from .modules import KernelRMSNorm, QuantLinear, replace_module
+from .modules import KernelGatedMLP, KernelRMSNorm, QuantLinear, replace_module
 from .norm_kernel import launch_shape
 
 
@@ -105,13 +107,14 @@ def _fused_class(members: list[nn.Module]):
     return None
 
 
-def fuse_shared_inputs(model: nn.Module, spec, norms: bool = True) -> int:
-    """Fuse every group of linears that share an input and a configuration and, with ``norms``, the RMSNorms
-    (see the module docstring); returns the number of linear groups fused."""
+def fuse_shared_inputs(model: nn.Module, spec, pack_kernels: bool = True) -> int:
+    """Fuse every group of linears that share an input and a configuration and, with ``pack_kernels``, make the
+    RMSNorms and the gated SiLU product one kernel each (see the module docstring); returns the number of linear
+    groups fused."""
     quantized = [m for m in model.modules() if isinstance(m, QuantLinear)]
     backend = quantized[0].backend if quantized else "auto"
-    # FP16 models have run without CuPy so far: their norms become kernels only where the kernel can run
-    norms = norms and (bool(quantized) or available()[0])
+    # FP16 models have run without CuPy so far: they get these kernels only where the kernels can run
+    norms = pack_kernels and (bool(quantized) or available()[0])
     count = 0
     for i, layer in enumerate(decoder_layers(model, spec)):
         for group in spec.groups:
@@ -129,9 +132,24 @@ def fuse_shared_inputs(model: nn.Module, spec, norms: bool = True) -> int:
                 count += 1
             if norms and group.norm is not None:
                 _norm_kernel(layer, group.norm, fused if isinstance(fused, QuantLinear) else None, backend)
+            if norms and fused is not None and group.linears == GATED_MLP:
+                _gated_mlp_kernel(layer, fused, backend)
     if norms:
         _norm_kernel(model, spec.final_norm, None, backend)
     return count
+
+
+GATED_MLP = ("mlp.gate_proj", "mlp.up_proj")  # LLaMA's MLP: down_proj(act_fn(gate_proj(x)) * up_proj(x))
+
+
+def _gated_mlp_kernel(layer: nn.Module, gate_up: nn.Module, backend: str) -> None:
+    """Replace ``layer.mlp`` by a KernelGatedMLP over the fused ``gate_up`` when its activation is SiLU."""
+    mlp = layer.mlp
+    if type(mlp.act_fn).__name__ not in ("SiLUActivation", "SiLU") or not hasattr(mlp, "down_proj"):
+        return
+    kernel = KernelGatedMLP(mlp, gate_up)
+    kernel.backend = backend
+    layer.mlp = kernel
 
 
 def _norm_kernel(parent: nn.Module, name: str, consumer: QuantLinear | None, backend: str) -> None:

@@ -13,7 +13,7 @@ from .dispatch import choose_kernel
 from .errors import BackendUnavailable, NonFiniteError
 from .int8_kernel import int8_linear
 from .norm_kernel import DTYPES as NORM_DTYPES
-from .norm_kernel import rms_norm_cuda
+from .norm_kernel import rms_norm_cuda, silu_mul_cuda
 from .packing import pack_bitplanes, packed_words, unpack_bitplanes
 from .primitives import (BLOCK_K, block_rotate, dequantize, fake_quantize_activation, pad_k, padded_k, quantize_weight,
                          rms_norm)
@@ -174,10 +174,7 @@ class KernelRMSNorm(nn.Module):
         if not x.is_contiguous() or x.data_ptr() % 16:  # the kernel reads whole rows from an aligned base
             x = x.clone(memory_format=torch.contiguous_format)
         consumer = self.consumer[0] if self.consumer else None
-        pack = None
-        if consumer is not None and consumer.rotation is None and consumer.act_group_size == BLOCK_K:
-            pack = consumer.kernel_for(x)
-            pack = pack if pack in ("btc", "int8") else None
+        pack = _pack_for(consumer, x)
         if pack is None:
             return rms_norm_cuda(x, self.weight, eps)[0]
         y, packed = rms_norm_cuda(x, self.weight, eps, pack=pack, act_bits=consumer.act_bits,
@@ -188,6 +185,45 @@ class KernelRMSNorm(nn.Module):
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, backend={self.backend}" + (
             ", packs for the next linear" if self.consumer else "")
+
+
+class KernelGatedMLP(nn.Module):
+    """LLaMA's MLP, ``down_proj(silu(gate_proj(x)) * up_proj(x))``, over the fused gate/up layer (fusion.py), with
+    the gated product one launch on CUDA (norm_kernel.silu_mul_cuda) that also packs down_proj's activations
+    when down_proj is a QuantLinear that can take them (as KernelRMSNorm). The product is HF's bit for bit on
+    every backend (PyTorch's SiLU formula in the kernel); on the CPU, float32 or backend 'reference' it is HF's
+    own expression."""
+
+    def __init__(self, mlp: nn.Module, gate_up: nn.Module):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+        self.act_fn = mlp.act_fn
+        self.gate_up = [gate_up]  # registered in the decoder layer already
+        self.backend = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gu = self.gate_up[0](x)
+        i = gu.shape[-1] // 2
+        if not gu.is_cuda or gu.dtype not in NORM_DTYPES or resolve_backend(self.backend, gu) == "reference":
+            return self.down_proj(self.act_fn(gu[..., :i]) * gu[..., i:])
+        if not gu.is_contiguous() or gu.data_ptr() % 16:
+            gu = gu.clone(memory_format=torch.contiguous_format)
+        down = self.down_proj if isinstance(self.down_proj, QuantLinear) else None
+        pack = _pack_for(down, gu[..., :i])
+        if pack is None:
+            return self.down_proj(silu_mul_cuda(gu)[0])
+        h, packed = silu_mul_cuda(gu, pack=pack, act_bits=down.act_bits, padded_in=down.padded_in)
+        down.handed_over = (h, pack, packed)
+        return self.down_proj(h)
+
+
+def _pack_for(consumer: QuantLinear | None, x: torch.Tensor) -> str | None:
+    """'btc' or 'int8' when ``consumer`` will run that kernel on an input shaped as ``x`` and can take a pack made
+    before it (act groups of 128, no input rotation), else None."""
+    if consumer is None or consumer.rotation is not None or consumer.act_group_size != BLOCK_K:
+        return None
+    kernel = consumer.kernel_for(x)
+    return kernel if kernel in ("btc", "int8") else None
 
 
 class SimQuantLinear(nn.Module):
@@ -253,7 +289,7 @@ def set_backend(model: nn.Module, backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend}")
     for module in model.modules():
-        if isinstance(module, (QuantLinear, KernelRMSNorm)):
+        if isinstance(module, (QuantLinear, KernelRMSNorm, KernelGatedMLP)):
             module.backend = backend
 
 

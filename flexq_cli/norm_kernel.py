@@ -1,4 +1,5 @@
-"""RMSNorm in one CUDA kernel (kernels/rmsnorm.cu), optionally with the next quantized linear's activation pack.
+"""RMSNorm (and the gated SiLU product) in one CUDA kernel each (kernels/rmsnorm.cu), optionally with the next
+quantized linear's activation pack.
 
     y, packed = rms_norm_cuda(x, weight, eps, pack="btc", act_bits=8, padded_in=4096)
 
@@ -18,15 +19,22 @@ from .primitives import BLOCK_K
 
 KERNEL_FILE = "rmsnorm.cu"
 MAX_R = 16  # squares per thread (NORM_MAX_R): 1024 threads cover rows up to 16384 wide
+SILU_WARPS = 4  # warps per CTA of the gated SiLU kernel
 PACKS = {None: 0, "btc": 1, "int8": 2}
 DTYPES = (torch.float16, torch.bfloat16)
 
 
+def _threads(width: int) -> int:
+    """Threads per CTA for rows of ``width``: a quarter of the width rounded up to a power of two, 128 to 1024 (one
+    128-wide block per warp for the pack at 4096)."""
+    return min(1024, max(128, (1 << max(0, (width - 1).bit_length())) // 4))
+
+
 def launch_shape(h: int) -> tuple[int, int]:
-    """(threads per CTA, squares per thread R) for rows of width h: the row padded to a power of two P, spread as
-    P/4 threads (128 to 1024; one 128-wide block per warp for the pack at H = 4096) of R = P/threads each."""
+    """(threads per CTA, squares per thread R) for the norm of rows of width h: the row padded to a power of two P,
+    R = P / threads squares per thread."""
     p = 1 << max(0, (h - 1).bit_length())
-    threads = min(1024, max(128, p // 4))
+    threads = _threads(h)
     r = max(1, p // threads)
     if r > MAX_R:
         raise ValueError(f"rows of width {h} are wider than the norm kernel's {1024 * MAX_R}")
@@ -41,35 +49,73 @@ def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float, *, pack: st
     act_bits 6 or 8 and ``padded_in`` the consuming linear's padded K (a multiple of 128, >= H)."""
     import numpy as np
 
-    if pack not in PACKS:
-        raise ValueError(f"pack must be one of {list(PACKS)}, got {pack!r}")
     cl.check_tensor("x", x, None, DTYPES)
     cl.check_tensor("weight", weight, x.device, (x.dtype,))
     h = x.shape[-1]
     if weight.shape != (h,):
         raise ValueError(f"weight must have shape ({h},) for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}")
     x2 = x.reshape(-1, h)
-    m, dev = x2.shape[0], x.device.index
     y = torch.empty_like(x)
-    nb, packed, sx, grid = 0, None, None, m
-    if pack is not None:
-        if act_bits not in (6, 8):
-            raise ValueError(f"act_bits must be 6 or 8, got {act_bits}")
-        if padded_in is None or padded_in % BLOCK_K or padded_in < h:
-            raise ValueError(f"padded_in must be a multiple of {BLOCK_K} and >= H={h}, got {padded_in}")
-        nb = padded_in // BLOCK_K
-        if pack == "btc":
-            grid = -(-m // 8) * 8  # btc.pack_activations' Mp: padding tokens get zero records
-            packed = torch.empty((grid, nb * act_bits * 4), dtype=torch.int32, device=x.device)
-        else:
-            packed = torch.empty((m, nb * BLOCK_K), dtype=torch.int8, device=x.device)
-        sx = torch.empty((grid, nb), dtype=torch.float32, device=x.device)
+    packed, grid = _pack_buffers(x2.shape[0], h, x.device, pack, act_bits, padded_in)
     threads, r = launch_shape(h)
-    if m == 0:
-        return y, None if pack is None else (packed, sx)
+    nb = 0 if packed is None else packed[1].shape[1]
+    args = (cl.ptr(x2), cl.ptr(weight), cl.ptr(y), *_ptrs(packed), np.int32(x2.shape[0]), np.int32(h), np.int32(r),
+            np.int32(nb), np.float32(eps), np.int32(PACKS[pack]))
+    _launch("fq_rmsnorm", x, threads, (grid, 1), act_bits, args)
+    return y, packed
+
+
+def silu_mul_cuda(gu: torch.Tensor, *, pack: str | None = None, act_bits: int = 8, padded_in: int | None = None
+                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """HF's gated SiLU product ``silu(gate) * up`` for ``gu`` = [gate | up] (..., 2I), the fused gate/up GEMM's
+    output, in one launch: (h (..., I), None), or with ``pack`` also down_proj's packed activations of h, as
+    ``rms_norm_cuda``. h equals ``torch.nn.functional.silu(gate) * up`` on the GPU bit for bit."""
+    import numpy as np
+
+    cl.check_tensor("gate/up", gu, None, DTYPES)
+    if gu.shape[-1] % 2:
+        raise ValueError(f"gate/up must hold two halves of equal width, got width {gu.shape[-1]}")
+    i = gu.shape[-1] // 2
+    g2 = gu.reshape(-1, 2 * i)
+    h = torch.empty((*gu.shape[:-1], i), dtype=gu.dtype, device=gu.device)
+    packed, rows = _pack_buffers(g2.shape[0], i, gu.device, pack, act_bits, padded_in)
+    nb = -(-i // BLOCK_K) if packed is None else packed[1].shape[1]
+    args = (cl.ptr(g2), cl.ptr(h), *_ptrs(packed), np.int32(g2.shape[0]), np.int32(i), np.int32(nb),
+            np.int32(PACKS[pack]))
+    # SILU_WARPS warps per CTA, each a 128-wide block at a time, and as many CTAs per token as that takes
+    _launch("fq_silu_mul", gu, 32 * SILU_WARPS, (rows, -(-nb // SILU_WARPS)), act_bits, args)
+    return h, packed
+
+
+def _pack_buffers(m: int, width: int, device, pack, act_bits, padded_in):
+    """(None or (packed activations, scales) to fill, the number of CTAs): the layouts of btc.pack_activations
+    (Mp = M rounded up to 8 rows, padding tokens zero) and int8_kernel.quantize_activations."""
+    if pack not in PACKS:
+        raise ValueError(f"pack must be one of {list(PACKS)}, got {pack!r}")
+    if pack is None:
+        return None, m
+    if act_bits not in (6, 8):
+        raise ValueError(f"act_bits must be 6 or 8, got {act_bits}")
+    if padded_in is None or padded_in % BLOCK_K or padded_in < width:
+        raise ValueError(f"padded_in must be a multiple of {BLOCK_K} and >= the width {width}, got {padded_in}")
+    nb = padded_in // BLOCK_K
+    if pack == "btc":
+        rows = -(-m // 8) * 8
+        packed = torch.empty((rows, nb * act_bits * 4), dtype=torch.int32, device=device)
+    else:
+        rows = m
+        packed = torch.empty((m, nb * BLOCK_K), dtype=torch.int8, device=device)
+    return (packed, torch.empty((rows, nb), dtype=torch.float32, device=device)), rows
+
+
+def _ptrs(packed):
+    return (cl.ptr(None), cl.ptr(None)) if packed is None else (cl.ptr(packed[0]), cl.ptr(packed[1]))
+
+
+def _launch(name: str, x: torch.Tensor, threads: int, grid: tuple[int, int], act_bits: int, args) -> None:
+    if grid[0] == 0:
+        return
+    dev = x.device.index
     opts = (f"-DNORM_BF16={int(x.dtype == torch.bfloat16)}", f"-DNORM_ACT_BITS={act_bits}",
             f"-DNORM_THREADS={threads}", f"-DNORM_MAX_R={MAX_R}")
-    args = (cl.ptr(x2), cl.ptr(weight), cl.ptr(y), cl.ptr(packed), cl.ptr(sx), np.int32(m), np.int32(h),
-            np.int32(r), np.int32(nb), np.float32(eps), np.int32(PACKS[pack]))
-    cl.launch(cl.function(dev, KERNEL_FILE, opts, "fq_rmsnorm", 0), (grid, 1, 1), (threads, 1, 1), args, 0, dev)
-    return y, None if pack is None else (packed, sx)
+    cl.launch(cl.function(dev, KERNEL_FILE, opts, name, 0), (*grid, 1), (threads, 1, 1), args, 0, dev)

@@ -12,6 +12,8 @@
 // layout). Modes 1 and 2 use act groups of 128: each warp quantizes whole 128-wide blocks of y as it makes them
 // (x is read again for that: the CTA's own first read left it in L1).
 // One CTA of NORM_THREADS per token; R = (padded width) / NORM_THREADS <= NORM_MAX_R elements per thread.
+// fq_silu_mul (bottom of the file) is the same idea for down_proj's input: HF's gated SiLU product in one launch,
+// optionally with down_proj's pack.
 
 #ifndef NORM_BF16
 #define NORM_BF16 0
@@ -79,6 +81,29 @@ __device__ __forceinline__ float tree_sum_squares(const u16* xr, int H, int R, b
     return total;
 }
 
+__device__ __forceinline__ u16 silu_mul(const u16* g, int k, int I) {
+    const float gf = to_float(g[k]);
+    const u16 s = from_float(fdiv_ieee(gf, fadd_ieee(1.f, expf(-gf))));
+    return from_float(fmul_ieee(to_float(s), to_float(g[I + k])));
+}
+
+// One 128-wide block's pack from the values a warp holds four per lane (act groups of 128): mode 1 the BTC record
+// (btc_act_pack's layout), mode 2 the INT8 codes in the INT8 kernel's K order; and the block's scale.
+__device__ __forceinline__ void store_pack(const float (&v)[4], int mode, void* packed, float* sx, int tok, int b,
+                                           int NB, int lane) {
+    int q[4];
+    const float s = block_codes(v, warp_block_scale(v, QMAX), QMAX, q);
+    if (mode == 1) {
+        const u32 mine = plane_word<NORM_ACT_BITS>(q, lane);
+        if (lane < 4 * NORM_ACT_BITS) ((u32*)packed)[((size_t)tok * NB + b) * (4 * NORM_ACT_BITS) + lane] = mine;
+    } else {
+        signed char* out = (signed char*)packed + ((size_t)tok * NB + b) * 128 + i8_code_pos(lane);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) out[32 * e] = (signed char)q[e];
+    }
+    if (lane == 0) sx[(size_t)tok * NB + b] = s;
+}
+
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 fq_rmsnorm(const u16* __restrict__ x, const u16* __restrict__ w, u16* __restrict__ y, void* __restrict__ packed,
            float* __restrict__ sx, int M, int H, int R, int NB, float eps, int mode) {
@@ -107,16 +132,38 @@ fq_rmsnorm(const u16* __restrict__ x, const u16* __restrict__ w, u16* __restrict
                 v[e] = to_float(h);
             }
         }
-        int q[4];
-        const float s = block_codes(v, warp_block_scale(v, QMAX), QMAX, q);
-        if (mode == 1) {
-            const u32 mine = plane_word<NORM_ACT_BITS>(q, lane);
-            if (lane < 4 * NORM_ACT_BITS) ((u32*)packed)[((size_t)tok * NB + b) * (4 * NORM_ACT_BITS) + lane] = mine;
-        } else {
-            signed char* out = (signed char*)packed + ((size_t)tok * NB + b) * 128 + i8_code_pos(lane);
+        store_pack(v, mode, packed, sx, tok, b, NB, lane);
+    }
+}
+
+// ================================================================ the gated SiLU product before down_proj
+// h = 16-bit(16-bit(silu(g)) * u) for gu = [g | u] (M, 2I), as HF's LlamaMLP: act_fn(gate) * up, with PyTorch's
+// SiLU kernel's formula g / (1 + exp(-g)) in fp32 (IEEE add and division), rounded to the 16-bit dtype, times u
+// (exact in fp32, one rounding). mode 0: h only; 1 / 2: h and its BTC / INT8 pack for down_proj, as above.
+// Grid (tokens, CTAs per token); NB = the 128-wide blocks of the row (of down_proj's padded K with a pack).
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
+fq_silu_mul(const u16* __restrict__ gu, u16* __restrict__ h, void* __restrict__ packed, float* __restrict__ sx,
+            int M, int I, int NB, int mode) {
+    pdl_wait();
+    pdl_trigger();
+    const int tok = blockIdx.x;
+    const bool live = tok < M;
+    const u16* g = gu + (size_t)(live ? tok : 0) * 2 * I;
+    u16* hr = h + (size_t)tok * I;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    // no reduction across blocks: grid.y CTAs share a token's blocks, so a wide row spreads over the SMs
+    for (int b = blockIdx.y * NORM_WARPS + warp; b < NB; b += gridDim.y * NORM_WARPS) {
+        float v[4];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) out[32 * e] = (signed char)q[e];
+        for (int e = 0; e < 4; ++e) {
+            const int k = b * 128 + e * 32 + lane;
+            v[e] = 0.f;
+            if (live && k < I) {
+                const u16 r = silu_mul(g, k, I);
+                hr[k] = r;
+                v[e] = to_float(r);
+            }
         }
-        if (lane == 0) sx[(size_t)tok * NB + b] = s;
+        if (mode != 0) store_pack(v, mode, packed, sx, tok, b, NB, lane);
     }
 }

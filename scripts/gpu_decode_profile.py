@@ -73,7 +73,7 @@ def main():
             continue
         model = build_random(skeleton, placed, quant)
         if fuse:
-            fuse_shared_inputs(model, spec_for_config(model.config), norms=norms)
+            fuse_shared_inputs(model, spec_for_config(model.config), pack_kernels=norms)
         model = dispatch(model, placed)  # as e2e_bench: buffers (rotary inv_freq) onto the GPU
         r = step_profile(model, batch)
         out[name] = r

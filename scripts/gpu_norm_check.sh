@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/dev
 python3 -m pytest -q -m gpu tests/test_norm_gpu.py tests/test_generate_gpu.py 2>&1 | tee "$OUT/tests.log" | tail -15
 for b in 1 16; do
   for flag in --no-norms ""; do
-    python3 scripts/gpu_decode_profile.py "$SHAPE" $b $flag --top 12 2>&1 | tee -a "$OUT/profile.log" | grep -E "^==|rmsnorm|act_pack|act_quant"
+    python3 scripts/gpu_decode_profile.py "$SHAPE" $b $flag --top 12 2>&1 | tee -a "$OUT/profile.log" | grep -E "^==|rmsnorm|silu|act_pack|act_quant"
   done
 done
 if [[ ${SKIP_E2E:-0} != 1 ]]; then

@@ -46,7 +46,7 @@ def test_graph_decode_matches_eager_token_for_token(quantized):
     eager = generate_tokens(tiny(quantized), prompts, cfg, use_graph=False)
     model = tiny(quantized)
     if quantized:  # fused q/k/v and gate/up quantized GEMMs give the same bits as separate ones
-        fuse_shared_inputs(model, spec_for_config(model.config), norms=False)  # (norm kernels: the next test)
+        fuse_shared_inputs(model, spec_for_config(model.config), pack_kernels=False)  # (norm kernels: the next test)
     graph = generate_tokens(model, prompts, cfg, use_graph=True)
     assert graph["graph"] and not eager["graph"]
     assert graph["tokens"] == eager["tokens"]

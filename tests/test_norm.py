@@ -68,7 +68,7 @@ def test_kernel_norm_keeps_hf_numerics_on_the_cpu():
 def test_fusion_installs_norm_kernels_wired_to_the_fused_gemm(tiny_llama, tmp_path):
     from flexq_cli.arch import spec_for_config
     from flexq_cli.fusion import fuse_shared_inputs
-    from flexq_cli.modules import KernelRMSNorm, set_backend
+    from flexq_cli.modules import KernelGatedMLP, KernelRMSNorm, set_backend
     from flexq_cli.quantize import load_quantized, quantize
 
     quantize(str(tiny_llama), tmp_path / "q", preset="w6a8")
@@ -87,17 +87,18 @@ def test_fusion_installs_norm_kernels_wired_to_the_fused_gemm(tiny_llama, tmp_pa
     assert layer.input_layernorm.consumer == [layer.fused_self_attn_q_proj]
     assert layer.post_attention_layernorm.consumer == [layer.fused_mlp_gate_proj]
     assert model.model.norm.consumer == []
+    assert isinstance(layer.mlp, KernelGatedMLP) and layer.mlp.gate_up == [layer.fused_mlp_gate_proj]
     set_backend(model, "reference")
-    assert all(m.backend == "reference" for m in norms)
+    assert all(m.backend == "reference" for m in norms) and layer.mlp.backend == "reference"
 
 
 def test_fusion_can_leave_the_norms(tiny_llama, tmp_path):
     from flexq_cli.arch import spec_for_config
     from flexq_cli.fusion import fuse_shared_inputs
-    from flexq_cli.modules import KernelRMSNorm
+    from flexq_cli.modules import KernelGatedMLP, KernelRMSNorm
     from flexq_cli.quantize import load_quantized, quantize
 
     quantize(str(tiny_llama), tmp_path / "q", preset="w6a8")
     model, _, _ = load_quantized(tmp_path / "q")
-    fuse_shared_inputs(model, spec_for_config(model.config), norms=False)
-    assert not any(isinstance(m, KernelRMSNorm) for m in model.modules())
+    fuse_shared_inputs(model, spec_for_config(model.config), pack_kernels=False)
+    assert not any(isinstance(m, (KernelRMSNorm, KernelGatedMLP)) for m in model.modules())

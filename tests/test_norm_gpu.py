@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("cupy", reason="CuPy is not installed: pip install 'flexq[cuda]'")
 
 from flexq_cli import btc, int8_kernel  # noqa: E402
-from flexq_cli.norm_kernel import rms_norm_cuda  # noqa: E402
+from flexq_cli.norm_kernel import rms_norm_cuda, silu_mul_cuda  # noqa: E402
 
 DEV = torch.device("cuda")
 WIDTHS = [64, 96, 576, 1000, 4096, 5120, 8192]
@@ -121,3 +121,22 @@ def test_quant_linear_takes_the_hand_over(m, monkeypatch):
         own = layer(y.clone())
     assert torch.equal(handed.view(torch.int16), own.view(torch.int16))
     assert torch.equal(y, rms_norm(x, hf.weight, 1e-5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("i", [96, 640, 1536, 11008])
+def test_silu_mul_equals_torch_and_packs(i, dtype):
+    kp = -(-i // BLOCK_K) * BLOCK_K
+    for m in [1, 5, 16, 300]:
+        g = torch.Generator(device=DEV).manual_seed(m + i)
+        gu = (torch.randn(m, 2 * i, generator=g, device=DEV) * 4).to(dtype)
+        gu[0, :7] = torch.tensor([0.0, -0.0, 30.0, -30.0, 90.0, -90.0, 1e-3])
+        expect = torch.nn.functional.silu(gu[:, :i]) * gu[:, i:]
+        h, none = silu_mul_cuda(gu)
+        assert none is None and torch.equal(h.view(torch.int16), expect.view(torch.int16)), (m, i)
+        h, (xp, sx) = silu_mul_cuda(gu, pack="btc", act_bits=6, padded_in=kp)
+        ref = btc.pack_activations(h, kp // BLOCK_K, 6, 128, btc.TileConfig())
+        assert torch.equal(h, expect) and torch.equal(xp, ref[0]) and torch.equal(sx, ref[1])
+        h, (xq, sx) = silu_mul_cuda(gu, pack="int8", act_bits=8, padded_in=kp)
+        ref = int8_kernel.quantize_activations(h, kp // BLOCK_K, 8, 128, int8_kernel.Int8Config())
+        assert torch.equal(h, expect) and torch.equal(xq, ref[0]) and torch.equal(sx, ref[1])
