@@ -32,17 +32,23 @@ def cupy_module():
 
 
 def available() -> tuple[bool, str]:
-    """(True, device description) when the kernels can run here, else (False, why)."""
+    """(True, device description) when the kernels can run on the current CUDA device, else (False, why). Every
+    quantized linear and norm asks on every call: the answer is computed once per device."""
     if not torch.cuda.is_available():
         return False, "no CUDA device visible to PyTorch"
+    return _available_on(torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _available_on(device: int) -> tuple[bool, str]:
     try:
         cupy_module()
     except KernelUnavailable as e:
         return False, f"{e.message}; {e.hint}"
-    major, minor = torch.cuda.get_device_capability()
+    major, minor = torch.cuda.get_device_capability(device)
     if major < 8:
         return False, f"compute capability {major}.{minor}: the b1 m16n8k256 MMA needs sm_80 or newer"
-    return True, f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
+    return True, f"{torch.cuda.get_device_name(device)} (sm_{major}{minor})"
 
 
 _lock = threading.Lock()
@@ -151,6 +157,17 @@ def _driver_launch_ex():
     return fn, Attr, Config
 
 
+@functools.lru_cache(maxsize=None)
+def _scalar_types() -> dict:
+    """numpy dtype of a launch scalar -> the ctypes type cuLaunchKernelEx gets it as."""
+    import ctypes
+
+    import numpy as np
+
+    return {np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.int32): ctypes.c_int32,
+            np.dtype(np.float32): ctypes.c_float}
+
+
 def _use_pdl(device: int) -> bool:
     return PDL and torch.cuda.get_device_capability(device)[0] >= 9 and _driver_launch_ex() is not None
 
@@ -158,11 +175,8 @@ def _use_pdl(device: int) -> bool:
 def _launch_pdl(fn, grid, block, args, smem, stream: int) -> None:
     import ctypes
 
-    import numpy as np
-
     launch, Attr, Config = _driver_launch_ex()
-    kinds = {np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.int32): ctypes.c_int32,
-             np.dtype(np.float32): ctypes.c_float}
+    kinds = _scalar_types()
     if any(getattr(v, "dtype", None) not in kinds for v in args):
         raise TypeError(f"kernel arguments must be numpy uint64, int32 or float32 scalars, got {args}")
     vals = [kinds[v.dtype](v.item()) for v in args]

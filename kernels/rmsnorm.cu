@@ -104,6 +104,29 @@ __device__ __forceinline__ void store_pack(const float (&v)[4], int mode, void* 
     if (lane == 0) sx[(size_t)tok * NB + b] = s;
 }
 
+// Blocks b0, b0 + step, ... (< NB) of one token's row of `width` 16-bit outputs: lane l of the warp makes
+// k = 128b + 32e + l as value(k), stores it in out[k] (live tokens, k < width) and, for mode 1 / 2, the block's
+// pack from those values (zeros past the row or for a padding token).
+template <class Value>
+__device__ __forceinline__ void emit_blocks(Value value, u16* out, int width, bool live, int b0, int step, int NB,
+                                            int mode, void* packed, float* sx, int tok) {
+    const int lane = threadIdx.x & 31;
+    for (int b = b0; b < NB; b += step) {
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int k = b * 128 + e * 32 + lane;
+            v[e] = 0.f;
+            if (live && k < width) {
+                const u16 r = value(k);
+                out[k] = r;
+                v[e] = to_float(r);
+            }
+        }
+        if (mode != 0) store_pack(v, mode, packed, sx, tok, b, NB, lane);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 fq_rmsnorm(const u16* __restrict__ x, const u16* __restrict__ w, u16* __restrict__ y, void* __restrict__ packed,
            float* __restrict__ sx, int M, int H, int R, int NB, float eps, int mode) {
@@ -119,21 +142,8 @@ fq_rmsnorm(const u16* __restrict__ x, const u16* __restrict__ w, u16* __restrict
         for (int k = threadIdx.x; k < H; k += NORM_THREADS) yr[k] = norm_value(xr, w, k, inv);
         return;
     }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int b = warp; b < NB; b += NORM_WARPS) {
-        float v[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int k = b * 128 + e * 32 + lane;
-            v[e] = 0.f;
-            if (live && k < H) {
-                const u16 h = norm_value(xr, w, k, inv);
-                yr[k] = h;
-                v[e] = to_float(h);
-            }
-        }
-        store_pack(v, mode, packed, sx, tok, b, NB, lane);
-    }
+    emit_blocks([&](int k) { return norm_value(xr, w, k, inv); }, yr, H, live, threadIdx.x >> 5, NORM_WARPS, NB, mode,
+                packed, sx, tok);
 }
 
 // ================================================================ the gated SiLU product before down_proj
@@ -150,20 +160,7 @@ fq_silu_mul(const u16* __restrict__ gu, u16* __restrict__ h, void* __restrict__ 
     const bool live = tok < M;
     const u16* g = gu + (size_t)(live ? tok : 0) * 2 * I;
     u16* hr = h + (size_t)tok * I;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     // no reduction across blocks: grid.y CTAs share a token's blocks, so a wide row spreads over the SMs
-    for (int b = blockIdx.y * NORM_WARPS + warp; b < NB; b += gridDim.y * NORM_WARPS) {
-        float v[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int k = b * 128 + e * 32 + lane;
-            v[e] = 0.f;
-            if (live && k < I) {
-                const u16 r = silu_mul(g, k, I);
-                hr[k] = r;
-                v[e] = to_float(r);
-            }
-        }
-        if (mode != 0) store_pack(v, mode, packed, sx, tok, b, NB, lane);
-    }
+    emit_blocks([&](int k) { return silu_mul(g, k, I); }, hr, I, live, blockIdx.y * NORM_WARPS + (threadIdx.x >> 5),
+                gridDim.y * NORM_WARPS, NB, mode, packed, sx, tok);
 }
