@@ -12,9 +12,10 @@ The RMSNorms (the groups' norms and the final one) become ``modules.KernelRMSNor
 place of HF's seven elementwise kernels, computing ``primitives.rms_norm`` (HF's formula in a fixed summation
 order, within float32 rounding of it), and for a fused quantized group also that group's activation
 quantize-and-pack, which the group's GEMM then skips. The MLP over a fused gate/up becomes
-``modules.KernelGatedMLP``: the SiLU product (HF's bits) one launch that also packs for down_proj. On the CPU both
-keep HF's formulas. FP16 models get the same kernels (where CuPy can run them, without the packs), so an FP16
-baseline keeps the same treatment.
+``modules.KernelGatedMLP``: the SiLU product (HF's bits) one launch that also packs for down_proj. The attention
+over a fused q/k/v becomes ``modules.KernelAttention``: rotary embedding and static-cache write one launch (HF's
+bits). On the CPU all of them keep HF's formulas. FP16 models get the same kernels (where CuPy can run them,
+without the packs), so an FP16 baseline keeps the same treatment.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 
 from .arch import decoder_layers
 from .cuda_launch import available
-from .modules import KernelGatedMLP, KernelRMSNorm, QuantLinear, replace_module
+from .modules import KernelAttention, KernelGatedMLP, KernelRMSNorm, QuantLinear, replace_module
 from .norm_kernel import launch_shape
 
 
@@ -134,12 +135,28 @@ def fuse_shared_inputs(model: nn.Module, spec, pack_kernels: bool = True) -> int
                 _norm_kernel(layer, group.norm, fused if isinstance(fused, QuantLinear) else None, backend)
             if norms and fused is not None and group.linears == GATED_MLP:
                 _gated_mlp_kernel(layer, fused, backend)
+            if norms and fused is not None and group.linears == ROPE_QKV:
+                _attention_kernel(layer, fused, backend)
     if norms:
         _norm_kernel(model, spec.final_norm, None, backend)
     return count
 
 
 GATED_MLP = ("mlp.gate_proj", "mlp.up_proj")  # LLaMA's MLP: down_proj(act_fn(gate_proj(x)) * up_proj(x))
+ROPE_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # read by LLaMA's rotary attention
+
+
+def _attention_kernel(layer: nn.Module, qkv: nn.Module, backend: str) -> None:
+    """Replace ``layer.self_attn`` by a KernelAttention over the fused ``qkv`` when the fused width is the heads'."""
+    attn = layer.self_attn
+    config, head_dim = getattr(attn, "config", None), getattr(attn, "head_dim", None)
+    if config is None or head_dim is None or not hasattr(attn, "layer_idx") or not hasattr(attn, "scaling"):
+        return
+    if qkv.out_features != (config.num_attention_heads + 2 * config.num_key_value_heads) * head_dim:
+        return
+    kernel = KernelAttention(attn, qkv)
+    kernel.backend = backend
+    layer.self_attn = kernel
 
 
 def _gated_mlp_kernel(layer: nn.Module, gate_up: nn.Module, backend: str) -> None:

@@ -40,11 +40,17 @@ class StaticKV:
         self.max_len = max_len
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        slots = self.positions if self.positions.device == keys.device else self.positions.to(keys.device)
+        keys, values, slots = self.layer_buffers(layer_idx)
         keys.index_copy_(2, slots, key_states.to(keys.dtype))
         values.index_copy_(2, slots, value_states.to(values.dtype))
         return keys, values
+
+    def layer_buffers(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(keys, values, slots) of one layer, for an attention that writes the cache itself in one kernel with its
+        rotary embedding (modules.KernelAttention) instead of calling ``update``."""
+        keys = self.keys[layer_idx]
+        slots = self.positions if self.positions.device == keys.device else self.positions.to(keys.device)
+        return keys, self.values[layer_idx], slots
 
     def get_seq_length(self, layer_idx: int = 0) -> int:  # unused: position ids are always passed
         return 0

@@ -18,6 +18,7 @@ from .packing import pack_bitplanes, packed_words, unpack_bitplanes
 from .primitives import (BLOCK_K, block_rotate, dequantize, fake_quantize_activation, pad_k, padded_k, quantize_weight,
                          rms_norm)
 from .reference import reference_linear
+from .rope_kernel import rope_cache_cuda
 
 BACKENDS = ("auto", "reference", "btc", "int8")
 # Set on a float nn.Linear by algorithms/rotate.py's online fold: the (128, 128) block its input is rotated by
@@ -217,6 +218,65 @@ class KernelGatedMLP(nn.Module):
         return self.down_proj(h)
 
 
+class KernelAttention(nn.Module):
+    """A LLaMA-family attention block (q/k/v fused into one layer by fusion.py, rotary position embedding, KV cache,
+    attention, o_proj) whose rotary embedding and cache write are one CUDA launch (rope_kernel.rope_cache_cuda)
+    where the cache is generation's static one (``generate.StaticKV``: it has ``layer_buffers``). q and the cache
+    then hold transformers' bits exactly, so the attention function (transformers' own, called as its forward
+    calls it) and everything after give the same bits. Everywhere else (the CPU, other caches, backend 'reference')
+    transformers' forward runs unchanged."""
+
+    def __init__(self, attn: nn.Module, qkv: nn.Module):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+        self.attn = [attn]  # transformers' module: the fallback, and the attributes attention functions read
+        self.qkv = [qkv]  # the fused q/k/v layer (registered in the decoder layer already)
+        self.heads, self.kv_heads = attn.config.num_attention_heads, attn.config.num_key_value_heads
+        self.backend = "auto"
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
+                past_key_values=None, **kwargs):
+        attn = self.attn[0]
+        if not self._runs_kernel(hidden_states, position_embeddings, past_key_values):
+            return attn(hidden_states, position_embeddings=position_embeddings, attention_mask=attention_mask,
+                        past_key_values=past_key_values, **kwargs)
+        keys, values, slots = past_key_values.layer_buffers(attn.layer_idx)
+        qkv = self.qkv[0](hidden_states)  # (B, T, (heads + 2 kv_heads) * head_dim)
+        if not qkv.is_contiguous() or qkv.data_ptr() % 16:
+            qkv = qkv.clone(memory_format=torch.contiguous_format)
+        cos, sin = (t.contiguous() for t in position_embeddings)
+        q = rope_cache_cuda(qkv, cos, sin, slots, keys, values, heads=self.heads, kv_heads=self.kv_heads)
+        out, weights = _attention_function(attn)(
+            attn, q.transpose(1, 2), keys, values, attention_mask,
+            dropout=attn.attention_dropout if attn.training else 0.0, scaling=attn.scaling,
+            sliding_window=_sliding_window(attn), **kwargs)
+        return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
+
+    def _runs_kernel(self, x: torch.Tensor, position_embeddings, cache) -> bool:
+        if not x.is_cuda or x.dtype not in NORM_DTYPES or not hasattr(cache, "layer_buffers"):
+            return False
+        if position_embeddings is None or position_embeddings[0].dtype != x.dtype:
+            return False
+        return resolve_backend(self.backend, x) != "reference"
+
+
+def _attention_function(attn: nn.Module):
+    """The attention function transformers' forward of ``attn`` would call (its config's implementation)."""
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    impl = attn.config._attn_implementation
+    eager = sys.modules[type(attn).__module__].eager_attention_forward
+    get = getattr(ALL_ATTENTION_FUNCTIONS, "get_interface", None)
+    return get(impl, eager) if get else (eager if impl == "eager" else ALL_ATTENTION_FUNCTIONS[impl])
+
+
+def _sliding_window(attn: nn.Module):
+    """The sliding window transformers' forward passes: Qwen2 its layer's, Mistral its config's, LLaMA none."""
+    return attn.sliding_window if hasattr(attn, "sliding_window") else getattr(attn.config, "sliding_window", None)
+
+
 def _pack_for(consumer: QuantLinear | None, x: torch.Tensor) -> str | None:
     """'btc' or 'int8' when ``consumer`` will run that kernel on an input shaped as ``x`` and can take a pack made
     before it (act groups of 128, no input rotation), else None."""
@@ -289,7 +349,7 @@ def set_backend(model: nn.Module, backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend}")
     for module in model.modules():
-        if isinstance(module, (QuantLinear, KernelRMSNorm, KernelGatedMLP)):
+        if isinstance(module, (QuantLinear, KernelRMSNorm, KernelGatedMLP, KernelAttention)):
             module.backend = backend
 
 

@@ -3,8 +3,9 @@
 Prints (and writes to $OUT/decode-profile-<shape>.json) the graph step time (CUDA events over N replays) and the
 kernels of one step grouped by name (torch.profiler over graph replays; CUPTI reports the kernels inside a graph),
 with count per step, GPU us per step, and the sum of kernel time against the step time (the gap is launch/latency).
-Usage: python scripts/gpu_decode_profile.py [SHAPE] [BATCH] [--no-fuse] [--no-norms] [--top N]
---no-norms: fuse the linears but keep HF's RMSNorm (no norm kernel, no pack hand-over), for an A/B.
+Usage: python scripts/gpu_decode_profile.py [SHAPE] [BATCH] [--no-fuse] [--no-norms] [--no-rope] [--top N]
+--no-norms: fuse the linears but keep HF's RMSNorm, SiLU and attention (no norm, SiLU or rotary kernel, no pack
+hand-over); --no-rope: only the attention stays HF's (rotary embedding and cache writes as PyTorch kernels).
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def main():
     batch = int(args[1]) if len(args) > 1 else 1
     fuse = "--no-fuse" not in sys.argv
     norms = "--no-norms" not in sys.argv
+    rope = "--no-rope" not in sys.argv
     top = int(sys.argv[sys.argv.index("--top") + 1]) if "--top" in sys.argv else 40
-    out = {"shape": shape, "batch": batch, "fused": fuse, "norm_kernels": fuse and norms,
+    out = {"shape": shape, "batch": batch, "fused": fuse, "norm_kernels": fuse and norms, "rope_kernel": rope,
            "device": torch.cuda.get_device_name()}
     for name, quant in (("fp16", None), ("w6a8", load_preset("w6a8"))):
         skeleton, placed, why = plan_model(shape, quant, None, 1 << 30)
@@ -74,6 +76,9 @@ def main():
         model = build_random(skeleton, placed, quant)
         if fuse:
             fuse_shared_inputs(model, spec_for_config(model.config), pack_kernels=norms)
+            if not rope:
+                for layer in model.model.layers:
+                    layer.self_attn = getattr(layer.self_attn, "attn", [layer.self_attn])[0]
         model = dispatch(model, placed)  # as e2e_bench: buffers (rotary inv_freq) onto the GPU
         r = step_profile(model, batch)
         out[name] = r
@@ -83,7 +88,8 @@ def main():
             print(f"{row['us']:9.1f} us {row['per_step']:6.1f}x  {row['name']}")
         del model, skeleton
         torch.cuda.empty_cache()
-    path = os.path.join(os.environ.get("OUT", "/tmp"), f"decode-profile-{shape}-b{batch}{'' if norms else '-nonorm'}.json")
+    tag = ("" if norms else "-nonorm") + ("" if rope else "-norope")
+    path = os.path.join(os.environ.get("OUT", "/tmp"), f"decode-profile-{shape}-b{batch}{tag}.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
 

@@ -54,10 +54,11 @@ def test_graph_decode_matches_eager_token_for_token(quantized):
 
 @pytest.mark.parametrize("quantized", [None, "w6a8", "flexq-rtn", "online"])
 def test_norm_kernels_decode_as_the_reference_path(quantized):
-    """Fused with the one-kernel RMSNorms (and their pack hand-over): graph decoding, eager decoding and the
-    pure-PyTorch reference path (rms_norm in PyTorch, reference linears) give the same tokens."""
+    """Fused with the one-kernel RMSNorms (and their pack hand-over), SiLU products and rotary + cache writes: graph
+    decoding, eager decoding and the pure-PyTorch reference path (rms_norm in PyTorch, reference linears,
+    transformers' attention) give the same tokens."""
     from flexq_cli.fusion import fuse_shared_inputs
-    from flexq_cli.modules import KernelRMSNorm
+    from flexq_cli.modules import KernelAttention, KernelRMSNorm
 
     prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8, 7]]
     cfg = SamplingConfig(max_new_tokens=32, stop_at_eos=False)
@@ -66,6 +67,7 @@ def test_norm_kernels_decode_as_the_reference_path(quantized):
         model = tiny(quantized)
         fuse_shared_inputs(model, spec_for_config(model.config))
         assert sum(isinstance(m, KernelRMSNorm) for m in model.modules()) == 2 * 2 + 1
+        assert all(isinstance(layer.self_attn, KernelAttention) for layer in model.model.layers)
         if mode == "reference":
             set_backend(model, "reference")
         runs[mode] = generate_tokens(model, prompts, cfg, use_graph=mode == "graph")["tokens"]

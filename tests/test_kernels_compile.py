@@ -74,3 +74,14 @@ def test_norm_variants_compile_without_spills(act_bits, bf16, tmp_path):
         log = _nvcc(src, f"-DNORM_BF16={int(bf16)}", f"-DNORM_ACT_BITS={act_bits}", f"-DNORM_THREADS={threads}",
                     f"-DNORM_MAX_R={MAX_R}")
         assert all(" 0 bytes spill" in line for line in log.splitlines() if "spill" in line), log
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("bf16", [False, True])
+def test_rope_variants_compile_without_spills(bf16, tmp_path):
+    from flexq_cli.rope_kernel import THREADS
+
+    src = tmp_path / "rope.cu"
+    src.write_text(kernel_source("rope.cu"))
+    log = _nvcc(src, f"-DROPE_BF16={int(bf16)}", f"-DROPE_THREADS={THREADS}")
+    assert all(" 0 bytes spill" in line for line in log.splitlines() if "spill" in line), log

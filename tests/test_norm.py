@@ -68,7 +68,7 @@ def test_kernel_norm_keeps_hf_numerics_on_the_cpu():
 def test_fusion_installs_norm_kernels_wired_to_the_fused_gemm(tiny_llama, tmp_path):
     from flexq_cli.arch import spec_for_config
     from flexq_cli.fusion import fuse_shared_inputs
-    from flexq_cli.modules import KernelGatedMLP, KernelRMSNorm, set_backend
+    from flexq_cli.modules import KernelAttention, KernelGatedMLP, KernelRMSNorm, set_backend
     from flexq_cli.quantize import load_quantized, quantize
 
     quantize(str(tiny_llama), tmp_path / "q", preset="w6a8")
@@ -88,17 +88,42 @@ def test_fusion_installs_norm_kernels_wired_to_the_fused_gemm(tiny_llama, tmp_pa
     assert layer.post_attention_layernorm.consumer == [layer.fused_mlp_gate_proj]
     assert model.model.norm.consumer == []
     assert isinstance(layer.mlp, KernelGatedMLP) and layer.mlp.gate_up == [layer.fused_mlp_gate_proj]
+    assert isinstance(layer.self_attn, KernelAttention) and layer.self_attn.qkv == [layer.fused_self_attn_q_proj]
     set_backend(model, "reference")
     assert all(m.backend == "reference" for m in norms) and layer.mlp.backend == "reference"
+    assert layer.self_attn.backend == "reference"
 
 
 def test_fusion_can_leave_the_norms(tiny_llama, tmp_path):
     from flexq_cli.arch import spec_for_config
     from flexq_cli.fusion import fuse_shared_inputs
-    from flexq_cli.modules import KernelGatedMLP, KernelRMSNorm
+    from flexq_cli.modules import KernelAttention, KernelGatedMLP, KernelRMSNorm
     from flexq_cli.quantize import load_quantized, quantize
 
     quantize(str(tiny_llama), tmp_path / "q", preset="w6a8")
     model, _, _ = load_quantized(tmp_path / "q")
     fuse_shared_inputs(model, spec_for_config(model.config), pack_kernels=False)
-    assert not any(isinstance(m, (KernelRMSNorm, KernelGatedMLP)) for m in model.modules())
+    assert not any(isinstance(m, (KernelRMSNorm, KernelGatedMLP, KernelAttention)) for m in model.modules())
+
+
+def test_kernel_attention_is_transformers_attention_on_the_cpu(tiny_llama, tmp_path):
+    """On the CPU (and with any cache but generation's static one) KernelAttention runs transformers' forward:
+    the fused model decodes through generation's static cache exactly as before the attention was replaced."""
+    from flexq_cli.arch import spec_for_config
+    from flexq_cli.fusion import fuse_shared_inputs
+    from flexq_cli.generate import SamplingConfig, generate_tokens
+    from flexq_cli.modules import KernelAttention
+    from flexq_cli.quantize import load_quantized, quantize
+
+    quantize(str(tiny_llama), tmp_path / "q", preset="w6a8")
+    runs = []
+    for attention_kernel in (False, True):
+        model, _, _ = load_quantized(tmp_path / "q")
+        fuse_shared_inputs(model, spec_for_config(model.config))
+        if not attention_kernel:
+            for layer in model.model.layers:
+                layer.self_attn = layer.self_attn.attn[0]
+        assert isinstance(model.model.layers[0].self_attn, KernelAttention) == attention_kernel
+        runs.append(generate_tokens(model, [[1, 2, 3, 4], [5, 6]], SamplingConfig(max_new_tokens=8,
+                                                                                stop_at_eos=False))["tokens"])
+    assert runs[0] == runs[1]

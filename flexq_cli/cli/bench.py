@@ -27,7 +27,7 @@ def command(
     batches: Annotated[str, typer.Option(help="--e2e: batch sizes, comma-separated.")] = "1,4,16",
     prompt_len: Annotated[int, typer.Option(help="--e2e: prompt tokens.")] = 128,
     new_tokens: Annotated[int, typer.Option(help="--e2e: generated tokens.")] = 256,
-    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="--e2e: one GEMM for q/k/v and one for gate/up, RMSNorm and SiLU one kernel each (both models).")] = True,
+    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="--e2e: one GEMM for q/k/v and one for gate/up; RMSNorm, SiLU, and rotary + cache write one kernel each (both models).")] = True,
     device_map: DeviceMapOpt = None,
     models: Annotated[str, typer.Option(help="Comma-separated shape sets: llama2-7b, llama2-70b, llama3-8b, smollm2, all.")] = "llama2-7b,llama2-70b",
     m: Annotated[str, typer.Option("--m", help="Token counts M, comma-separated.")] = "1,2,4,8,16,32,64,128,256,512,1024,2048,4096",

@@ -21,7 +21,7 @@ def command(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = _D.top_p,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = _D.seed,
     graph: Annotated[bool, typer.Option("--graph/--no-graph", help="Capture the decode step in a CUDA graph.")] = True,
-    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="One GEMM for q/k/v and one for gate/up, RMSNorm and SiLU one kernel each, packing for the next GEMM (docs/generation.md).")] = True,
+    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="One GEMM for q/k/v and one for gate/up; RMSNorm and SiLU one kernel each, packing for the next GEMM; rotary + cache write one kernel (docs/generation.md).")] = True,
     device: Device = "auto",
     dtype: Dtype = "auto",
     backend: Backend = "auto",
