@@ -5,8 +5,10 @@ LLaMA-2-7B decodes at ~33 tok/s eagerly against a ~215 tok/s bandwidth roofline 
 
 * ``StaticKV`` preallocates every layer's keys and values at ``max_len`` and writes new entries in place at
   ``positions`` (a device tensor), so one decode step always touches the same addresses;
-* the attention mask is passed as a ready 4D boolean tensor (batch, 1, query, max_len), which transformers uses
-  as-is, so no mask is built (and no host sync happens) inside the step;
+* the attention mask is passed ready as a 4D additive tensor (batch, 1, query, max_len) of the compute dtype, 0
+  where a key may be seen and -inf where not, which transformers uses as-is: no mask is built (and no host sync
+  happens) inside the step, and SDPA gets the float mask it would otherwise make from a boolean one in every layer
+  (three small kernels per layer on CUDA);
 * ``Decoder.step`` copies the new token ids, positions and mask row into static buffers and replays a CUDA
   graph of the whole forward pass (quantized linears included: the BTC kernel launches on the capturing stream).
 
@@ -73,9 +75,16 @@ class Decoder:
         self.use_graph = use_graph and self.device.type == "cuda"
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
         self.pos_ids = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
-        self.mask = torch.zeros(batch, 1, 1, max_len, dtype=torch.bool, device=self.device)
+        self.mask = self.attention_mask(torch.zeros(batch, 1, 1, max_len, dtype=torch.bool, device=self.device),
+                                        self.dtype)
         self.slot = torch.zeros(1, dtype=torch.long, device=self.device)
         self.graph, self.logits = None, None
+
+    @staticmethod
+    def attention_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The additive mask of a boolean one (True: the key may be seen): 0 there, -inf elsewhere, as SDPA itself
+        turns a boolean mask into a float one, so attention gives the same bits either way."""
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
     def _forward(self, ids, pos_ids, mask, slots):
         self.cache.positions = slots
@@ -91,7 +100,7 @@ class Decoder:
         self.valid[:, :t] = ~pad  # (B, max_len) keys that hold real tokens
         self.next_pos = (~pad).sum(dim=1, keepdim=True)  # (B, 1) position id of the next token
         causal = torch.ones(t, self.cache.max_len, dtype=torch.bool, device=self.device).tril()
-        mask = (causal[None] & self.valid[:, None, :])[:, None]  # (B, 1, T, max_len)
+        mask = self.attention_mask((causal[None] & self.valid[:, None, :])[:, None], self.dtype)  # (B, 1, T, max_len)
         pos_ids = ((~pad).cumsum(dim=1) - 1).clamp(min=0)
         self.t = t
         return self._forward(ids, pos_ids, mask, torch.arange(t, device=self.device))
@@ -105,7 +114,7 @@ class Decoder:
         self.valid[:, self.t] = True
         self.ids.copy_(tokens[:, None])
         self.pos_ids.copy_(self.next_pos)
-        self.mask.copy_(self.valid[:, None, None, :])
+        self.mask.copy_(self.attention_mask(self.valid[:, None, None, :], self.dtype))
         self.slot.fill_(self.t)
         if not self.use_graph:
             logits = self._forward(self.ids, self.pos_ids, self.mask, self.slot)

@@ -3,9 +3,10 @@
 Prints (and writes to $OUT/decode-profile-<shape>.json) the graph step time (CUDA events over N replays) and the
 kernels of one step grouped by name (torch.profiler over graph replays; CUPTI reports the kernels inside a graph),
 with count per step, GPU us per step, and the sum of kernel time against the step time (the gap is launch/latency).
-Usage: python scripts/gpu_decode_profile.py [SHAPE] [BATCH] [--no-fuse] [--no-norms] [--no-rope] [--top N]
+Usage: python scripts/gpu_decode_profile.py [SHAPE] [BATCH] [--no-fuse] [--no-norms] [--no-rope] [--bool-mask] [--top N]
 --no-norms: fuse the linears but keep HF's RMSNorm, SiLU and attention (no norm, SiLU or rotary kernel, no pack
-hand-over); --no-rope: only the attention stays HF's (rotary embedding and cache writes as PyTorch kernels).
+hand-over); --no-rope: only the attention stays HF's (rotary embedding and cache writes as PyTorch kernels);
+--bool-mask: the decoder passes a boolean attention mask (SDPA converts it in every layer) instead of the additive one.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def main():
     fuse = "--no-fuse" not in sys.argv
     norms = "--no-norms" not in sys.argv
     rope = "--no-rope" not in sys.argv
+    if "--bool-mask" in sys.argv:
+        Decoder.attention_mask = staticmethod(lambda allowed, dtype: allowed)
     top = int(sys.argv[sys.argv.index("--top") + 1]) if "--top" in sys.argv else 40
     out = {"shape": shape, "batch": batch, "fused": fuse, "norm_kernels": fuse and norms, "rope_kernel": rope,
            "device": torch.cuda.get_device_name()}
@@ -89,6 +92,7 @@ def main():
         del model, skeleton
         torch.cuda.empty_cache()
     tag = ("" if norms else "-nonorm") + ("" if rope else "-norope")
+    tag += "-boolmask" if "--bool-mask" in sys.argv else ""
     path = os.path.join(os.environ.get("OUT", "/tmp"), f"decode-profile-{shape}-b{batch}{tag}.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=1)

@@ -2,7 +2,7 @@
 # One device call for the rotary + static-cache kernel (modules.KernelAttention): its GPU tests with the norm and
 # generation GPU tests, the decode step with and without it (A/B in one process each, FP16 and W6A8, batch 1 and
 # 16), then flexq bench --e2e. Logs and JSON land in $OUT. Usage: scripts/gpu_rope_check.sh [SHAPE]
-# FLAGS="--no-norms -" compares another gpu_decode_profile.py flag with the default build instead.
+# FLAGS="--bool-mask -" compares another gpu_decode_profile.py flag with the default build instead.
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -74,6 +74,29 @@ def test_norm_kernels_decode_as_the_reference_path(quantized):
     assert runs["graph"] == runs["eager"] == runs["reference"]
 
 
+@pytest.mark.parametrize("quantized", [None, "w6a8"])
+def test_additive_mask_gives_the_boolean_masks_bits(quantized, monkeypatch):
+    """The decoder hands SDPA the float mask SDPA would make of the boolean one: the same logits, bit for bit, for a
+    left-padded batch's prefill and decode steps."""
+    from flexq_cli.fusion import fuse_shared_inputs
+    from flexq_cli.generate import Decoder, left_pad
+
+    model = tiny(quantized)
+    fuse_shared_inputs(model, spec_for_config(model.config))
+    ids, pad = left_pad([[1, 2, 3, 4, 5, 6, 7], [9, 8, 7]], 0, "cuda")
+    runs = []
+    for boolean in (False, True):
+        if boolean:
+            monkeypatch.setattr(Decoder, "attention_mask", staticmethod(lambda allowed, dtype: allowed))
+        dec = Decoder(model, 2, 16, use_graph=True)
+        assert dec.mask.dtype == (torch.bool if boolean else torch.float16)
+        logits = [dec.prefill(ids, pad)]
+        for _ in range(5):
+            logits.append(dec.step(logits[-1].argmax(-1)).clone())  # a graph replays into one buffer
+        runs.append(torch.stack(logits))
+    assert torch.equal(runs[0], runs[1])
+
+
 @pytest.mark.parametrize("quantized", ["w6a8", "online"])
 def test_kernel_logits_track_the_reference_path(quantized):
     model = tiny(quantized)
