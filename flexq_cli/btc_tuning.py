@@ -29,6 +29,13 @@ TUNED: dict[tuple[int, int, int, int], tuple[int, int, int, int, int]] = {
     (11008, 4096, 8, 8): (4, 4, 3, 8, 1),
     (4096, 11008, 8, 6): (8, 4, 2, 8, 4),
     (4096, 11008, 8, 8): (8, 4, 2, 8, 4),
+    # 2026-11-22 (seventh session), the fused gate/up shapes decoding runs (kernel_bench --tune --models fused),
+    # kept only where an A/B in one run (L2 flushed, 30 repeats, M = 1 / 2, us) against the heuristic's pick
+    # showed a gain: 22016 x 4096 A8 45.5 / 53.7 -> 42.4 / 40.7, A6 45.3 / 52.6 -> 40.3 / 42.6; 57344 x 8192 A8
+    # 179.9 / 201.7 -> 178.3 / 183.7. (Its A6 pick lost at M = 1, 165.2 -> 166.6; 28672 x 4096: no gain.)
+    (22016, 4096, 8, 6): (4, 2, 4, 8, 1),
+    (22016, 4096, 8, 8): (4, 2, 4, 8, 1),
+    (57344, 8192, 8, 8): (4, 4, 3, 8, 1),
 }
 
 

@@ -316,8 +316,9 @@ def tune(shapes, ms=(1, 8), repeats: int = 30) -> dict:
                     if best is None or total < best[0]:
                         best = (total, cfg)
             cfg = best[1]
-            table[(n, k, 8, a)] = (cfg.warps, cfg.kb, cfg.stages, cfg.mt, cfg.splits)
-            heur = btc.choose_config(n, k, 1, a)
+            kp = wq.shape[1]  # the table is looked up by the padded K (btc_linear's), e.g. 640 for SmolLM2's 576
+            table[(n, kp, 8, a)] = (cfg.warps, cfg.kb, cfg.stages, cfg.mt, cfg.splits)
+            heur = btc.choose_config(n, kp, 1, a)
             print(f"tuned {n}x{k} A{a}: {cfg} {best[0] / len(ms):.1f} us (heuristic {heur})", flush=True)
         torch.cuda.empty_cache()
     return table
