@@ -255,7 +255,8 @@ class KernelAttention(nn.Module):
     def _runs_kernel(self, x: torch.Tensor, position_embeddings, cache) -> bool:
         if not x.is_cuda or x.dtype not in NORM_DTYPES or not hasattr(cache, "layer_buffers"):
             return False
-        if position_embeddings is None or position_embeddings[0].dtype != x.dtype:
+        cos = None if position_embeddings is None else position_embeddings[0]
+        if cos is None or cos.dtype != x.dtype or cos.shape[-1] != self.attn[0].head_dim:  # (partial rotary: HF's)
             return False
         return resolve_backend(self.backend, x) != "reference"
 
