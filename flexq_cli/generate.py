@@ -9,8 +9,8 @@ LLaMA-2-7B decodes at ~33 tok/s eagerly against a ~215 tok/s bandwidth roofline 
   where a key may be seen and -inf where not, which transformers uses as-is: no mask is built (and no host sync
   happens) inside the step, and SDPA gets the float mask it would otherwise make from a boolean one in every layer
   (three small kernels per layer on CUDA);
-* ``Decoder.step`` copies the new token ids, positions and mask row into static buffers and replays a CUDA
-  graph of the whole forward pass (quantized linears included: the BTC kernel launches on the capturing stream).
+* ``Decoder.step`` copies the new token ids and positions into static buffers, opens the new key in the mask
+  (one fill; prefill wrote the rest) and replays a CUDA graph of the whole forward pass (quantized linears included: the BTC kernel launches on the capturing stream).
 
 Prompts of different lengths are left-padded; padded keys are masked out and position ids count real tokens.
 """
@@ -76,7 +76,8 @@ class Decoder:
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
         self.pos_ids = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
         self.mask = self.attention_mask(torch.zeros(batch, 1, 1, max_len, dtype=torch.bool, device=self.device),
-                                        self.dtype)
+                                        self.dtype)  # (B, 1, 1, max_len): the keys the next token sees
+        self.seen = self.attention_mask(torch.ones((), dtype=torch.bool), self.dtype).item()  # a mask entry, seen
         self.slot = torch.zeros(1, dtype=torch.long, device=self.device)
         self.graph, self.logits = None, None
 
@@ -96,11 +97,12 @@ class Decoder:
     def prefill(self, ids: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """ids: (B, T) left-padded prompt tokens; pad: (B, T) True where padding. Returns (B, V) logits."""
         b, t = ids.shape
-        self.valid = torch.zeros(b, self.cache.max_len, dtype=torch.bool, device=self.device)
-        self.valid[:, :t] = ~pad  # (B, max_len) keys that hold real tokens
+        valid = torch.zeros(b, self.cache.max_len, dtype=torch.bool, device=self.device)
+        valid[:, :t] = ~pad  # (B, max_len) keys that hold real tokens
+        self.mask.copy_(self.attention_mask(valid[:, None, None, :], self.dtype))  # each step then adds its own key
         self.next_pos = (~pad).sum(dim=1, keepdim=True)  # (B, 1) position id of the next token
         causal = torch.ones(t, self.cache.max_len, dtype=torch.bool, device=self.device).tril()
-        mask = self.attention_mask((causal[None] & self.valid[:, None, :])[:, None], self.dtype)  # (B, 1, T, max_len)
+        mask = self.attention_mask((causal[None] & valid[:, None, :])[:, None], self.dtype)  # (B, 1, T, max_len)
         pos_ids = ((~pad).cumsum(dim=1) - 1).clamp(min=0)
         self.t = t
         return self._forward(ids, pos_ids, mask, torch.arange(t, device=self.device))
@@ -111,10 +113,9 @@ class Decoder:
         if self.t >= self.cache.max_len:
             raise FlexQError(f"the static cache holds {self.cache.max_len} positions and is full",
                              "raise --max-new-tokens' budget (max_len) or shorten the prompt")
-        self.valid[:, self.t] = True
+        self.mask[..., self.t] = self.seen  # the new token's own key: one fill, the mask is otherwise as it was
         self.ids.copy_(tokens[:, None])
         self.pos_ids.copy_(self.next_pos)
-        self.mask.copy_(self.attention_mask(self.valid[:, None, None, :], self.dtype))
         self.slot.fill_(self.t)
         if not self.use_graph:
             logits = self._forward(self.ids, self.pos_ids, self.mask, self.slot)
