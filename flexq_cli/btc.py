@@ -120,7 +120,7 @@ def _check_weight(x, qweight, w_scales, weight_group_size) -> tuple[int, int, in
 
 
 def _check_x(x) -> None:
-    cl.check_tensor("x", x, None, (torch.float16, torch.bfloat16))
+    cl.check_tensor("x", x, None, cl.ACTIVATION_DTYPES)
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"x must be (..., K) with K > 0, got shape {tuple(x.shape)}")
 
@@ -354,11 +354,9 @@ def btc_linear(
     if packed is not None:
         check_packed(packed, -(-x2.shape[0] // 8) * 8, kp // BLOCK_K * act_bits * 4, kp // BLOCK_K, torch.int32,
                      x.device, act_group_size)
-        cfg = replace(cfg, fuse=False)
-    _check_fuse(cfg, act_group_size)
-    if packed is not None:
-        xpack, sx = packed
+        cfg, (xpack, sx) = replace(cfg, fuse=False), packed
     else:
+        _check_fuse(cfg, act_group_size)
         xpack, sx = (None, None) if cfg.fuse else pack_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)
     _gemm(x2, xpack, sx, qweight, w_scales, bias, out, act_bits=act_bits, weight_group_size=weight_group_size,
           cfg=cfg, debug=False)

@@ -16,6 +16,7 @@ import torch
 from .errors import BackendUnavailable
 from .resources import kernel_source
 
+ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)  # what every kernel takes as activations and writes out
 INSTALL_HINT = "pip install 'flexq[cuda]' (cupy-cuda12x) or 'flexq[cuda13]' (cupy-cuda13x)"
 
 

@@ -110,14 +110,14 @@ def _fused_class(members: list[nn.Module]):
 
 def fuse_shared_inputs(model: nn.Module, spec, pack_kernels: bool = True) -> int:
     """Fuse every group of linears that share an input and a configuration and, with ``pack_kernels``, make the
-    RMSNorms and the gated SiLU product one kernel each (see the module docstring); returns the number of linear
-    groups fused."""
+    RMSNorms, the gated SiLU product and the rotary embedding + cache write one kernel each (see the module
+    docstring); returns the number of linear groups fused."""
     quantized = [m for m in model.modules() if isinstance(m, QuantLinear)]
     backend = quantized[0].backend if quantized else "auto"
     # FP16 models have run without CuPy so far: they get these kernels only where the kernels can run
-    norms = pack_kernels and (bool(quantized) or available()[0])
+    kernels = pack_kernels and (bool(quantized) or available()[0])
     count = 0
-    for i, layer in enumerate(decoder_layers(model, spec)):
+    for layer in decoder_layers(model, spec):
         for group in spec.groups:
             members = [layer.get_submodule(name) for name in group.linears]
             fused_class = _fused_class(members)
@@ -131,13 +131,13 @@ def fuse_shared_inputs(model: nn.Module, spec, pack_kernels: bool = True) -> int
                     replace_module(layer, name, SharedOutputSlice(fused, start, start + member.out_features, last))
                     start += member.out_features
                 count += 1
-            if norms and group.norm is not None:
+            if kernels and group.norm is not None:
                 _norm_kernel(layer, group.norm, fused if isinstance(fused, QuantLinear) else None, backend)
-            if norms and fused is not None and group.linears == GATED_MLP:
+            if kernels and fused is not None and group.linears == GATED_MLP:
                 _gated_mlp_kernel(layer, fused, backend)
-            if norms and fused is not None and group.linears == ROPE_QKV:
+            if kernels and fused is not None and group.linears == ROPE_QKV:
                 _attention_kernel(layer, fused, backend)
-    if norms:
+    if kernels:
         _norm_kernel(model, spec.final_norm, None, backend)
     return count
 

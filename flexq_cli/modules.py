@@ -8,11 +8,10 @@ from torch import nn
 
 from .btc import btc_linear
 from .config import QuantConfig
-from .cuda_launch import available
+from .cuda_launch import ACTIVATION_DTYPES, available
 from .dispatch import choose_kernel
 from .errors import BackendUnavailable, NonFiniteError
 from .int8_kernel import int8_linear
-from .norm_kernel import DTYPES as NORM_DTYPES
 from .norm_kernel import rms_norm_cuda, silu_mul_cuda
 from .packing import pack_bitplanes, packed_words, unpack_bitplanes
 from .primitives import (BLOCK_K, block_rotate, dequantize, fake_quantize_activation, pad_k, padded_k, quantize_weight,
@@ -166,7 +165,7 @@ class KernelRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         eps = self.variance_epsilon
-        if not x.is_cuda or x.dtype not in NORM_DTYPES or self.weight.dtype != x.dtype:
+        if not x.is_cuda or x.dtype not in ACTIVATION_DTYPES or self.weight.dtype != x.dtype:
             xf = x.to(torch.float32)  # transformers' LlamaRMSNorm.forward, op for op
             xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
             return self.weight * xf.to(x.dtype)
@@ -205,7 +204,7 @@ class KernelGatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gu = self.gate_up[0](x)
         i = gu.shape[-1] // 2
-        if not gu.is_cuda or gu.dtype not in NORM_DTYPES or resolve_backend(self.backend, gu) == "reference":
+        if not gu.is_cuda or gu.dtype not in ACTIVATION_DTYPES or resolve_backend(self.backend, gu) == "reference":
             return self.down_proj(self.act_fn(gu[..., :i]) * gu[..., i:])
         if not gu.is_contiguous() or gu.data_ptr() % 16:
             gu = gu.clone(memory_format=torch.contiguous_format)
@@ -253,7 +252,7 @@ class KernelAttention(nn.Module):
         return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
 
     def _runs_kernel(self, x: torch.Tensor, position_embeddings, cache) -> bool:
-        if not x.is_cuda or x.dtype not in NORM_DTYPES or not hasattr(cache, "layer_buffers"):
+        if not x.is_cuda or x.dtype not in ACTIVATION_DTYPES or not hasattr(cache, "layer_buffers"):
             return False
         cos = None if position_embeddings is None else position_embeddings[0]
         if cos is None or cos.dtype != x.dtype or cos.shape[-1] != self.attn[0].head_dim:  # (partial rotary: HF's)

@@ -21,7 +21,6 @@ KERNEL_FILE = "rmsnorm.cu"
 MAX_R = 16  # squares per thread (NORM_MAX_R): 1024 threads cover rows up to 16384 wide
 SILU_WARPS = 4  # warps per CTA of the gated SiLU kernel
 PACKS = {None: 0, "btc": 1, "int8": 2}
-DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _threads(width: int) -> int:
@@ -49,7 +48,7 @@ def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float, *, pack: st
     act_bits 6 or 8 and ``padded_in`` the consuming linear's padded K (a multiple of 128, >= H)."""
     import numpy as np
 
-    cl.check_tensor("x", x, None, DTYPES)
+    cl.check_tensor("x", x, None, cl.ACTIVATION_DTYPES)
     cl.check_tensor("weight", weight, x.device, (x.dtype,))
     h = x.shape[-1]
     if weight.shape != (h,):
@@ -72,7 +71,7 @@ def silu_mul_cuda(gu: torch.Tensor, *, pack: str | None = None, act_bits: int = 
     ``rms_norm_cuda``. h equals ``torch.nn.functional.silu(gate) * up`` on the GPU bit for bit."""
     import numpy as np
 
-    cl.check_tensor("gate/up", gu, None, DTYPES)
+    cl.check_tensor("gate/up", gu, None, cl.ACTIVATION_DTYPES)
     if gu.shape[-1] % 2:
         raise ValueError(f"gate/up must hold two halves of equal width, got width {gu.shape[-1]}")
     i = gu.shape[-1] // 2

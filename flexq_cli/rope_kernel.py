@@ -15,7 +15,6 @@ from . import cuda_launch as cl
 
 KERNEL_FILE = "rope.cu"
 THREADS = 256  # ROPE_THREADS: one output element per thread
-DTYPES = (torch.float16, torch.bfloat16)
 
 
 def rope_cache_cuda(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slots: torch.Tensor,
@@ -29,7 +28,7 @@ def rope_cache_cuda(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slo
     """
     import numpy as np
 
-    cl.check_tensor("qkv", qkv, None, DTYPES)
+    cl.check_tensor("qkv", qkv, None, cl.ACTIVATION_DTYPES)
     dev = qkv.device
     if qkv.dim() != 3:
         raise ValueError(f"qkv must be (batch, tokens, width), got shape {tuple(qkv.shape)}")
