@@ -26,21 +26,44 @@ from flexq_cli.generate import Decoder
 from flexq_cli.placement import dispatch
 
 
-def step_profile(model, batch: int, prompt: int = 128, steps: int = 20) -> dict:
-    dec = Decoder(model, batch, prompt + 64, use_graph=True)
+def build(shape: str, quant, fuse: bool = True, kernels: bool = True, rope: bool = True):
+    """(random-init model on the GPU, None), or (None, why it cannot run): fused as e2e_bench does, unless told
+    otherwise (``kernels``: fusion's norm/SiLU/rotary kernels; ``rope``: keep its attention kernel)."""
+    skeleton, placed, why = plan_model(shape, quant, None, 1 << 30)
+    if why:
+        return None, why
+    model = build_random(skeleton, placed, quant)
+    if fuse:
+        fuse_shared_inputs(model, spec_for_config(model.config), pack_kernels=kernels)
+        if not rope:
+            for layer in model.model.layers:
+                layer.self_attn = getattr(layer.self_attn, "attn", [layer.self_attn])[0]
+    return dispatch(model, placed), None  # as e2e_bench: buffers (rotary inv_freq) onto the GPU
+
+
+def graph_decoder(model, batch: int, prompt: int = 128, room: int = 64) -> Decoder:
+    """A Decoder after a random prompt's prefill and the decode step that captured its graph."""
+    dec = Decoder(model, batch, prompt + room, use_graph=True)
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
-    pad = torch.zeros_like(ids, dtype=torch.bool)
-    tok = dec.prefill(ids, pad).argmax(-1)
-    tok = dec.step(tok).argmax(-1)  # captures
+    dec.step(dec.prefill(ids, torch.zeros_like(ids, dtype=torch.bool)).argmax(-1))  # captures
     torch.cuda.synchronize()
+    return dec
+
+
+def replay_us(dec: Decoder, steps: int) -> float:
+    """Mean us per graph replay over ``steps`` back-to-back replays (CUDA events)."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    dec.t -= 1
     start.record()
     for _ in range(steps):
         dec.graph.replay()
     end.record()
     torch.cuda.synchronize()
-    step_us = start.elapsed_time(end) * 1e3 / steps
+    return start.elapsed_time(end) * 1e3 / steps
+
+
+def step_profile(model, batch: int, steps: int = 20) -> dict:
+    dec = graph_decoder(model, batch)
+    step_us = replay_us(dec, steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             dec.graph.replay()
@@ -72,24 +95,17 @@ def main():
     out = {"shape": shape, "batch": batch, "fused": fuse, "norm_kernels": fuse and norms, "rope_kernel": rope,
            "device": torch.cuda.get_device_name()}
     for name, quant in (("fp16", None), ("w6a8", load_preset("w6a8"))):
-        skeleton, placed, why = plan_model(shape, quant, None, 1 << 30)
+        model, why = build(shape, quant, fuse, norms, rope)
         if why:
             out[name] = {"skipped": why}
             continue
-        model = build_random(skeleton, placed, quant)
-        if fuse:
-            fuse_shared_inputs(model, spec_for_config(model.config), pack_kernels=norms)
-            if not rope:
-                for layer in model.model.layers:
-                    layer.self_attn = getattr(layer.self_attn, "attn", [layer.self_attn])[0]
-        model = dispatch(model, placed)  # as e2e_bench: buffers (rotary inv_freq) onto the GPU
         r = step_profile(model, batch)
         out[name] = r
         print(f"== {name} batch {batch}: step {r['step_us']} us, kernels {r['kernel_us']} us, "
               f"{r['kernels_per_step']} kernels/step")
         for row in r["rows"][:top]:
             print(f"{row['us']:9.1f} us {row['per_step']:6.1f}x  {row['name']}")
-        del model, skeleton
+        del model
         torch.cuda.empty_cache()
     tag = ("" if norms else "-nonorm") + ("" if rope else "-norope")
     tag += "-boolmask" if "--bool-mask" in sys.argv else ""

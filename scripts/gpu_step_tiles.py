@@ -11,14 +11,10 @@ import os
 import sys
 
 import torch
+from gpu_decode_profile import build, graph_decoder, replay_us  # scripts/ is on sys.path when run as a script
 
 from flexq_cli import btc, btc_tuning
-from flexq_cli.arch import spec_for_config
 from flexq_cli.config import load_preset
-from flexq_cli.e2e_bench import build_random, plan_model
-from flexq_cli.fusion import fuse_shared_inputs
-from flexq_cli.generate import Decoder
-from flexq_cli.placement import dispatch
 
 # (N, K) of LLaMA-2-7B's o_proj and down_proj (the narrow layers the table splits 4 ways) -> variants
 VARIANTS = {
@@ -31,32 +27,18 @@ VARIANTS = {
 }
 
 
-def step_us(model, batch, prompt=128, steps=50):
-    dec = Decoder(model, batch, prompt + 80, use_graph=True)
-    ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
-    tok = dec.prefill(ids, torch.zeros_like(ids, dtype=torch.bool)).argmax(-1)
-    dec.step(tok)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(3):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(steps):
-            dec.graph.replay()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) * 1e3 / steps)
-    return round(min(times), 1)
+def step_us(model, batch: int) -> float:
+    """Best of three means of 50 graph replays (us)."""
+    dec = graph_decoder(model, batch, room=80)
+    return round(min(replay_us(dec, 50) for _ in range(3)), 1)
 
 
 def main():
     shape = sys.argv[1] if len(sys.argv) > 1 else "llama-2-7b"
     batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    quant = load_preset("w6a8")
-    skeleton, placed, _ = plan_model(shape, quant, None, 1 << 30)
-    model = build_random(skeleton, placed, quant)
-    fuse_shared_inputs(model, spec_for_config(model.config))
-    model = dispatch(model, placed)
+    model, why = build(shape, load_preset("w6a8"))
+    if why:
+        raise SystemExit(f"{shape}: {why}")
     saved = dict(btc_tuning.TUNED)
     out = {"shape": shape, "batch": batch, "device": torch.cuda.get_device_name(), "us": {}}
     for name, entries in list(VARIANTS.items()) + [("table again", {})]:

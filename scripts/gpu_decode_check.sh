@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One device call for the rotary + static-cache kernel (modules.KernelAttention): its GPU tests with the norm and
-# generation GPU tests, the decode step with and without it (A/B in one process each, FP16 and W6A8, batch 1 and
-# 16), then flexq bench --e2e. Logs and JSON land in $OUT. Usage: scripts/gpu_rope_check.sh [SHAPE]
-# FLAGS="--bool-mask -" compares another gpu_decode_profile.py flag with the default build instead.
+# One device call for the decode path's own kernels (norm/SiLU, rotary + cache, fusion; modules.Kernel*): their GPU
+# tests with the generation GPU tests, then the decode step A/B of gpu_decode_profile.py flags against the default
+# build (one process per variant, FP16 and W6A8, batch 1 and 16), then flexq bench --e2e. Logs and JSON in $OUT.
+# Usage: [FLAGS="--no-rope -"] scripts/gpu_decode_check.sh [SHAPE]   ("-" is the default build; e.g. FLAGS="--no-norms -"
+# for the norm and SiLU kernels, FLAGS="--bool-mask -" for the attention mask; SKIP_E2E=1 leaves the bench out)
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
