@@ -28,6 +28,17 @@ def _nvcc(src, *defines):
     return res.stderr
 
 
+def _assert_no_spills(log: str) -> None:
+    assert all(" 0 bytes spill" in line for line in log.splitlines() if "spill" in line), log
+
+
+def _pasted(tmp_path, name: str):
+    """The source as NVRTC gets it (kernel_source: shared headers pasted in), written where nvcc can read it."""
+    src = tmp_path / name
+    src.write_text(kernel_source(name))
+    return src
+
+
 def test_sources_exist():
     assert any(p.name == "btc_gemm.cu" for p in SOURCES)
 
@@ -44,22 +55,21 @@ def test_btc_variants_compile(act_bits, bf16, debug):
     for cfg in (TileConfig(warps=8, kb=1, stages=3, mt=16), TileConfig(warps=4, kb=4, stages=3, mt=8, pct=2),
                 TileConfig(warps=8, kb=4, stages=2, mt=8, pct=1, fuse=True)):
         log = _nvcc(kernels_dir() / "btc_gemm.cu", *cfg.defines(act_bits, bf16, debug))
-        assert all(" 0 bytes spill" in line for line in log.splitlines() if "spill" in line), log
+        _assert_no_spills(log)
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 @pytest.mark.parametrize("act_bits,bf16,debug", VARIANTS)
 def test_int8_variants_compile_without_spills(act_bits, bf16, debug, tmp_path):
     """As NVRTC gets it: one string with common.cuh pasted in (no include path)."""
-    src = tmp_path / "w6_int8_gemm.cu"
-    src.write_text(kernel_source("w6_int8_gemm.cu"))
+    src = _pasted(tmp_path, "w6_int8_gemm.cu")
     assert not [line for line in src.read_text().splitlines() if line.startswith("#include")]
     tiles = {default_config(m, n) for m in (8, 32, 64, 128) for n in (4096, 12288, 28672)}  # every default tile
     assert len(tiles) == 6
     for cfg in tiles:
         log = _nvcc(src, *cfg.defines(act_bits, bf16, debug))
         assert " 0 bytes spill stores" in log and "spill stores" in log, log
-        assert all(" 0 bytes spill" in line for line in log.splitlines() if "spill" in line), log
+        _assert_no_spills(log)
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
@@ -67,13 +77,12 @@ def test_int8_variants_compile_without_spills(act_bits, bf16, debug, tmp_path):
 def test_norm_variants_compile_without_spills(act_bits, bf16, tmp_path):
     from flexq_cli.norm_kernel import MAX_R, launch_shape
 
-    src = tmp_path / "rmsnorm.cu"
-    src.write_text(kernel_source("rmsnorm.cu"))
+    src = _pasted(tmp_path, "rmsnorm.cu")
     for h in (64, 576, 4096, 16384):
         threads, _ = launch_shape(h)
         log = _nvcc(src, f"-DNORM_BF16={int(bf16)}", f"-DNORM_ACT_BITS={act_bits}", f"-DNORM_THREADS={threads}",
                     f"-DNORM_MAX_R={MAX_R}")
-        assert all(" 0 bytes spill" in line for line in log.splitlines() if "spill" in line), log
+        _assert_no_spills(log)
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
@@ -81,7 +90,5 @@ def test_norm_variants_compile_without_spills(act_bits, bf16, tmp_path):
 def test_rope_variants_compile_without_spills(bf16, tmp_path):
     from flexq_cli.rope_kernel import THREADS
 
-    src = tmp_path / "rope.cu"
-    src.write_text(kernel_source("rope.cu"))
-    log = _nvcc(src, f"-DROPE_BF16={int(bf16)}", f"-DROPE_THREADS={THREADS}")
-    assert all(" 0 bytes spill" in line for line in log.splitlines() if "spill" in line), log
+    log = _nvcc(_pasted(tmp_path, "rope.cu"), f"-DROPE_BF16={int(bf16)}", f"-DROPE_THREADS={THREADS}")
+    _assert_no_spills(log)
