@@ -154,9 +154,7 @@ def _attention_kernel(layer: nn.Module, qkv: nn.Module, backend: str) -> None:
         return
     if qkv.out_features != (config.num_attention_heads + 2 * config.num_key_value_heads) * head_dim:
         return
-    kernel = KernelAttention(attn, qkv)
-    kernel.backend = backend
-    layer.self_attn = kernel
+    layer.self_attn = KernelAttention(attn, qkv, backend)
 
 
 def _gated_mlp_kernel(layer: nn.Module, gate_up: nn.Module, backend: str) -> None:
@@ -164,9 +162,7 @@ def _gated_mlp_kernel(layer: nn.Module, gate_up: nn.Module, backend: str) -> Non
     mlp = layer.mlp
     if type(mlp.act_fn).__name__ not in ("SiLUActivation", "SiLU") or not hasattr(mlp, "down_proj"):
         return
-    kernel = KernelGatedMLP(mlp, gate_up)
-    kernel.backend = backend
-    layer.mlp = kernel
+    layer.mlp = KernelGatedMLP(mlp, gate_up, backend)
 
 
 def _norm_kernel(parent: nn.Module, name: str, consumer: QuantLinear | None, backend: str) -> None:
@@ -179,6 +175,4 @@ def _norm_kernel(parent: nn.Module, name: str, consumer: QuantLinear | None, bac
         launch_shape(weight.shape[0])
     except ValueError:  # wider than the kernel covers: HF's norm stays
         return
-    kernel = KernelRMSNorm(norm, consumer)
-    kernel.backend = backend
-    replace_module(parent, name, kernel)
+    replace_module(parent, name, KernelRMSNorm(norm, consumer, backend))

@@ -156,12 +156,12 @@ class KernelRMSNorm(nn.Module):
     consumer quantizes in groups of 128 without an input rotation and runs the BTC or INT8 kernel on ``x``.
     """
 
-    def __init__(self, norm: nn.Module, consumer: QuantLinear | None = None):
+    def __init__(self, norm: nn.Module, consumer: QuantLinear | None = None, backend: str = "auto"):
         super().__init__()
         self.weight = norm.weight
         self.variance_epsilon = norm.variance_epsilon
         self.consumer = [] if consumer is None else [consumer]  # a list: not registered as a submodule twice
-        self.backend = "auto"
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         eps = self.variance_epsilon
@@ -171,8 +171,7 @@ class KernelRMSNorm(nn.Module):
             return self.weight * xf.to(x.dtype)
         if resolve_backend(self.backend, x) == "reference":
             return rms_norm(x, self.weight, eps)
-        if not x.is_contiguous() or x.data_ptr() % 16:  # the kernel reads whole rows from an aligned base
-            x = x.clone(memory_format=torch.contiguous_format)
+        x = _kernel_ready(x)
         consumer = self.consumer[0] if self.consumer else None
         pack = _pack_for(consumer, x)
         if pack is None:
@@ -194,20 +193,19 @@ class KernelGatedMLP(nn.Module):
     every backend (PyTorch's SiLU formula in the kernel); on the CPU, float32 or backend 'reference' it is HF's
     own expression."""
 
-    def __init__(self, mlp: nn.Module, gate_up: nn.Module):
+    def __init__(self, mlp: nn.Module, gate_up: nn.Module, backend: str = "auto"):
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
         self.act_fn = mlp.act_fn
         self.gate_up = [gate_up]  # registered in the decoder layer already
-        self.backend = "auto"
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gu = self.gate_up[0](x)
         i = gu.shape[-1] // 2
         if not gu.is_cuda or gu.dtype not in ACTIVATION_DTYPES or resolve_backend(self.backend, gu) == "reference":
             return self.down_proj(self.act_fn(gu[..., :i]) * gu[..., i:])
-        if not gu.is_contiguous() or gu.data_ptr() % 16:
-            gu = gu.clone(memory_format=torch.contiguous_format)
+        gu = _kernel_ready(gu)
         down = self.down_proj if isinstance(self.down_proj, QuantLinear) else None
         pack = _pack_for(down, gu[..., :i])
         if pack is None:
@@ -225,13 +223,13 @@ class KernelAttention(nn.Module):
     calls it) and everything after give the same bits. Everywhere else (the CPU, other caches, backend 'reference')
     transformers' forward runs unchanged."""
 
-    def __init__(self, attn: nn.Module, qkv: nn.Module):
+    def __init__(self, attn: nn.Module, qkv: nn.Module, backend: str = "auto"):
         super().__init__()
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
         self.attn = [attn]  # transformers' module: the fallback, and the attributes attention functions read
         self.qkv = [qkv]  # the fused q/k/v layer (registered in the decoder layer already)
         self.heads, self.kv_heads = attn.config.num_attention_heads, attn.config.num_key_value_heads
-        self.backend = "auto"
+        self.backend = backend
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
                 past_key_values=None, **kwargs):
@@ -240,9 +238,7 @@ class KernelAttention(nn.Module):
             return attn(hidden_states, position_embeddings=position_embeddings, attention_mask=attention_mask,
                         past_key_values=past_key_values, **kwargs)
         keys, values, slots = past_key_values.layer_buffers(attn.layer_idx)
-        qkv = self.qkv[0](hidden_states)  # (B, T, (heads + 2 kv_heads) * head_dim)
-        if not qkv.is_contiguous() or qkv.data_ptr() % 16:
-            qkv = qkv.clone(memory_format=torch.contiguous_format)
+        qkv = _kernel_ready(self.qkv[0](hidden_states))  # (B, T, (heads + 2 kv_heads) * head_dim)
         cos, sin = (t.contiguous() for t in position_embeddings)
         q = rope_cache_cuda(qkv, cos, sin, slots, keys, values, heads=self.heads, kv_heads=self.kv_heads)
         out, weights = _attention_function(attn)(
@@ -258,6 +254,12 @@ class KernelAttention(nn.Module):
         if cos is None or cos.dtype != x.dtype or cos.shape[-1] != self.attn[0].head_dim:  # (partial rotary: HF's)
             return False
         return resolve_backend(self.backend, x) != "reference"
+
+
+def _kernel_ready(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a contiguous copy where it is strided or its base is not 16-byte aligned (the kernels read whole
+    rows from an aligned base)."""
+    return t if t.is_contiguous() and t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format)
 
 
 def _attention_function(attn: nn.Module):
