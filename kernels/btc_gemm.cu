@@ -266,23 +266,43 @@ __device__ __forceinline__ int out_tok(int i, int t) { return BTC_PCT ? i / 2 : 
 __device__ __forceinline__ int out_row(int i, int g) { return g + 8 * (BTC_PCT ? (i & 1) : ((i >> 1) & 1)); }
 __device__ __forceinline__ bool out_owned(int i, int t) { return BTC_PCT ? (i & 3) == t : true; }
 
-// sxp / sx_row / b_base: where the activation scales are: a.sx (row NB, blocks from 0), or with BTC_FUSE the CTA's
-// shared copy (row = blocks per split rounded up, blocks from the split's first; tokens from m0 = 0).
-__device__ __forceinline__ void load_scales(const Args& a, StepScales& s, int b0, int kb_end, int row, int tok0,
-                                            const float* sxp, int sx_row, int b_base) {
+// Where this thread's scales are, worked out once: weight rows `row` and `row + 8`; the activation scales of its
+// tokens tok0 + 8j + e (plane columns: tok0 + j) in sxp, rows of sx_row floats, block b at column b - b_base: a.sx
+// (row NB, blocks from 0), or with BTC_FUSE the CTA's shared copy (row = blocks per split rounded up, blocks from
+// the split's first; tokens from m0 = 0).
+struct ScaleSrc {
+    const u16* w;      // weight scales of row `row`
+    int w8;            // row + 8: w + w8
+    const float* x;    // token tok0's scale of block 0 (may lie before sxp when b_base > 0; never read there)
+    int x_row;         // floats per token row
+    u32 live;          // bit (j * 2 + e): that token is < M
+};
+__device__ __forceinline__ ScaleSrc scale_src(const Args& a, int row, int tok0, const float* sxp, int sx_row,
+                                              int b_base) {
+    ScaleSrc r{a.w_scales + (size_t)row * a.ws_cols, 8 * a.ws_cols, sxp + (ptrdiff_t)tok0 * sx_row - b_base, sx_row,
+               0u};
+#pragma unroll
+    for (int j = 0; j < SXN; ++j)
+#pragma unroll
+        for (int e = 0; e < (BTC_PCT ? 1 : 2); ++e)
+            if ((BTC_PCT ? tok0 + j : tok0 + 8 * j + e) < a.M) r.live |= 1u << (j * 2 + e);
+    return r;
+}
+__device__ __forceinline__ void load_scales(const Args& a, const ScaleSrc& src, StepScales& s, int b0, int kb_end) {
 #if !BTC_DEBUG_ACC
 #pragma unroll
     for (int kb = 0; kb < BTC_KB; ++kb) {
         const int b = b0 + kb;
         const bool in = b < kb_end;
-        s.sw[kb][0] = in ? a.w_scales[(size_t)row * a.ws_cols + b * a.w_step] : (u16)0;
-        s.sw[kb][1] = in ? a.w_scales[(size_t)(row + 8) * a.ws_cols + b * a.w_step] : (u16)0;
+        const int wo = b * a.w_step;
+        s.sw[kb][0] = in ? src.w[wo] : (u16)0;
+        s.sw[kb][1] = in ? src.w[src.w8 + wo] : (u16)0;
 #pragma unroll
         for (int j = 0; j < SXN; ++j)
 #pragma unroll
             for (int e = 0; e < (BTC_PCT ? 1 : 2); ++e) {
-                const int tok = BTC_PCT ? tok0 + j : tok0 + 8 * j + e;
-                s.sx[j][kb][e] = (in && tok < a.M) ? sxp[(size_t)tok * sx_row + (b - b_base)] : 0.f;
+                const int dt = BTC_PCT ? j : 8 * j + e;  // token offset from tok0
+                s.sx[j][kb][e] = (in && (src.live >> (j * 2 + e) & 1u)) ? src.x[dt * src.x_row + b] : 0.f;
             }
     }
 #endif
@@ -301,17 +321,22 @@ __device__ __forceinline__ void bmma0(int (&d)[4], u32 a0, u32 a1, u32 a2, u32 a
 // Here the columns carry (token, activation plane) slots instead and each column uses ONE K half: column c < 4
 // pairs weight plane 2p (half 0) with slot 4q + c, column c >= 4 pairs weight plane 2p+1 (half 1) with slot
 // 4q + c - 4; slot group q covers token q/2, activation planes 4(q%2) .. +3 (planes >= A_BITS are zero). Every
-// D value is then ONE plane product popc(w_i & x_j) and gets its own integer weight +-2^(i+j) (coef below), so a
-// block costs 6 * PCT independent MMAs (no dependency chain, no Horner shifts): 6 instead of 29 at one token.
+// D value is then ONE plane product popc(w_i & x_j) and gets its own integer weight +-2^(i+j), so a block costs
+// 6 * PCT independent MMAs (no dependency chain, no Horner shifts): 6 instead of 29 at one token.
 // Thread (g, t) holds columns 2t, 2t+1 (both in half t / 2): weight plane i = 2p + t/2, activation plane
-// j = 4(q%2) + 2(t%2) + e. The four lanes of a quad hold different (i, j) of the same rows, so their integer
-// partial sums are added with two shuffles: the block's exact dot product, before any float is formed.
+// j = 4(q%2) + 2(t%2) + e, so i + j = (2p + 4(q%2) + e) + ct with ct = t/2 + 2(t%2): the D value of MMA p, slot
+// half q%2 and column parity e is weighted 2^(2p + 4(q%2) + e), a compile-time shift (one LEA), and the thread's
+// sum is shifted by ct once at the end. The sign, -1 iff exactly one sign plane is involved (weight plane 5: p = 2
+// and t >= 2; activation plane A-1: q%2 = 1, e = 1 and t odd for A8, t even for A6), splits the terms into four
+// sums that two per-thread factors +-1 combine: ((P + sa * P2) + sb * (Q + sa * Q2)) << ct. (A6's planes 6, 7 are
+// zero columns: their D values are 0.) The four lanes of a quad hold different (i, j) of the same rows, so their
+// integer sums are added with two shuffles: the block's exact dot product, before any float is formed.
 #if BTC_PCT
-__device__ __forceinline__ void pc_block(const u32 (&af)[W_BITS][2], u32 xaddr, u32 xstride, int g,
-                                         const int (&coef)[3][2][2], int (&acc)[NOUT]) {
+__device__ __forceinline__ void pc_block(const u32 (&af)[W_BITS][2], u32 xaddr, u32 xstride, int g, int sa, int sb,
+                                         int ct, int (&acc)[NOUT]) {
 #pragma unroll
-    for (int T = 0; T < (BTC_PCT ? BTC_PCT : 1); ++T) {
-        int r0 = 0, r1 = 0;
+    for (int T = 0; T < BTC_PCT; ++T) {
+        int P[2] = {0, 0}, P2[2] = {0, 0}, Q[2] = {0, 0}, Q2[2] = {0, 0};  // [h]: rows g, g + 8
 #pragma unroll
         for (int qh = 0; qh < 2; ++qh) {
             // word t of (token T, plane 4qh + g%4); in A6 records planes 6, 7 do not exist (the next record's bytes)
@@ -322,16 +347,27 @@ __device__ __forceinline__ void pc_block(const u32 (&af)[W_BITS][2], u32 xaddr, 
             for (int p = 0; p < 3; ++p) {
                 int d[4];
                 bmma0(d, af[2 * p][0], af[2 * p][1], af[2 * p + 1][0], af[2 * p + 1][1], b0, b1);
-                r0 += d[0] * coef[p][qh][0] + d[1] * coef[p][qh][1];
-                r1 += d[2] * coef[p][qh][0] + d[3] * coef[p][qh][1];
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int v = d[2 * h + e] << (2 * p + 4 * qh + e);
+                        if (qh == 1 && e == 1) {
+                            if (p == 2) Q2[h] += v; else Q[h] += v;
+                        } else {
+                            if (p == 2) P2[h] += v; else P[h] += v;
+                        }
+                    }
             }
         }
-        r0 += __shfl_xor_sync(0xffffffffu, r0, 1);
-        r1 += __shfl_xor_sync(0xffffffffu, r1, 1);
-        r0 += __shfl_xor_sync(0xffffffffu, r0, 2);
-        r1 += __shfl_xor_sync(0xffffffffu, r1, 2);
-        acc[2 * T] = r0;
-        acc[2 * T + 1] = r1;
+        int r[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            r[h] = ((P[h] + sa * P2[h]) + sb * (Q[h] + sa * Q2[h])) << ct;
+            r[h] += __shfl_xor_sync(0xffffffffu, r[h], 1);
+            r[h] += __shfl_xor_sync(0xffffffffu, r[h], 2);
+            acc[2 * T + h] = r[h];
+        }
     }
 }
 #endif
@@ -450,17 +486,9 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
     const int sx_row = a.NB, sx_b0 = 0;
 #endif
 #if BTC_PCT
-    int coef[3][2][2];  // the integer weight of this thread's D values, see pc_block
-#pragma unroll
-    for (int p = 0; p < 3; ++p)
-#pragma unroll
-        for (int qh = 0; qh < 2; ++qh)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int i = 2 * p + (t >> 1), j = 4 * qh + 2 * (t & 1) + e;
-                const int c = j < A_BITS ? 1 << (i + j) : 0;
-                coef[p][qh][e] = ((i == W_BITS - 1) != (j == A_BITS - 1)) ? -c : c;
-            }
+    // the per-thread factors of pc_block's sums: sign of the weight sign plane's terms, of the activation sign
+    // plane's terms, and the shift every term of this thread shares
+    const int sa = t >= 2 ? -1 : 1, sb = ((t & 1) == (A_BITS == 8)) ? -1 : 1, ct = (t >> 1) + 2 * (t & 1);
 #endif
 
     // ldmatrix row addresses. A: lane l feeds row (l & 7) + 8 * ((l >> 3) & 1) of plane pair member (l >> 4),
@@ -475,7 +503,8 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
     // that their global-memory latency hides behind a whole step of MMAs instead of stalling the epilogue.
     StepScales cur, nxt;
     const int tok0 = BTC_PCT ? m0 : m0 + 2 * t;
-    if (warp_live) load_scales(a, nxt, kb_begin, kb_end, wrow + g, tok0, sxp, sx_row, sx_b0);
+    const ScaleSrc ssrc = scale_src(a, wrow + g, tok0, sxp, sx_row, sx_b0);
+    if (warp_live) load_scales(a, ssrc, nxt, kb_begin, kb_end);
     for (int step = 0; step < nsteps; ++step) {
         cp_async_wait<BTC_STAGES - 2>();
         __syncthreads();  // stage `step` landed for every thread; stage `step - 1` is free for everybody
@@ -490,7 +519,7 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
         const int b0 = kb_begin + step * BTC_KB;  // first block of this step; blocks >= kb_end are computed on
                                                   // stale shared memory and discarded (keeps the chains branch-free)
         cur = nxt;
-        if (step + 1 < nsteps) load_scales(a, nxt, b0 + BTC_KB, kb_end, wrow + g, tok0, sxp, sx_row, sx_b0);
+        if (step + 1 < nsteps) load_scales(a, ssrc, nxt, b0 + BTC_KB, kb_end);
         const u32 st = smem_addr(smem + (step % BTC_STAGES) * STAGE_BYTES);
         u32 af[BTC_KB][W_BITS][2];
 #pragma unroll
@@ -510,7 +539,7 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
 #pragma unroll
         for (int kb = 0; kb < BTC_KB; ++kb) {
             int acc[NOUT];
-            pc_block(af[kb], xaddr + kb * X_REC, xstride, g, coef, acc);
+            pc_block(af[kb], xaddr + kb * X_REC, xstride, g, sa, sb, ct, acc);
             const int b = b0 + kb;
             if (b >= kb_end) break;
 #pragma unroll
