@@ -279,15 +279,29 @@ def _grid(cfg: TileConfig, n: int, mp: int, nb: int) -> tuple[tuple[int, int, in
     return (-(-n // cfg.rows), -(-nb // per), -(-mp // cfg.mt)), per
 
 
+def pack_layout(m: int, nb: int, act_bits: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Shapes of the packed activations of M = m tokens, NB blocks: (Mp, NB*A*4) int32 bit-plane words and (Mp, NB)
+    float32 per-block scales, Mp = m rounded up to 8 (the GEMM's 8-token column tile; padding tokens are zero)."""
+    mp = -(-m // 8) * 8
+    return (mp, nb * act_bits * 4), (mp, nb)
+
+
+def empty_pack(m: int, nb: int, act_bits: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised buffers of ``pack_layout``'s shapes, for btc_act_pack or the RMSNorm kernel to fill."""
+    words, scales = pack_layout(m, nb, act_bits)
+    return (torch.empty(words, dtype=torch.int32, device=device),
+            torch.empty(scales, dtype=torch.float32, device=device))
+
+
 def pack_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: int, cfg: TileConfig):
-    """(M, K) fp16/bf16 -> ((Mp, NB*A*4) int32 bit-plane words, (Mp, NB) float32 per-block scales); Mp = M
-    rounded up to 8, padded tokens zero. Word layout = packing.pack_bitplanes(xq, bits=act_bits)."""
+    """(M, K) fp16/bf16 -> ``pack_layout``'s (bit-plane words, per-block scales), padded tokens zero. Word layout =
+    packing.pack_bitplanes(xq, bits=act_bits)."""
     import numpy as np
 
     m, k = x2.shape
-    mp, dev = -(-m // 8) * 8, x2.device.index
-    xpack = torch.empty((mp, nb * act_bits * 4), dtype=torch.int32, device=x2.device)
-    sx = torch.empty((mp, nb), dtype=torch.float32, device=x2.device)
+    dev = x2.device.index
+    xpack, sx = empty_pack(m, nb, act_bits, x2.device)
+    mp = sx.shape[0]
     opts = cfg.defines(act_bits, x2.dtype == torch.bfloat16)
     whole = act_group_size == -1
     grid = (mp, 1 if whole else -(-nb // PACK_WARPS), 1)
@@ -352,8 +366,8 @@ def btc_linear(
         return out
     cfg = config or choose_config(n, kp, x2.shape[0], act_bits, x.device.index, act_group_size)
     if packed is not None:
-        check_packed(packed, -(-x2.shape[0] // 8) * 8, kp // BLOCK_K * act_bits * 4, kp // BLOCK_K, torch.int32,
-                     x.device, act_group_size)
+        check_packed(packed, pack_layout(x2.shape[0], kp // BLOCK_K, act_bits), torch.int32, x.device,
+                     act_group_size)
         cfg, (xpack, sx) = replace(cfg, fuse=False), packed
     else:
         _check_fuse(cfg, act_group_size)
@@ -363,9 +377,11 @@ def btc_linear(
     return out
 
 
-def check_packed(packed, rows: int, cols: int, nb: int, dtype: torch.dtype, device, act_group_size: int) -> None:
-    """ValueError unless ``packed`` is (activations (rows, cols) of ``dtype``, scales (rows, nb) float32), made
-    with act groups of 128 (the only kind norm_kernel.py makes)."""
+def check_packed(packed, shapes: tuple[tuple[int, int], tuple[int, int]], dtype: torch.dtype, device,
+                 act_group_size: int) -> None:
+    """ValueError unless ``packed`` is (activations of ``dtype``, float32 scales) of the ``shapes`` the layer's own
+    pack would make (``pack_layout``, ``int8_kernel.quant_layout``), with act groups of 128 (the only kind
+    norm_kernel.py makes)."""
     if act_group_size != BLOCK_K:
         raise ValueError(f"packed activations have act groups of {BLOCK_K}; this layer uses {act_group_size}")
     if not isinstance(packed, tuple) or len(packed) != 2:
@@ -373,8 +389,8 @@ def check_packed(packed, rows: int, cols: int, nb: int, dtype: torch.dtype, devi
     xp, sx = packed
     cl.check_tensor("packed activations", xp, device, (dtype,))
     cl.check_tensor("packed scales", sx, device, (torch.float32,))
-    if xp.shape != (rows, cols) or sx.shape != (rows, nb):
-        raise ValueError(f"packed activations must be ({rows}, {cols}) with ({rows}, {nb}) scales, got "
+    if (xp.shape, sx.shape) != shapes:
+        raise ValueError(f"packed activations must be {shapes[0]} with {shapes[1]} scales, got "
                          f"{tuple(xp.shape)} and {tuple(sx.shape)}")
 
 

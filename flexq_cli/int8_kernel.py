@@ -91,14 +91,25 @@ def default_config(m: int, n: int = 4096) -> Int8Config:
     return Int8Config(bm=32, bn=64, wm=2, wn=2, stages=4)
 
 
+def quant_layout(m: int, nb: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Shapes of the quantized activations of M = m tokens, NB blocks: (M, NB*128) int8 codes, (M, NB) scales."""
+    return (m, nb * BLOCK_K), (m, nb)
+
+
+def empty_quant(m: int, nb: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised buffers of ``quant_layout``'s shapes, for i8_act_quant or the RMSNorm kernel to fill."""
+    codes, scales = quant_layout(m, nb)
+    return (torch.empty(codes, dtype=torch.int8, device=device),
+            torch.empty(scales, dtype=torch.float32, device=device))
+
+
 def quantize_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: int, cfg: Int8Config):
-    """(M, K) fp16/bf16 -> ((M, NB*128) int8 codes in the kernel's K order, (M, NB) float32 block scales)."""
+    """(M, K) fp16/bf16 -> ``quant_layout``'s (int8 codes in the kernel's K order, float32 block scales)."""
     import numpy as np
 
     m, k = x2.shape
     dev = x2.device.index
-    xq = torch.empty((m, nb * BLOCK_K), dtype=torch.int8, device=x2.device)
-    sx = torch.empty((m, nb), dtype=torch.float32, device=x2.device)
+    xq, sx = empty_quant(m, nb, x2.device)
     whole = act_group_size == -1
     grid = (m, 1 if whole else -(-nb // QUANT_WARPS), 1)
     args = (cl.ptr(x2), cl.ptr(xq), cl.ptr(sx), np.int32(m), np.int32(k), np.int32(nb), np.int32(whole))
@@ -151,7 +162,7 @@ def int8_linear(
         return out
     cfg = config or default_config(x2.shape[0], qweight.shape[0])
     if packed is not None:
-        check_packed(packed, x2.shape[0], kp, kp // BLOCK_K, torch.int8, x.device, act_group_size)
+        check_packed(packed, quant_layout(x2.shape[0], kp // BLOCK_K), torch.int8, x.device, act_group_size)
         xq, sx = packed
     else:
         xq, sx = quantize_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)

@@ -6,8 +6,9 @@ quantized linear's activation pack.
 ``y`` equals ``primitives.rms_norm(x, weight, eps)`` bit for bit. With ``pack="btc"`` the same launch writes what
 ``btc.pack_activations`` would make of ``y`` (act groups of 128), with ``pack="int8"`` what
 ``int8_kernel.quantize_activations`` would: the quantized linear that reads ``y`` then skips its own pack launch
-(fusion.KernelRMSNorm hands it over). Arguments are checked here (ValueError naming what is wrong), launches go on
-PyTorch's current stream as the GEMMs' do (cuda_launch.py), so the call works under CUDA graph capture.
+(modules.KernelRMSNorm and KernelGatedMLP hand it over). Arguments are checked here (ValueError naming what is
+wrong), launches go on PyTorch's current stream as the GEMMs' do (cuda_launch.py), so the call works under CUDA
+graph capture.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import torch
 
 from . import cuda_launch as cl
+from .btc import empty_pack
+from .int8_kernel import empty_quant
 from .primitives import BLOCK_K
 
 KERNEL_FILE = "rmsnorm.cu"
@@ -98,13 +101,8 @@ def _pack_buffers(m: int, width: int, device, pack, act_bits, padded_in):
     if padded_in is None or padded_in % BLOCK_K or padded_in < width:
         raise ValueError(f"padded_in must be a multiple of {BLOCK_K} and >= the width {width}, got {padded_in}")
     nb = padded_in // BLOCK_K
-    if pack == "btc":
-        rows = -(-m // 8) * 8
-        packed = torch.empty((rows, nb * act_bits * 4), dtype=torch.int32, device=device)
-    else:
-        rows = m
-        packed = torch.empty((m, nb * BLOCK_K), dtype=torch.int8, device=device)
-    return (packed, torch.empty((rows, nb), dtype=torch.float32, device=device)), rows
+    packed = empty_pack(m, nb, act_bits, device) if pack == "btc" else empty_quant(m, nb, device)
+    return packed, packed[1].shape[0]
 
 
 def _ptrs(packed):
