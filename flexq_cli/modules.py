@@ -58,8 +58,8 @@ class QuantLinear(nn.Module):
         self.backend = "auto"
         self._codes = None  # unpacked int8 codes, cached for the reference path
         self._rotation = None  # ``rotation`` in the activations' dtype, cached
-        # (x, kernel, (activations, scales)): x already quantized and packed for ``kernel`` by the RMSNorm kernel
-        # before this layer (fusion.KernelRMSNorm); used once, by the call on that very tensor
+        # (x, kernel, (activations, scales)): x already quantized and packed for ``kernel`` by the kernel before this
+        # layer (KernelRMSNorm, KernelGatedMLP: _run_packing); used once, by the call on that very tensor
         self.handed_over = None
 
     @classmethod
@@ -114,10 +114,12 @@ class QuantLinear(nn.Module):
             if self._rotation is None or self._rotation.dtype != x.dtype or self._rotation.device != x.device:
                 self._rotation = self.rotation.to(device=x.device, dtype=x.dtype)
             x = block_rotate(x, self._rotation)
-        backend = self.kernel_for(x)
+        if handed is not None and handed[0] is x:  # _pack_for chose handed[1] as kernel_for(x) on this very x
+            backend, packed = handed[1], handed[2]
+        else:
+            backend, packed = self.kernel_for(x), None
         if backend != "reference":
             kernel = btc_linear if backend == "btc" else int8_linear
-            packed = handed[2] if handed is not None and handed[0] is x and handed[1] == backend else None
             return kernel(x, self.qweight, self.scales, act_bits=self.act_bits, bias=self.bias,
                           act_group_size=self.act_group_size, weight_group_size=self.weight_group_size,
                           packed=packed)
@@ -172,14 +174,7 @@ class KernelRMSNorm(nn.Module):
         if resolve_backend(self.backend, x) == "reference":
             return rms_norm(x, self.weight, eps)
         x = _kernel_ready(x)
-        consumer = self.consumer[0] if self.consumer else None
-        pack = _pack_for(consumer, x)
-        if pack is None:
-            return rms_norm_cuda(x, self.weight, eps)[0]
-        y, packed = rms_norm_cuda(x, self.weight, eps, pack=pack, act_bits=consumer.act_bits,
-                                  padded_in=consumer.padded_in)
-        consumer.handed_over = (y, pack, packed)
-        return y
+        return _run_packing(rms_norm_cuda, self.consumer[0] if self.consumer else None, x, x, self.weight, eps)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, backend={self.backend}" + (
@@ -207,12 +202,7 @@ class KernelGatedMLP(nn.Module):
             return self.down_proj(self.act_fn(gu[..., :i]) * gu[..., i:])
         gu = _kernel_ready(gu)
         down = self.down_proj if isinstance(self.down_proj, QuantLinear) else None
-        pack = _pack_for(down, gu[..., :i])
-        if pack is None:
-            return self.down_proj(silu_mul_cuda(gu)[0])
-        h, packed = silu_mul_cuda(gu, pack=pack, act_bits=down.act_bits, padded_in=down.padded_in)
-        down.handed_over = (h, pack, packed)
-        return self.down_proj(h)
+        return self.down_proj(_run_packing(silu_mul_cuda, down, gu[..., :i], gu))
 
 
 class KernelAttention(nn.Module):
@@ -277,6 +267,18 @@ def _attention_function(attn: nn.Module):
 def _sliding_window(attn: nn.Module):
     """The sliding window transformers' forward passes: Qwen2 its layer's, Mistral its config's, LLaMA none."""
     return attn.sliding_window if hasattr(attn, "sliding_window") else getattr(attn.config, "sliding_window", None)
+
+
+def _run_packing(launch, consumer: QuantLinear | None, like: torch.Tensor, *args) -> torch.Tensor:
+    """``launch(*args)``'s output (norm_kernel.rms_norm_cuda or silu_mul_cuda); where ``consumer`` can take a pack
+    made here (``_pack_for``, for an input shaped as ``like``) the same launch also makes it, and the consumer gets
+    it handed over for its call on that output."""
+    pack = _pack_for(consumer, like)
+    if pack is None:
+        return launch(*args)[0]
+    y, packed = launch(*args, pack=pack, act_bits=consumer.act_bits, padded_in=consumer.padded_in)
+    consumer.handed_over = (y, pack, packed)
+    return y
 
 
 def _pack_for(consumer: QuantLinear | None, x: torch.Tensor) -> str | None:
