@@ -10,7 +10,8 @@ LLaMA-2-7B decodes at ~33 tok/s eagerly against a ~215 tok/s bandwidth roofline 
   happens) inside the step, and SDPA gets the float mask it would otherwise make from a boolean one in every layer
   (three small kernels per layer on CUDA);
 * ``Decoder.step`` copies the new token ids and positions into static buffers, opens the new key in the mask
-  (one fill; prefill wrote the rest) and replays a CUDA graph of the whole forward pass (quantized linears included: the BTC kernel launches on the capturing stream).
+  (one fill; prefill wrote the rest) and replays a CUDA graph of the whole forward pass (quantized linears
+  included: the BTC kernel launches on the capturing stream).
 
 Prompts of different lengths are left-padded; padded keys are masked out and position ids count real tokens.
 """
@@ -77,7 +78,9 @@ class Decoder:
         self.pos_ids = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
         self.mask = self.attention_mask(torch.zeros(batch, 1, 1, max_len, dtype=torch.bool, device=self.device),
                                         self.dtype)  # (B, 1, 1, max_len): the keys the next token sees
-        self.seen = self.attention_mask(torch.ones((), dtype=torch.bool), self.dtype).item()  # a mask entry, seen
+        # a mask entry for "seen", derived from attention_mask so the boolean A/B (a patched attention_mask that
+        # returns its input: tests, gpu_decode_profile.py --bool-mask) opens keys too
+        self.seen = self.attention_mask(torch.ones((), dtype=torch.bool), self.dtype).item()
         self.slot = torch.zeros(1, dtype=torch.long, device=self.device)
         self.graph, self.logits = None, None
 

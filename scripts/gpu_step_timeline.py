@@ -30,7 +30,7 @@ def step_kernels(dec, replays: int = 3) -> list[list[tuple[str, float, float]]]:
     ev = sorted(((e.name, e.time_range.start, e.time_range.end) for e in prof.events()
                  if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda r: r[1])
     steps, cur = [], []
-    for i, e in enumerate(ev):  # replays are separated by a host synchronize: a long idle gap
+    for e in ev:  # replays are separated by a host synchronize: a long idle gap
         if cur and e[1] - cur[-1][2] > 200:
             steps.append(cur)
             cur = []
