@@ -170,7 +170,13 @@ def _scalar_types() -> dict:
 
 
 def _use_pdl(device: int) -> bool:
-    return PDL and torch.cuda.get_device_capability(device)[0] >= 9 and _driver_launch_ex() is not None
+    """Every launch asks (``PDL`` is a switch for A/Bs and tests); what the device can do is asked once."""
+    return PDL and _pdl_capable(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _pdl_capable(device: int) -> bool:
+    return torch.cuda.get_device_capability(device)[0] >= 9 and _driver_launch_ex() is not None
 
 
 def _launch_pdl(fn, grid, block, args, smem, stream: int) -> None:
