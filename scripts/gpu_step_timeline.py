@@ -4,7 +4,10 @@ Profiles a few graph replays (torch.profiler; CUPTI reports the kernels inside a
 decoder layers at the first RMSNorm kernel of every layer (two per layer), and prints for each kernel position of
 a layer its name, mean duration and the mean idle gap before it over all layers, then the layer's busy and idle
 time. Where a kernel is a quantized GEMM, the weight bytes it reads and the GB/s that makes.
-Usage: python scripts/gpu_step_timeline.py [SHAPE] [BATCH]   (JSON to $OUT/step-timeline-<shape>-b<B>.json)
+Usage: python scripts/gpu_step_timeline.py [SHAPE] [BATCH]   (JSON to $OUT/step-timeline-<shape>-b<B>-pdl<0/1>.json)
+PDL=0 in the environment launches the kernels without programmatic dependent launch: with it, a kernel may start
+while the one before it is finishing, so a kernel's span includes that wait (or the next kernel's prefetch
+traffic) and the per-kernel times overlap; without it each span is the kernel alone.
 """
 
 from __future__ import annotations
@@ -16,9 +19,15 @@ import sys
 import torch
 from gpu_decode_profile import build, graph_decoder  # scripts/ is on sys.path when run as a script
 
+from flexq_cli import cuda_launch
 from flexq_cli.config import load_preset
 
 NORM = "fq_rmsnorm"
+
+
+def is_gemm(kernel: str) -> bool:
+    """A quantized GEMM's kernel: the BTC kernel or the INT8 one (kernels/w6_int8_gemm.cu's i8_gemm)."""
+    return "btc_gemm" in kernel or "i8_gemm" in kernel
 
 
 def step_kernels(dec, replays: int = 3) -> list[list[tuple[str, float, float]]]:
@@ -77,7 +86,8 @@ def gemm_bytes(model) -> list[tuple[str, int]]:
 def main():
     shape = sys.argv[1] if len(sys.argv) > 1 else "llama-2-7b"
     batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    out = {"shape": shape, "batch": batch, "device": torch.cuda.get_device_name()}
+    cuda_launch.PDL = os.environ.get("PDL", "1") != "0"
+    out = {"shape": shape, "batch": batch, "device": torch.cuda.get_device_name(), "pdl": cuda_launch.PDL}
     for name, quant in (("fp16", None), ("w6a8", load_preset("w6a8"))):
         model, why = build(shape, quant)
         if why:
@@ -87,18 +97,19 @@ def main():
         t = layer_table(steps[len(steps) // 2])
         t["gemm_bytes"] = gemm_bytes(model)
         out[name] = t
-        print(f"== {name} batch {batch}: step span {t['step_span_us']} us; one layer (mean of "
+        print(f"== {name} batch {batch}, PDL {cuda_launch.PDL}: step span {t['step_span_us']} us; one layer (mean of "
               f"{t['layers_averaged']}): busy {t['busy_us']} us, idle {t['idle_us']} us")
         gb = iter(t["gemm_bytes"])
         for r in t["rows"]:
             extra = ""
-            if "btc_gemm" in r["name"] or "w6_int8" in r["name"]:
+            if is_gemm(r["name"]):
                 lin, nb = next(gb, ("?", 0))
                 extra = f"  {lin} {nb / 1e6:.1f} MB {nb / r['us'] / 1e3:.0f} GB/s"
             print(f"{r['gap_before']:7.2f} {r['us']:8.2f}  {r['name'][:60]}{extra}")
         del model, dec
         torch.cuda.empty_cache()
-    with open(os.path.join(os.environ.get("OUT", "/tmp"), f"step-timeline-{shape}-b{batch}.json"), "w") as f:
+    fname = f"step-timeline-{shape}-b{batch}-pdl{int(cuda_launch.PDL)}.json"
+    with open(os.path.join(os.environ.get("OUT", "/tmp"), fname), "w") as f:
         json.dump(out, f, indent=1)
 
 

@@ -1,0 +1,90 @@
+"""Tile configs tried inside the decode step: the W6A8 CUDA-graph step of a random-init model at batch B, with the
+tuned table (btc_tuning.TUNED) overridden for one or more GEMM shapes per variant.
+
+kernel_bench's --tune times each layer alone, L2 flushed, launched after nothing. In the decode step a GEMM is
+launched with programmatic dependent launch behind the norm, SiLU or pack kernel that feeds it, and prefetches its
+first BTC_STAGES - 1 stages of weights while that kernel runs; which config is best can differ there (docs/kernel.md,
+"Tuned inside the step"). Each variant captures the step's graph again and reports the mean replay time (CUDA events,
+back to back) and the layer's quantized GEMM times (torch.profiler, mean of the decoder layers), in rounds so that the
+spread between runs of the same variant shows. A warm-up of ~10 s of replays comes first: without it the first
+variant measured ~100 us faster than its own later rounds (a cooler GPU; 2026-11-22, H100).
+Usage: python scripts/gpu_step_configs.py [SHAPE] [BATCH] [ROUNDS] [VARIANT ...]
+  VARIANT: N:K=warps,kb,stages,splits[,mt][;N:K=...] for the batch's M bucket (btc_tuning.m_bucket), A8 unless
+  N:K:A6, mt 8 unless given; e.g. 4096:11008=4,4,3,4.
+  With no VARIANT: the table as it is, then each TUNE_CANDIDATE for the 7B down_proj shape.
+Results as JSON to $OUT/step-configs-<shape>-b<B>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+from gpu_decode_profile import build, graph_decoder, replay_us  # scripts/ is on sys.path when run as a script
+from gpu_step_timeline import is_gemm, layer_table, step_kernels
+
+from flexq_cli import btc, btc_tuning
+from flexq_cli.config import load_preset
+from flexq_cli.kernel_bench import TUNE_CANDIDATES
+
+
+def parse_variant(text: str, batch: int) -> dict:
+    """'N:K[:A6]=w,kb,st,splits[,mt];...' -> TUNED overrides for the batch's M bucket (mt 8 unless given)."""
+    over = {}
+    for part in text.split(";"):
+        shape, cfg = part.split("=")
+        dims = shape.split(":")
+        bits = 6 if len(dims) > 2 and dims[2].upper() == "A6" else 8
+        vals = [int(v) for v in cfg.split(",")]
+        warps, kb, stages, splits = vals[:4]
+        mt = vals[4] if len(vals) > 4 else 8
+        over[(int(dims[0]), int(dims[1]), btc_tuning.m_bucket(batch), bits)] = (warps, kb, stages, mt, splits)
+    return over
+
+
+def main():
+    args = sys.argv[1:]
+    shape = args[0] if args else "llama-2-7b"
+    batch = int(args[1]) if len(args) > 1 else 1
+    rounds = int(args[2]) if len(args) > 2 else 2
+    variants = {"table": {}}
+    for text in args[3:]:
+        variants[text] = parse_variant(text, batch)
+    if len(args) <= 3:
+        for w, kb, st in TUNE_CANDIDATES:
+            text = f"4096:11008={w},{kb},{st},4"
+            variants[text] = parse_variant(text, batch)
+    model, why = build(shape, load_preset("w6a8"))
+    if why:
+        raise SystemExit(f"{shape}: {why}")
+    base = dict(btc_tuning.TUNED)
+    out = {"shape": shape, "batch": batch, "device": torch.cuda.get_device_name(), "runs": []}
+    warm = graph_decoder(model, batch)
+    replay_us(warm, 3000)  # clocks and temperature settle before anything is recorded
+    del warm
+    try:
+        for rnd in range(rounds):
+            for name, over in variants.items():
+                btc_tuning.TUNED.clear()
+                btc_tuning.TUNED.update({**base, **over})
+                btc._choose_config.cache_clear()  # the config is chosen (and cached) per launch shape
+                dec = graph_decoder(model, batch)
+                step = replay_us(dec, 200)
+                gemms = [r["us"] for r in layer_table(step_kernels(dec)[1])["rows"] if is_gemm(r["name"])]
+                out["runs"].append({"round": rnd, "variant": name, "step_us": round(step, 1), "gemm_us": gemms})
+                print(f"{name:40s} step {step:8.1f} us | layer GEMMs " + " ".join(f"{g:6.2f}" for g in gemms),
+                      flush=True)
+                del dec
+                torch.cuda.empty_cache()
+    finally:
+        btc_tuning.TUNED.clear()
+        btc_tuning.TUNED.update(base)
+        btc._choose_config.cache_clear()
+    with open(os.path.join(os.environ.get("OUT", "/tmp"), f"step-configs-{shape}-b{batch}.json"), "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
