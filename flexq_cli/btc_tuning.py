@@ -27,8 +27,8 @@ TUNED: dict[tuple[int, int, int, int], tuple[int, int, int, int, int]] = {
     (12288, 4096, 8, 8): (4, 4, 3, 8, 1),
     (11008, 4096, 8, 6): (4, 4, 3, 8, 1),
     (11008, 4096, 8, 8): (4, 4, 3, 8, 1),
-    (4096, 11008, 8, 6): (8, 4, 2, 8, 4),
-    (4096, 11008, 8, 8): (4, 4, 3, 8, 4),  # chosen inside the decode step (below)
+    (4096, 11008, 8, 6): (4, 4, 3, 8, 4),  # both chosen inside the decode step (below)
+    (4096, 11008, 8, 8): (4, 4, 3, 8, 4),
     # 2026-11-22 (seventh session), the fused gate/up shapes decoding runs (kernel_bench --tune --models fused),
     # kept only where an A/B in one run (L2 flushed, 30 repeats, M = 1 / 2, us) against the heuristic's pick
     # showed a gain: 22016 x 4096 A8 45.5 / 53.7 -> 42.4 / 40.7, A6 45.3 / 52.6 -> 40.3 / 42.6; 57344 x 8192 A8
@@ -36,11 +36,12 @@ TUNED: dict[tuple[int, int, int, int], tuple[int, int, int, int, int]] = {
     (22016, 4096, 8, 6): (4, 2, 4, 8, 1),
     (22016, 4096, 8, 8): (4, 2, 4, 8, 1),
     (57344, 8192, 8, 8): (4, 4, 3, 8, 1),
-    # 2026-11-22 (ninth session): 4096 x 11008 A8 (7B down_proj) above, from scripts/gpu_step_configs.py. In the
+    # 2026-11-22 (ninth session): 4096 x 11008 (7B down_proj) above, from scripts/gpu_step_configs.py. In the
     # CUDA-graph decode step the GEMM prefetches its first stages - 1 stages during the SiLU kernel that feeds it
     # (PDL), which the isolated --tune sweep does not see: (8, 4, 2, 8, 4) -> (4, 4, 3, 8, 4) took the layer from
-    # 24.8-26.8 to 21.5 us and the batch-1 step from 3,396-3,449 to 3,338-3,341 us (two rounds each, one run).
-    # The other 7B decode shapes kept their entries: every alternative tried there was slower in the step.
+    # 24.7-26.8 to 21.4-21.6 us and the batch-1 step from 3,446-3,450 to 3,333-3,344 us (A8, five runs, their
+    # first unwarmed rounds left out), for A6 (the w6a6 preset's step) 24.9 -> 21.8-21.9 us and 3,459 / 3,469 ->
+    # 3,364 / 3,362 us. The other 7B decode shapes kept their entries: no alternative beat them in the step.
 }
 
 

@@ -1,5 +1,5 @@
-"""Tile configs tried inside the decode step: the W6A8 CUDA-graph step of a random-init model at batch B, with the
-tuned table (btc_tuning.TUNED) overridden for one or more GEMM shapes per variant.
+"""Tile configs tried inside the decode step: the W6A8 (or $PRESET) CUDA-graph step of a random-init model at
+batch B, with the tuned table (btc_tuning.TUNED) overridden for one or more GEMM shapes per variant.
 
 kernel_bench's --tune times each layer alone, L2 flushed, launched after nothing. In the decode step a GEMM is
 launched with programmatic dependent launch behind the norm, SiLU or pack kernel that feeds it, and prefetches its
@@ -12,6 +12,7 @@ Usage: python scripts/gpu_step_configs.py [SHAPE] [BATCH] [ROUNDS] [VARIANT ...]
   VARIANT: N:K=warps,kb,stages,splits[,mt][;N:K=...] for the batch's M bucket (btc_tuning.m_bucket), A8 unless
   N:K:A6, mt 8 unless given; e.g. 4096:11008=4,4,3,4.
   With no VARIANT: the table as it is, then each TUNE_CANDIDATE for the 7B down_proj shape.
+PRESET=w6a6 in the environment times that preset's model (default w6a8; variants then name N:K:A6).
 Results as JSON to $OUT/step-configs-<shape>-b<B>.json.
 """
 
@@ -56,11 +57,12 @@ def main():
         for w, kb, st in TUNE_CANDIDATES:
             text = f"4096:11008={w},{kb},{st},4"
             variants[text] = parse_variant(text, batch)
-    model, why = build(shape, load_preset("w6a8"))
+    preset = os.environ.get("PRESET", "w6a8")
+    model, why = build(shape, load_preset(preset))
     if why:
         raise SystemExit(f"{shape}: {why}")
     base = dict(btc_tuning.TUNED)
-    out = {"shape": shape, "batch": batch, "device": torch.cuda.get_device_name(), "runs": []}
+    out = {"shape": shape, "batch": batch, "preset": preset, "device": torch.cuda.get_device_name(), "runs": []}
     warm = graph_decoder(model, batch)
     replay_us(warm, 3000)  # clocks and temperature settle before anything is recorded
     del warm
