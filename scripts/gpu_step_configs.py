@@ -3,11 +3,12 @@ batch B, with the tuned table (btc_tuning.TUNED) overridden for one or more GEMM
 
 kernel_bench's --tune times each layer alone, L2 flushed, launched after nothing. In the decode step a GEMM is
 launched with programmatic dependent launch behind the norm, SiLU or pack kernel that feeds it, and prefetches its
-first BTC_STAGES - 1 stages of weights while that kernel runs; which config is best can differ there (docs/kernel.md,
-"Tuned inside the step"). Each variant captures the step's graph again and reports the mean replay time (CUDA events,
-back to back) and the layer's quantized GEMM times (torch.profiler, mean of the decoder layers), in rounds so that the
-spread between runs of the same variant shows. A warm-up of ~10 s of replays comes first: without it the first
-variant measured ~100 us faster than its own later rounds (a cooler GPU; 2026-11-22, H100).
+first BTC_STAGES - 1 stages of weights while that kernel runs; which config is best can differ there
+(docs/kernel.md, "Tuned inside the decode step"). Each variant captures the step's graph again and reports the mean
+replay time (CUDA events, back to back) and the layer's quantized GEMM times (torch.profiler, mean of the decoder
+layers), in rounds so that the spread between runs of the same variant shows. A warm-up of ~10 s of replays comes
+first: without it the first variant measured ~100 us faster than its own later rounds (a cooler GPU; 2026-11-22,
+H100).
 Usage: python scripts/gpu_step_configs.py [SHAPE] [BATCH] [ROUNDS] [VARIANT ...]
   VARIANT: N:K=warps,kb,stages,splits[,mt][;N:K=...] for the batch's M bucket (btc_tuning.m_bucket), A8 unless
   N:K:A6, mt 8 unless given; e.g. 4096:11008=4,4,3,4.
