@@ -72,7 +72,7 @@ def main():
             for name, over in variants.items():
                 btc_tuning.TUNED.clear()
                 btc_tuning.TUNED.update({**base, **over})
-                btc._choose_config.cache_clear()  # the config is chosen (and cached) per launch shape
+                btc.choose_config.cache_clear()  # the config is chosen (and cached) per launch shape
                 dec = graph_decoder(model, batch)
                 step = replay_us(dec, 200)
                 gemms = [r["us"] for r in layer_table(step_kernels(dec)[1])["rows"] if is_gemm(r["name"])]
@@ -84,7 +84,7 @@ def main():
     finally:
         btc_tuning.TUNED.clear()
         btc_tuning.TUNED.update(base)
-        btc._choose_config.cache_clear()
+        btc.choose_config.cache_clear()
     with open(os.path.join(os.environ.get("OUT", "/tmp"), f"step-configs-{shape}-b{batch}.json"), "w") as f:
         json.dump(out, f, indent=1)
 
