@@ -7,8 +7,8 @@ first BTC_STAGES - 1 stages of weights while that kernel runs; which config is b
 (docs/kernel.md, "Tuned inside the decode step"). Each variant captures the step's graph again and reports the mean
 replay time (CUDA events, back to back) and the layer's quantized GEMM times (torch.profiler, mean of the decoder
 layers), in rounds so that the spread between runs of the same variant shows. A warm-up of ~10 s of replays comes
-first: without it the first variant measured ~100 us faster than its own later rounds (a cooler GPU; 2026-11-22,
-H100).
+first: without it the first variant measured ~100 us faster than its own later rounds (2026-11-22, H100; why was
+not measured, clocks not yet settled is the guess).
 Usage: python scripts/gpu_step_configs.py [SHAPE] [BATCH] [ROUNDS] [VARIANT ...]
   VARIANT: N:K=warps,kb,stages,splits[,mt][;N:K=...] for the batch's M bucket (btc_tuning.m_bucket), A8 unless
   N:K:A6, mt 8 unless given; e.g. 4096:11008=4,4,3,4.
