@@ -26,6 +26,7 @@ from .primitives import BLOCK_K, EPILOGUE_CHUNK_BLOCKS
 
 KERNEL_FILE = "w6_int8_gemm.cu"
 QUANT_WARPS = 4  # warps per CTA of the activation quantize kernel
+SMEM_LIMIT = 227 * 1024  # dynamic shared memory one CTA may ask for on sm_90
 
 
 @dataclass(frozen=True)
@@ -39,28 +40,61 @@ class Int8Config:
     wm: int = 2
     wn: int = 4
     stages: int = 4
+    wgmma: bool = False  # the Hopper mainloop (sm_90a): wm warpgroups of 64 tokens x 128 rows, wn = 1
 
     def __post_init__(self):
         tm, tn = self.bm // max(1, self.wm), self.bn // max(1, self.wn)
-        if self.wm * self.wn not in (2, 4, 8) or tm % 16 or tn % 16 or tm * self.wm != self.bm \
-                or tn * self.wn != self.bn or not 3 <= self.stages <= 6 or (self.bn * 4) % self.threads:
+        if self.wgmma:
+            bad = self.bn != 128 or self.wn != 1 or self.wm not in (1, 2) or self.bm != 64 * self.wm \
+                or self.smem_bytes() > SMEM_LIMIT
+        else:
+            bad = self.wm * self.wn not in (2, 4, 8) or tm % 16 or tn % 16 or tm * self.wm != self.bm \
+                or tn * self.wn != self.bn or (self.bn * 4) % self.threads
+        if bad or not 3 <= self.stages <= 6:
             raise ValueError(f"unsupported int8 tile config {self}")
 
     @property
     def threads(self) -> int:
-        return 32 * self.wm * self.wn
+        return 128 * self.wm if self.wgmma else 32 * self.wm * self.wn
+
+    @property
+    def kernel(self) -> str:
+        return "i8_gemm_wgmma" if self.wgmma else "i8_gemm"
 
     def defines(self, act_bits: int, bf16: bool, debug: bool = False) -> tuple[str, ...]:
+        """-D options for the .cu; a wgmma config also names sm_90a (wgmma is an sm_90a feature, not sm_90)."""
         return (
             f"-DI8_ACT_BITS={act_bits}", f"-DI8_BM={self.bm}", f"-DI8_BN={self.bn}", f"-DI8_WM={self.wm}",
             f"-DI8_WN={self.wn}", f"-DI8_STAGES={self.stages}", f"-DI8_BF16={int(bf16)}",
             f"-DI8_DEBUG_ACC={int(debug)}", f"-DI8_QUANT_WARPS={QUANT_WARPS}", f"-DI8_CHUNK={EPILOGUE_CHUNK_BLOCKS}",
+            f"-DI8_WGMMA={int(self.wgmma)}", *(("-arch=sm_90a",) if self.wgmma else ()),
         )
 
     def smem_bytes(self) -> int:
-        """Stages x (activation tile + packed weight records + scales), plus two unpacked int8 weight tiles (.cu)."""
+        """mma.sync: stages x (activation tile + packed weight records + scales), plus two unpacked int8 weight
+        tiles. wgmma: two swizzled unpacked tiles and their float scales, then the stages, each rounded up to the
+        1024 bytes of a swizzle atom, plus 1024 to align the base (.cu, W_HEAD and W_STAGE_BYTES)."""
+        if self.wgmma:
+            head = _round_up(2 * self.bn * 128 + 2 * self.bn * 4, 1024)
+            stage = _round_up(self.bm * 128 + self.bn * 112 + self.bm * 4 + self.bn * 4, 1024)
+            return 1024 + head + self.stages * stage
         stage = self.bm * 144 + self.bn * 112 + self.bm * 4 + self.bn * 4
         return self.stages * stage + 2 * self.bn * 144
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+# The Hopper mainloop's tile: two warpgroups, 128 tokens x 128 rows. Exact, but not faster than the mma.sync tile
+# (0.97-1.01x on the H100 at M = 512..4096, docs/kernel.md), so default_config does not pick it: ask for it.
+WGMMA_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=4, wgmma=True)
+
+
+@functools.lru_cache(maxsize=None)
+def wgmma_capable(device: int) -> bool:
+    """wgmma exists on sm_90 (Hopper) only: not on Ampere/Ada, and Blackwell's sm_100 has a different MMA."""
+    return torch.cuda.get_device_capability(device) == (9, 0)
 
 
 # Decode-sized tiles (M <= 64), chosen from an H100 sweep of the configs below on LLaMA-2-7B/70B shapes
@@ -133,7 +167,15 @@ def _gemm(x2, xq, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_size
         np.int32(bias is not None and bias.dtype == torch.float32),
     )
     opts = cfg.defines(act_bits, x2.dtype == torch.bfloat16, debug)
-    cl.launch(cl.function(dev, KERNEL_FILE, opts, "i8_gemm", smem), grid, (cfg.threads, 1, 1), args, smem, dev)
+    cl.launch(cl.function(dev, KERNEL_FILE, opts, cfg.kernel, smem), grid, (cfg.threads, 1, 1), args, smem, dev)
+
+
+def _config(config: Int8Config | None, m: int, n: int, device: torch.device) -> Int8Config:
+    if config is not None and config.wgmma and not wgmma_capable(device.index):
+        name = torch.cuda.get_device_name(device)
+        raise ValueError(f"int8 tile config {config} needs wgmma, an sm_90 (Hopper) feature; {name} lacks it: "
+                         "use a config with wgmma=False")
+    return config or default_config(m, n)
 
 
 def int8_linear(
@@ -160,7 +202,7 @@ def int8_linear(
     x2, out, kp = check_linear_args(x, qweight, w_scales, bias, out, act_bits, act_group_size, weight_group_size)
     if x2.shape[0] == 0:
         return out
-    cfg = config or default_config(x2.shape[0], qweight.shape[0])
+    cfg = _config(config, x2.shape[0], qweight.shape[0], x.device)
     if packed is not None:
         check_packed(packed, quant_layout(x2.shape[0], kp // BLOCK_K), torch.int8, x.device, act_group_size)
         xq, sx = packed
@@ -177,7 +219,7 @@ def int8_block_accumulators(x: torch.Tensor, qweight: torch.Tensor, *, act_bits:
     x2, scales, acc = check_accumulator_args(x, qweight, act_bits, act_group_size)
     if x2.shape[0] == 0:
         return acc
-    cfg = config or default_config(x2.shape[0], qweight.shape[0])
+    cfg = _config(config, x2.shape[0], qweight.shape[0], x.device)
     xq, sx = quantize_activations(x2, acc.shape[0], act_bits, act_group_size, cfg)
     _gemm(x2, xq, sx, qweight, scales, None, acc, act_bits=act_bits, weight_group_size=128, cfg=cfg, debug=True)
     return acc

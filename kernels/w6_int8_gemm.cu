@@ -57,6 +57,9 @@
 #ifndef I8_CHUNK
 #define I8_CHUNK 2  // primitives.EPILOGUE_CHUNK_BLOCKS (int8_kernel.py always passes it)
 #endif
+#ifndef I8_WGMMA
+#define I8_WGMMA 0  // 1: the Hopper mainloop (wgmma, sm_90a) instead of mma.sync; see the end of the file
+#endif
 
 #define FQ_BF16 I8_BF16
 #include "common.cuh"
@@ -80,10 +83,12 @@
 #define MAGIC_F 12582912.0f
 
 static_assert(I8_ACT_BITS == 6 || I8_ACT_BITS == 8, "activation bits must be 6 or 8");
+#if !I8_WGMMA
 static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile: a multiple of 16 tokens and of 16 weight rows");
 static_assert((I8_BN * 4) % THREADS == 0, "the unpack gives every thread the same number of (row, word) items");
 static_assert(I8_STAGES >= 3, "the pipeline keeps one block being unpacked ahead of the one being multiplied");
 static_assert(STAGE_BYTES % 16 == 0, "stages must stay 16-byte aligned");
+#endif
 
 // ================================================================ activation quantize
 // x (M, K) fp16/bf16 -> xq (M, NB*128) int8 codes in the permuted order, sx (M, NB) float32. One warp per
@@ -182,21 +187,25 @@ __device__ __forceinline__ void delta_swap(u32& lo, u32& hi, int s, u32 m) {
 // the codes come out sign-extended to 8 bits); three delta-swap stages transpose each 8 x 8 block (byte lane i),
 // after which word p holds in byte i the code of k = p + 8i: register (t, r) with p = 2t + r, stored at logical
 // bytes 16r + 4t .. +3 of the step. 12 swaps of ~5 instructions for 32 codes.
+__device__ __forceinline__ void unpack_step(const u32* rec, u32 (&r)[8]) {
+#pragma unroll
+    for (int j = 0; j < 6; ++j) r[j] = rec[4 * j];
+    r[6] = r[7] = r[5];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) delta_swap(r[j], r[j + 4], 4, 0x0F0F0F0Fu);
+#pragma unroll
+    for (int j = 0; j < 8; j += (j & 1) ? 3 : 1) delta_swap(r[j], r[j + 2], 2, 0x33333333u);  // 0, 1, 4, 5
+#pragma unroll
+    for (int j = 0; j < 8; j += 2) delta_swap(r[j], r[j + 1], 1, 0x55555555u);
+}
+
+#if !I8_WGMMA
 __device__ __forceinline__ void unpack_weights(const char* st, char* wu) {
 #pragma unroll
     for (int it = 0; it < I8_BN * 4 / THREADS; ++it) {
         const int item = threadIdx.x + it * THREADS, row = item >> 2, w = item & 3;
-        const u32* rec = (const u32*)(st + STAGE_WP + row * WP_STRIDE) + w;
         u32 r[8];
-#pragma unroll
-        for (int j = 0; j < 6; ++j) r[j] = rec[4 * j];
-        r[6] = r[7] = r[5];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) delta_swap(r[j], r[j + 4], 4, 0x0F0F0F0Fu);
-#pragma unroll
-        for (int j = 0; j < 8; j += (j & 1) ? 3 : 1) delta_swap(r[j], r[j + 2], 2, 0x33333333u);  // 0, 1, 4, 5
-#pragma unroll
-        for (int j = 0; j < 8; j += 2) delta_swap(r[j], r[j + 1], 1, 0x55555555u);
+        unpack_step((const u32*)(st + STAGE_WP + row * WP_STRIDE) + w, r);
         uint4* dst = (uint4*)(wu + row * WU_STRIDE + w * 32);
         dst[0] = make_uint4(r[0], r[2], r[4], r[6]);  // r = 0: t = 0..3
         dst[1] = make_uint4(r[1], r[3], r[5], r[7]);  // r = 1
@@ -367,3 +376,247 @@ i8_gemm(const uint4* qweight, const u16* w_scales, const signed char* xq, const 
             }
 #endif
 }
+#else  // I8_WGMMA
+// ================================================================ the GEMM on Hopper's warpgroup MMA (sm_90a)
+// Opt-in (int8_kernel.WGMMA_TILE): exact, but on the H100 no faster than the mma.sync loop above (0.97-1.01x at
+// M = 512..4096, docs/kernel.md): both are latency-bound at 8 warps per SM, the epilogue and unpack being the same.
+// Same numerics, same packed records, same activation codes; the MMAs are wgmma.m64n128k32.s8, asynchronous, with
+// both operands read from shared memory by the tensor cores, and the next block's unpack runs while they do.
+// CTA: I8_BM / 64 warpgroups, each 64 tokens x 128 weight rows (its block accumulator, chunk sum and running
+// output are 64 registers each). Operands are K-major in the 128-byte swizzle: a 128-K block is one 128-byte row per
+// token / weight row, 8-row groups of 1024 bytes, 16-byte chunk c of row r stored at chunk c ^ (r % 8) (the
+// pattern the wgmma descriptor's swizzle mode 1 reads; a k32 step is the descriptor's start address + 32 bytes).
+// Per block b: wgmma(b) issued -> wait for block b + 1's copies -> unpack it -> proxy fence -> refill a stage ->
+// wait for wgmma(b) -> epilogue of b.
+#define WGS (I8_BM / 64)
+#define WTHREADS (128 * WGS)
+#define W_STAGE_A 0                                   // I8_BM token rows of 128 B, swizzled
+#define W_STAGE_WP (I8_BM * 128)                      // I8_BN packed records, WP_STRIDE apart
+#define W_STAGE_SX (W_STAGE_WP + I8_BN * WP_STRIDE)   // I8_BM float activation scales
+#define W_STAGE_SW (W_STAGE_SX + I8_BM * 4)           // I8_BN 4-byte words holding the fp16 weight scales
+#define W_STAGE_BYTES ((W_STAGE_SW + I8_BN * 4 + 1023) / 1024 * 1024)
+#define W_WU_BYTES (I8_BN * 128)                      // one unpacked int8 weight tile, swizzled
+#define W_SWF (2 * W_WU_BYTES)                        // two rows of I8_BN float weight scales (blocks b, b + 1)
+#define W_HEAD ((W_SWF + 2 * I8_BN * 4 + 1023) / 1024 * 1024)
+
+static_assert(I8_BM % 64 == 0 && WGS >= 1 && WGS <= 2, "wgmma: one or two warpgroups of 64 tokens");
+static_assert(I8_BN == 128, "wgmma: the instruction, the epilogue and the register budget are for 128 rows");
+static_assert((I8_BN * 4) % WTHREADS == 0 && I8_STAGES >= 3, "wgmma tile");
+
+__device__ __forceinline__ unsigned long long wg_desc(u32 saddr) {
+    // start address >> 4 (bits 0-13), leading offset 1 (unused by a swizzled K-major operand), stride offset
+    // 1024 B >> 4 between 8-row groups (bits 32-45), swizzle mode 1 = 128 B (bits 62-63)
+    return (unsigned long long)((saddr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Generic-proxy writes to shared memory (cp.async landings, the unpack's stores) made visible to the async proxy
+// that wgmma reads through; each thread fences its own writes before the barrier that publishes them.
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// d (+)= A(64 x 32 s8) . B(128 x 32 s8)^T; scale_d == 0 starts from zero (a block's first k32 step).
+__device__ __forceinline__ void wgmma_m64n128k32(int (&d)[64], unsigned long long desc_a, unsigned long long desc_b,
+                                                 int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p;\n}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
+          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
+          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
+          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+}
+
+// This thread's share of every stage's copies, fixed for the whole K loop: its addresses are worked out once, and a
+// block only adds b * (record or row stride). (Strided loops like load_weights' took ~700 SASS instructions per
+// refill here, these ~75; the kernel did not get faster for it: it is latency-bound, docs/kernel.md.)
+// Weights: WTHREADS / I8_BN threads per row, 6 / that many 16-byte chunks each; activations: two threads per
+// token, four chunks each; weight scales: threads 0 .. I8_BN - 1; activation scales: the last I8_BM threads.
+#define W_TPR (WTHREADS / I8_BN)
+#define W_CPT (6 / W_TPR)
+static_assert(WTHREADS == 2 * I8_BM && (W_TPR == 1 || W_TPR == 2), "wgmma copy plan");
+struct WgCopies {
+    const uint4* w;          // the thread's first weight chunk of block 0 (records are 6 chunks apart per block)
+    const signed char* x;    // its first activation chunk of block 0 (blocks are 128 bytes apart)
+    const u16* ws;           // weight scale row, or null
+    const float* sx;         // activation scale row, or null
+    u32 w_dst, x_dst;        // stage offsets of the first chunks
+    int x_sw;                // the token's swizzle (tok % 8) and first chunk
+    bool w_live;
+};
+__device__ __forceinline__ WgCopies wg_copies(const Args& a, int m0, int n0) {
+    WgCopies c;
+    const int tid = threadIdx.x, row = tid / W_TPR, first = (tid % W_TPR) * W_CPT;
+    c.w_live = n0 + row < a.N;
+    c.w = a.qweight + (size_t)(c.w_live ? n0 + row : 0) * a.NB * 6 + first;
+    c.w_dst = W_STAGE_WP + row * WP_STRIDE + first * 16;
+    const int tok = tid >> 1, live = m0 + tok < a.M;
+    c.x = a.xq + (size_t)(live ? m0 + tok : 0) * a.NB * 128 + (tid & 1) * 64;
+    c.x_dst = W_STAGE_A + tok * 128;
+    c.x_sw = (tok & 7) | (live ? 0 : 8) | ((tid & 1) << 4);
+    c.ws = tid < I8_BN && n0 + tid < a.N ? a.w_scales + (size_t)(n0 + tid) * a.ws_cols : nullptr;
+    const int stok = tid - (WTHREADS - I8_BM);
+    c.sx = stok >= 0 && m0 + stok < a.M ? a.sx + (size_t)(m0 + stok) * a.NB : nullptr;
+    return c;
+}
+__device__ __forceinline__ void wg_load_weights(const Args& a, const WgCopies& c, u32 st, int b) {
+    if (c.w_live) {
+#pragma unroll
+        for (int i = 0; i < W_CPT; ++i) cp_async16(st + c.w_dst + i * 16, c.w + (size_t)b * 6 + i);
+    }
+    if (c.ws) {
+        const size_t e = (size_t)b * a.w_step;  // the row's start parity is folded in by wg_unpack
+        cp_async4(st + W_STAGE_SW + threadIdx.x * 4, (const u16*)((size_t)(c.ws + e) & ~(size_t)3));
+    }
+}
+__device__ __forceinline__ void wg_load_acts(const WgCopies& c, u32 st, int b) {
+    const bool live = !(c.x_sw & 8);
+    const int half = (c.x_sw >> 4) * 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+        cp_async16_zfill(st + c.x_dst + (((half + i) ^ (c.x_sw & 7)) << 4), c.x + (size_t)b * 128 + i * 16, live);
+    if (c.sx) cp_async4(st + W_STAGE_SX + (threadIdx.x - (WTHREADS - I8_BM)) * 4, c.sx + b);
+}
+// Block b's packed records -> the swizzled int8 tile (same transpose as unpack_weights), and its weight scales as
+// floats (the epilogue then reads two rows' scales with one 8-byte load). Rows past N hold stale bits: never stored.
+__device__ __forceinline__ void wg_unpack(const Args& a, const char* st, char* wu, float* swf, int n0, int b) {
+#pragma unroll
+    for (int it = 0; it < I8_BN * 4 / WTHREADS; ++it) {
+        const int item = threadIdx.x + it * WTHREADS, row = item >> 2, w = item & 3;
+        u32 r[8];
+        unpack_step((const u32*)(st + W_STAGE_WP + row * WP_STRIDE) + w, r);
+        char* dst = wu + row * 128;
+        *(uint4*)(dst + (((2 * w) ^ (row & 7)) << 4)) = make_uint4(r[0], r[2], r[4], r[6]);
+        *(uint4*)(dst + (((2 * w + 1) ^ (row & 7)) << 4)) = make_uint4(r[1], r[3], r[5], r[7]);
+    }
+    for (int row = threadIdx.x; row < I8_BN; row += WTHREADS) {
+        const u32 word = *(const u32*)(st + W_STAGE_SW + row * 4);
+        const size_t e = (size_t)(n0 + row) * a.ws_cols + (size_t)b * a.w_step;  // which half of the word
+        swf[row] = half_to_float((u16)((e & 1) ? word >> 16 : word));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(WTHREADS, 1)
+i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, const float* sx, const void* bias,
+              void* y, int M, int N, int NB, int ws_cols, int w_step, int bias_f32) {
+    const Args a{qweight, w_scales, xq, sx, bias, y, M, N, NB, ws_cols, w_step, bias_f32};
+    extern __shared__ __align__(1024) char smem_raw[];
+    char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);  // swizzle atoms need 1024 alignment
+    char* wu_buf = smem;
+    float* swf_buf = (float*)(smem + W_SWF);
+    char* stages = smem + W_HEAD;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wg = warp >> 2, wq = warp & 3;
+    const int g = lane >> 2, t = lane & 3;
+    const int m0 = blockIdx.y * I8_BM, n0 = blockIdx.x * I8_BN;
+
+    const WgCopies cp = wg_copies(a, m0, n0);
+    const u32 stages_addr = smem_addr(stages);
+#pragma unroll
+    for (int s = 0; s < I8_STAGES - 1; ++s)
+        if (s < a.NB) wg_load_weights(a, cp, stages_addr + s * W_STAGE_BYTES, s);
+    pdl_wait();
+#pragma unroll
+    for (int s = 0; s < I8_STAGES - 1; ++s) {
+        if (s < a.NB) wg_load_acts(cp, stages_addr + s * W_STAGE_BYTES, s);
+        cp_async_commit();
+    }
+    cp_async_wait<I8_STAGES - 2>();
+    __syncthreads();
+    wg_unpack(a, stages, wu_buf, swf_buf, n0, 0);
+    fence_proxy_async();
+    __syncthreads();
+
+    int acc[64];  // fragment i: token 16 wq + g + 8 ((i >> 1) & 1) of the warpgroup, row 8 (i >> 2) + 2t + (i & 1)
+#if !I8_DEBUG_ACC
+    float csum[64], yacc[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) yacc[i] = -0.f;
+#endif
+    const u32 a_base = stages_addr + W_STAGE_A + wg * 64 * 128, b_base = smem_addr(wu_buf);
+
+    for (int c0 = 0; c0 < a.NB; c0 += I8_CHUNK) {
+#pragma unroll
+        for (int kb = 0; kb < I8_CHUNK; ++kb) {
+            const int b = c0 + kb;
+            if (b >= a.NB) break;
+            const u32 sa = a_base + (b % I8_STAGES) * W_STAGE_BYTES, sb = b_base + (b & 1) * W_WU_BYTES;
+            wgmma_fence();  // the epilogue's reads of acc come before these MMAs overwrite it
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks) wgmma_m64n128k32(acc, wg_desc(sa + 32 * ks), wg_desc(sb + 32 * ks), ks);
+            wgmma_commit();
+            cp_async_wait<I8_STAGES - 3>();  // this thread's copies of block b + 1 have landed
+            __syncthreads();                 // everybody's
+            if (b + 1 < a.NB)  // into the tile wgmma(b - 1) read, complete since the last iteration's wait
+                wg_unpack(a, stages + ((b + 1) % I8_STAGES) * W_STAGE_BYTES, wu_buf + ((b + 1) & 1) * W_WU_BYTES,
+                          swf_buf + ((b + 1) & 1) * I8_BN, n0, b + 1);
+            // The proxy fence is MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC in SASS and stalls (Nsight Compute): the refill
+            // goes out after it, not before (5-7% faster on the H100, 4096^3 and 28672 x 8192 x 4096, two runs).
+            fence_proxy_async();
+            {
+                const int nx = b + I8_STAGES - 1;  // its stage held block b - 1: free since the last barrier
+                const u32 st = stages_addr + (nx % I8_STAGES) * W_STAGE_BYTES;
+                if (nx < a.NB) {
+                    wg_load_weights(a, cp, st, nx);
+                    wg_load_acts(cp, st, nx);
+                }
+                cp_async_commit();
+            }
+            wgmma_wait0();
+#if I8_DEBUG_ACC
+#pragma unroll
+            for (int i = 0; i < 64; ++i) {
+                const int tok = m0 + wg * 64 + 16 * wq + g + 8 * ((i >> 1) & 1);
+                const int row = n0 + 8 * (i >> 2) + 2 * t + (i & 1);
+                if (tok < a.M && row < a.N) ((int*)a.y)[((size_t)b * a.M + tok) * a.N + row] = acc[i];
+            }
+#else
+            const float* sxs =
+                (const float*)(stages + (b % I8_STAGES) * W_STAGE_BYTES + W_STAGE_SX) + wg * 64 + 16 * wq + g;
+            const float sxv[2] = {sxs[0], sxs[8]};
+            const float2* swp = (const float2*)(swf_buf + (b & 1) * I8_BN + 2 * t);
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+                const float2 sw = swp[4 * j];  // rows 8j + 2t and 8j + 2t + 1
+#pragma unroll
+                for (int i = 4 * j; i < 4 * j + 4; ++i) {
+                    const float f = fadd_ieee(__int_as_float(acc[i] + MAGIC), -MAGIC_F);  // exact (float)acc
+                    const float term = fmul_ieee(f, fmul_ieee(sxv[(i >> 1) & 1], (i & 1) ? sw.y : sw.x));
+                    csum[i] = kb == 0 ? term : fadd_ieee(csum[i], term);
+                }
+            }
+#endif
+            __syncthreads();  // unpack(b + 1) and the copies of b + 1 published; stage b and its scales free
+        }
+#if !I8_DEBUG_ACC
+#pragma unroll
+        for (int i = 0; i < 64; ++i) yacc[i] = fadd_ieee(yacc[i], csum[i]);  // the chunk, in chunk order
+#endif
+    }
+    cp_async_wait<0>();
+    pdl_trigger();
+
+#if !I8_DEBUG_ACC
+#pragma unroll
+    for (int i = 0; i < 64; i += 2) {
+        const int tok = m0 + wg * 64 + 16 * wq + g + 8 * ((i >> 1) & 1), row = n0 + 8 * (i >> 2) + 2 * t;
+        if (tok >= a.M || row >= a.N) continue;  // N % 16 == 0: row + 1 < N too
+        float v0 = yacc[i], v1 = yacc[i + 1];
+        if (a.bias) {
+            v0 = fadd_ieee(v0, a.bias_f32 ? ((const float*)a.bias)[row] : to_float(((const u16*)a.bias)[row]));
+            v1 = fadd_ieee(v1, a.bias_f32 ? ((const float*)a.bias)[row + 1] : to_float(((const u16*)a.bias)[row + 1]));
+        }
+        ((u32*)a.y)[((size_t)tok * a.N + row) >> 1] = (u32)from_float(v0) | ((u32)from_float(v1) << 16);
+    }
+#endif
+}
+#endif  // I8_WGMMA

@@ -81,3 +81,22 @@ def test_int8_decode_tiles_fit_the_tokens_and_the_rows():
             assert cfg.bm <= max(16, 2 * m) and cfg.bn <= max(64, n), (m, n, cfg)
     assert default_config(65, 4096) == default_config(4096, 57344) == Int8Config()
     assert default_config(32, 14336).bn == 64 and default_config(32, 12288).bn == 32  # one wave of 32 x 32 tiles
+    assert not any(default_config(m, n).wgmma for m in (1, 16, 64, 65, 4096) for n in (4096, 28672))  # opt-in
+
+
+def test_int8_wgmma_configs():
+    """The Hopper mainloop's configs: warpgroups of 64 tokens x 128 rows only; its own thread count, kernel, arch
+    and shared memory (two 16 KB swizzled tiles + scales, then 31 KB stages, 1024-aligned: 227 KB fit 6)."""
+    import pytest
+
+    from flexq_cli.int8_kernel import WGMMA_TILE, Int8Config
+
+    assert (WGMMA_TILE.threads, WGMMA_TILE.kernel) == (256, "i8_gemm_wgmma")
+    assert "-arch=sm_90a" in WGMMA_TILE.defines(8, False) and "-DI8_WGMMA=1" in WGMMA_TILE.defines(8, False)
+    assert not any(d.startswith("-arch") for d in Int8Config().defines(8, False))
+    assert WGMMA_TILE.smem_bytes() == 1024 + 33 * 1024 + 4 * 31 * 1024
+    assert Int8Config(bm=128, bn=128, wm=2, wn=1, stages=6, wgmma=True).smem_bytes() <= 227 * 1024
+    for bad in (dict(bm=128, bn=64, wm=2, wn=1), dict(bm=128, bn=128, wm=1, wn=1), dict(bm=192, bn=128, wm=3, wn=1),
+                dict(bm=128, bn=128, wm=2, wn=2), dict(bm=128, bn=128, wm=2, wn=1, stages=2)):
+        with pytest.raises(ValueError, match="unsupported int8 tile config"):
+            Int8Config(**bad, wgmma=True)

@@ -75,13 +75,19 @@ CONFIGS = [int8_kernel.Int8Config(), int8_kernel.Int8Config(bm=64, bn=128, wm=1,
            # the decode-sized tiles of default_config
            int8_kernel.Int8Config(bm=16, bn=64, wm=1, wn=4, stages=6),
            int8_kernel.Int8Config(bm=16, bn=128, wm=1, wn=8), int8_kernel.Int8Config(bm=32, bn=64, wm=2, wn=2),
-           int8_kernel.Int8Config(bm=32, bn=32, wm=2, wn=1, stages=6)]
+           int8_kernel.Int8Config(bm=32, bn=32, wm=2, wn=1, stages=6),
+           # the Hopper mainloop (opt-in): two warpgroups, one, pipeline depths
+           int8_kernel.WGMMA_TILE, int8_kernel.Int8Config(bm=64, bn=128, wm=1, wn=1, stages=3, wgmma=True),
+           int8_kernel.Int8Config(bm=128, bn=128, wm=2, wn=1, stages=5, wgmma=True)]
+HOPPER = int8_kernel.wgmma_capable(torch.cuda.current_device())
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=str)
 @pytest.mark.parametrize("m", [1, 100, 129, 300])
 def test_every_tile_config_exact(cfg, m):
     """Partial tiles in M and N (N = 1088) and an odd block count (K = 4224: 33 blocks, a one-block last chunk)."""
+    if cfg.wgmma and not HOPPER:
+        pytest.skip("wgmma needs an sm_90 GPU")
     n, k = 1088, 4224
     wq, ws, qweight = _layer(n, k, seed=2)
     for act_bits in (6, 8):
@@ -157,6 +163,39 @@ def test_errors():
             int8_kernel.int8_linear(xx, qw, s, **kw)
     with pytest.raises(ValueError, match="unsupported int8 tile config"):
         int8_kernel.Int8Config(bm=40)
+
+
+WG_CASES = [(s, m) for s in SMALL_SHAPES + SHAPES_7B for m in (1, 17, 128, 512)] + [
+    (s, m) for s in SHAPES_L3 + SHAPES_70B for m in (129, 2048)
+]
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+@pytest.mark.parametrize("act_bits", [6, 8])
+@pytest.mark.parametrize("shape,m", WG_CASES, ids=[f"{n}x{k}-m{m}" for (n, k), m in WG_CASES])
+def test_wgmma_matches_reference(shape, m, act_bits):
+    """The opt-in Hopper mainloop on the model shapes (default_config never picks it, so CASES do not reach it)."""
+    n, k = shape
+    wq, ws, qweight = _layer(n, k)
+    x, cfg = _x(m, k), int8_kernel.WGMMA_TILE
+    if (wq.shape[1] // BLOCK_K) * m * n <= ACC_LIMIT:
+        acc = int8_kernel.int8_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
+        assert torch.equal(acc, block_int_gemm(_quantize(x, wq.shape[1], act_bits, 128)[0], wq))
+        del acc
+    out = torch.full((m, n), float("nan"), dtype=x.dtype, device=DEV)
+    _check_output(int8_kernel.int8_linear(x, qweight, ws, act_bits=act_bits, out=out, config=cfg), x, wq, ws, act_bits)
+
+
+def test_wgmma_config_needs_hopper(monkeypatch):
+    """The wgmma tile runs only when asked for, and only where the GPU has wgmma: elsewhere a ValueError."""
+    wq, ws, qweight = _layer(192, 576, seed=6)
+    x = _x(300, 576)
+    assert not int8_kernel._config(None, 300, 192, x.device).wgmma
+    if HOPPER:
+        _check_output(int8_kernel.int8_linear(x, qweight, ws, act_bits=8, config=int8_kernel.WGMMA_TILE), x, wq, ws, 8)
+    monkeypatch.setattr(int8_kernel, "wgmma_capable", lambda device: False)
+    with pytest.raises(ValueError, match="needs wgmma"):
+        int8_kernel.int8_linear(x, qweight, ws, act_bits=8, config=int8_kernel.WGMMA_TILE)
 
 
 @pytest.mark.parametrize("rotated", [False, True])

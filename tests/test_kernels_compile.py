@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from flexq_cli.btc import TileConfig
-from flexq_cli.int8_kernel import default_config
+from flexq_cli.int8_kernel import WGMMA_TILE, Int8Config, default_config
 from flexq_cli.resources import kernel_source, kernels_dir
 
 NVCC = shutil.which("nvcc")
@@ -22,7 +22,8 @@ VARIANTS = [(a, bf16, dbg) for a in (6, 8) for bf16 in (False, True) for dbg in 
 
 
 def _nvcc(src, *defines):
-    cmd = [NVCC, "-std=c++17", "-arch=sm_90", "-cubin", "-Xptxas", "-v", "-o", "/dev/null", *defines, str(src)]
+    arch = [] if any(d.startswith("-arch=") for d in defines) else ["-arch=sm_90"]  # wgmma configs name sm_90a
+    cmd = [NVCC, "-std=c++17", *arch, "-cubin", "-Xptxas", "-v", "-o", "/dev/null", *defines, str(src)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
     return res.stderr
@@ -69,6 +70,20 @@ def test_int8_variants_compile_without_spills(act_bits, bf16, debug, tmp_path):
     for cfg in tiles:
         log = _nvcc(src, *cfg.defines(act_bits, bf16, debug))
         assert " 0 bytes spill stores" in log and "spill stores" in log, log
+        _assert_no_spills(log)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("act_bits,bf16,debug", VARIANTS)
+def test_int8_wgmma_variants_compile_without_spills(act_bits, bf16, debug, tmp_path):
+    """The Hopper mainloop, for sm_90a, one and two warpgroups: no spills, and ptxas keeps the wgmma asynchronous
+    (it serializes them, with a warning, when it cannot prove the accumulators untouched in flight)."""
+    src = _pasted(tmp_path, "w6_int8_gemm.cu")
+    for cfg in (WGMMA_TILE, Int8Config(bm=64, bn=128, wm=1, wn=1, stages=5, wgmma=True)):
+        defines = cfg.defines(act_bits, bf16, debug)
+        assert "-arch=sm_90a" in defines
+        log = _nvcc(src, *defines)
+        assert "i8_gemm_wgmma" in log and "serializ" not in log.lower(), log
         _assert_no_spills(log)
 
 
