@@ -145,6 +145,16 @@ struct Args {
     int M, N, NB, ws_cols, w_step, bias_f32;
 };
 
+// Output columns row, row + 1 of token tok (N % 16 == 0: both exist when row does): + bias, one rounding each, one
+// 4-byte store. Both mainloops end here.
+__device__ __forceinline__ void store_pair(const Args& a, int tok, int row, float v0, float v1) {
+    if (a.bias) {
+        v0 = fadd_ieee(v0, a.bias_f32 ? ((const float*)a.bias)[row] : to_float(((const u16*)a.bias)[row]));
+        v1 = fadd_ieee(v1, a.bias_f32 ? ((const float*)a.bias)[row + 1] : to_float(((const u16*)a.bias)[row + 1]));
+    }
+    ((u32*)a.y)[((size_t)tok * a.N + row) >> 1] = (u32)from_float(v0) | ((u32)from_float(v1) << 16);
+}
+
 // Packed weight records and weight scales of block b (read-only for every kernel: may run before pdl_wait).
 // No L2 cache-policy operand here: with one (createpolicy evict_last) these copies raised illegal-instruction
 // errors on the H100 (CUDA 13 driver), and every token tile of a column reads the same weights anyway.
@@ -365,14 +375,7 @@ i8_gemm(const uint4* qweight, const u16* w_scales, const signed char* xq, const 
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int tok = m0 + wm * WTM + 16 * i + g + 8 * h, row = n0 + wn * WTN + 8 * j + 2 * t;
-                if (tok >= a.M || row >= a.N) continue;  // N % 16 == 0: row + 1 < N too
-                float v0 = yacc[i][j][2 * h], v1 = yacc[i][j][2 * h + 1];
-                if (a.bias) {
-                    v0 = fadd_ieee(v0, a.bias_f32 ? ((const float*)a.bias)[row] : to_float(((const u16*)a.bias)[row]));
-                    v1 = fadd_ieee(v1, a.bias_f32 ? ((const float*)a.bias)[row + 1]
-                                                  : to_float(((const u16*)a.bias)[row + 1]));
-                }
-                ((u32*)a.y)[((size_t)tok * a.N + row) >> 1] = (u32)from_float(v0) | ((u32)from_float(v1) << 16);
+                if (tok < a.M && row < a.N) store_pair(a, tok, row, yacc[i][j][2 * h], yacc[i][j][2 * h + 1]);
             }
 #endif
 }
@@ -439,7 +442,7 @@ __device__ __forceinline__ void wgmma_m64n128k32(int (&d)[64], unsigned long lon
 
 // This thread's share of every stage's copies, fixed for the whole K loop: its addresses are worked out once, and a
 // block only adds b * (record or row stride). (Strided loops like load_weights' took ~700 SASS instructions per
-// refill here, these ~75; the kernel did not get faster for it: it is latency-bound, docs/kernel.md.)
+// refill here, these ~75, static counts; the kernel got 9% slower, not faster: it is latency-bound, docs/kernel.md.)
 // Weights: WTHREADS / I8_BN threads per row, 6 / that many 16-byte chunks each; activations: two threads per
 // token, four chunks each; weight scales: threads 0 .. I8_BN - 1; activation scales: the last I8_BM threads.
 #define W_TPR (WTHREADS / I8_BN)
@@ -609,13 +612,7 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 #pragma unroll
     for (int i = 0; i < 64; i += 2) {
         const int tok = m0 + wg * 64 + 16 * wq + g + 8 * ((i >> 1) & 1), row = n0 + 8 * (i >> 2) + 2 * t;
-        if (tok >= a.M || row >= a.N) continue;  // N % 16 == 0: row + 1 < N too
-        float v0 = yacc[i], v1 = yacc[i + 1];
-        if (a.bias) {
-            v0 = fadd_ieee(v0, a.bias_f32 ? ((const float*)a.bias)[row] : to_float(((const u16*)a.bias)[row]));
-            v1 = fadd_ieee(v1, a.bias_f32 ? ((const float*)a.bias)[row + 1] : to_float(((const u16*)a.bias)[row + 1]));
-        }
-        ((u32*)a.y)[((size_t)tok * a.N + row) >> 1] = (u32)from_float(v0) | ((u32)from_float(v1) << 16);
+        if (tok < a.M && row < a.N) store_pair(a, tok, row, yacc[i], yacc[i + 1]);
     }
 #endif
 }
