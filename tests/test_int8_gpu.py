@@ -39,16 +39,22 @@ ACC_LIMIT = 1 << 28  # int32 accumulators compared only up to 1 GiB (NB x M x N)
 @pytest.mark.parametrize("act_bits", [6, 8])
 @pytest.mark.parametrize("shape,m", CASES, ids=[f"{n}x{k}-m{m}" for (n, k), m in CASES])
 def test_int8_matches_reference(shape, m, act_bits):
+    _check_case(shape, m, act_bits, None)
+
+
+def _check_case(shape, m, act_bits, cfg):
+    """Block accumulators equal to the reference's integers (where they fit in ACC_LIMIT), outputs into a
+    NaN-poisoned ``out`` equal to reference_linear bit for bit; ``cfg`` None: the default tile."""
     n, k = shape
     wq, ws, qweight = _layer(n, k)
     x = _x(m, k)
     if (wq.shape[1] // BLOCK_K) * m * n <= ACC_LIMIT:
-        acc = int8_kernel.int8_block_accumulators(x, qweight, act_bits=act_bits)
+        acc = int8_kernel.int8_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
         xq, _ = _quantize(x, wq.shape[1], act_bits, 128)
         assert torch.equal(acc, block_int_gemm(xq, wq))
         del acc
     out = torch.full((m, n), float("nan"), dtype=x.dtype, device=DEV)
-    y = int8_kernel.int8_linear(x, qweight, ws, act_bits=act_bits, out=out)
+    y = int8_kernel.int8_linear(x, qweight, ws, act_bits=act_bits, out=out, config=cfg)
     assert y is out
     _check_output(y, x, wq, ws, act_bits)
 
@@ -175,15 +181,7 @@ WG_CASES = [(s, m) for s in SMALL_SHAPES + SHAPES_7B for m in (1, 17, 128, 512)]
 @pytest.mark.parametrize("shape,m", WG_CASES, ids=[f"{n}x{k}-m{m}" for (n, k), m in WG_CASES])
 def test_wgmma_matches_reference(shape, m, act_bits):
     """The opt-in Hopper mainloop on the model shapes (default_config never picks it, so CASES do not reach it)."""
-    n, k = shape
-    wq, ws, qweight = _layer(n, k)
-    x, cfg = _x(m, k), int8_kernel.WGMMA_TILE
-    if (wq.shape[1] // BLOCK_K) * m * n <= ACC_LIMIT:
-        acc = int8_kernel.int8_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
-        assert torch.equal(acc, block_int_gemm(_quantize(x, wq.shape[1], act_bits, 128)[0], wq))
-        del acc
-    out = torch.full((m, n), float("nan"), dtype=x.dtype, device=DEV)
-    _check_output(int8_kernel.int8_linear(x, qweight, ws, act_bits=act_bits, out=out, config=cfg), x, wq, ws, act_bits)
+    _check_case(shape, m, act_bits, int8_kernel.WGMMA_TILE)
 
 
 def test_wgmma_config_needs_hopper(monkeypatch):
