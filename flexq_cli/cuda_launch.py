@@ -58,13 +58,15 @@ _lock = threading.Lock()
 @functools.lru_cache(maxsize=None)
 def module(device: int, filename: str, options: tuple[str, ...]):
     """The compiled RawModule for (device, file, options), built by NVRTC for the device's own SASS (sm_<cc>,
-    cubin), so Hopper runs native code, not JIT-ed PTX. CuPy also keeps its on-disk cache keyed by source and
-    options."""
+    cubin), so Hopper runs native code, not JIT-ed PTX. Options that name an -arch themselves (the INT8 kernel's
+    wgmma build: sm_90a) keep theirs. CuPy also keeps its on-disk cache keyed by source and options."""
     cupy = cupy_module()
     major, minor = torch.cuda.get_device_capability(device)
-    arch = f"-arch=sm_{major}{minor}"  # named explicitly: native SASS for this device (CuPy adds the same)
+    # named explicitly: native SASS for this device. CuPy appends its own -arch=sm_<cc> after ours whatever we pass;
+    # NVRTC 13.0 builds for sm_90a with both -arch=sm_90a and -arch=sm_90 given (checked on the H100).
+    arch = () if any(o.startswith("-arch=") for o in options) else (f"-arch=sm_{major}{minor}",)
     with _lock, cupy.cuda.Device(device):
-        mod = cupy.RawModule(code=kernel_source(filename), options=("-std=c++17", arch, *options))
+        mod = cupy.RawModule(code=kernel_source(filename), options=("-std=c++17", *arch, *options))
         mod.compile()
     return mod
 
