@@ -7,17 +7,11 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 M=${1:-1}; shift || true
 SHAPES=${*:-12288:4096 4096:4096 22016:4096 4096:11008}
-STALLS=(long_scoreboard short_scoreboard barrier wait math_pipe_throttle mio_throttle lg_throttle not_selected
-        no_instruction dispatch_stall membar tex_throttle drain selected)
-METRICS=dram__bytes_read.sum,dram__bytes_write.sum,smsp__inst_executed.sum
-for r in "${STALLS[@]}"; do METRICS+=",smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio"; done
+source scripts/ncu_common.sh
+METRICS=$(ncu_metrics dram__bytes_read.sum,dram__bytes_write.sum,smsp__inst_executed.sum)
 for s in $SHAPES; do
   n=${s%:*}; k=${s#*:}
-  ncu --clock-control none -k regex:btc_gemm --launch-skip 4 --launch-count 1 \
-      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-      --section MemoryWorkloadAnalysis --section SchedulerStats \
-      --metrics "$METRICS" \
-      python3 - "$n" "$k" "$M" > "$OUT/ncu-$n-$k-m$M.txt" 2>&1 <<'PY'
+  ncu_run btc_gemm 4 "$OUT/ncu-$n-$k-m$M.txt" "$METRICS" python3 - "$n" "$k" "$M" <<'PY'
 import sys, torch
 from flexq_cli import btc
 from flexq_cli.kernel_bench import _layer

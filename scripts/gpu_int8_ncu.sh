@@ -1,25 +1,18 @@
 #!/usr/bin/env bash
 # Nsight Compute on the INT8 GEMM at prefill sizes, for each mainloop: one process per (config, shape) runs
 # int8_linear a few times, ncu reads the last GEMM launch (clocks left alone). Key lines to stdout, reports in $OUT.
-# Usage: scripts/gpu_int8_ncu.sh [M] [N:K ...]   (default M = 4096 on 4096 x 4096); CONFIGS="mma wgmma"
+# Usage: scripts/gpu_int8_ncu.sh [M] [N:K ...]   (default M = 4096 on 4096 x 4096); CONFIGS="mma wgmma";
+# SOURCE=1 adds a --set full report per run and prints its stall samples by reason and the top SASS sites.
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 M=${1:-4096}; shift || true
 SHAPES=${*:-4096:4096}
-STALLS=(long_scoreboard short_scoreboard barrier wait math_pipe_throttle mio_throttle lg_throttle not_selected
-        no_instruction dispatch_stall membar sleeping selected)
-METRICS=dram__bytes_read.sum,lts__t_bytes.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active
-METRICS+=,sm__pipe_tensor_op_imma_cycles_active.avg.pct_of_peak_sustained_active,sm__cycles_elapsed.avg.per_second
-for r in "${STALLS[@]}"; do METRICS+=",smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio"; done
-for cfg in ${CONFIGS:-mma wgmma}; do
-for s in $SHAPES; do
-  n=${s%:*}; k=${s#*:}
-  ncu --clock-control none -k regex:i8_gemm --launch-skip 3 --launch-count 1 \
-      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-      --section MemoryWorkloadAnalysis --section SchedulerStats \
-      --metrics "$METRICS" \
-      python3 - "$n" "$k" "$M" "$cfg" > "$OUT/ncu-i8-$cfg-$n-$k-m$M.txt" 2>&1 <<'PY'
+source scripts/ncu_common.sh
+METRICS=$(ncu_metrics dram__bytes_read.sum,lts__t_bytes.sum,smsp__inst_executed.sum)
+METRICS+=,sm__cycles_elapsed.avg.per_second
+METRICS+=,sm__pipe_tensor_op_imma_cycles_active.avg.pct_of_peak_sustained_active  # wgmma's IGMMA counts here too
+cat > /tmp/ncu_i8.py <<'PY'  # the process ncu watches: int8_linear 5 times
 import sys, torch
 from flexq_cli import int8_kernel
 from flexq_cli.kernel_bench import _layer
@@ -31,7 +24,18 @@ for _ in range(5):
     int8_kernel.int8_linear(x, qweight, ws, act_bits=8, config=cfg)
 torch.cuda.synchronize()
 PY
+for cfg in ${CONFIGS:-mma wgmma}; do
+for s in $SHAPES; do
+  n=${s%:*}; k=${s#*:}
   echo "== $cfg $n x $k, M = $M"
+  ncu_run i8_gemm 3 "$OUT/ncu-i8-$cfg-$n-$k-m$M.txt" "$METRICS" python3 /tmp/ncu_i8.py "$n" "$k" "$M" "$cfg"
+  if [[ -n ${SOURCE:-} ]]; then  # per-SASS-instruction stall samples: the split by reason and the top sites
+    ncu --clock-control none -k regex:i8_gemm --launch-skip 3 --launch-count 1 --set full --import-source no \
+        -f -o "$OUT/ncu-i8-$cfg-$n-$k-m$M" python3 /tmp/ncu_i8.py "$n" "$k" "$M" "$cfg" > /dev/null 2>&1
+    ncu -i "$OUT/ncu-i8-$cfg-$n-$k-m$M.ncu-rep" --page source --csv --print-source sass \
+        > "$OUT/ncu-i8-$cfg-$n-$k-m$M-sass.csv" 2>&1
+    python3 scripts/ncu_stall_sites.py "$OUT/ncu-i8-$cfg-$n-$k-m$M-sass.csv"
+  fi
   KEYS="Duration|DRAM Throughput|Memory Throughput|L1/TEX Hit|L2 Hit Rate|Registers Per|Occupancy|Issue Slots"
   KEYS+="|Issued Warp Per|No Eligible|Eligible Warps|Warp Cycles Per Issued|Dynamic Shared|Waves Per SM"
   KEYS+="|Mem Busy|Max Bandwidth|stalled|dram__bytes|lts__t_bytes|inst_executed|pipe_tensor|SM Frequency|per_second"
