@@ -147,6 +147,29 @@ __device__ __forceinline__ int i8_code_pos(int lane) {
     return 16 * (p & 1) + 4 * (p >> 1) + i;
 }
 
+// ---------------------------------------------------------------- 6-bit weights: bit planes -> int8 codes
+// Swap the bits selected by mask m << s of `lo` with the bits m of `hi` (one step of a bit-matrix transpose).
+__device__ __forceinline__ void delta_swap(u32& lo, u32& hi, int s, u32 m) {
+    const u32 t = ((lo >> s) ^ hi) & m;
+    hi ^= t;
+    lo ^= t << s;
+}
+
+// r[0..5]: the six plane words of one (weight row, 32-wide K word) of a packed record (plane j: bit k of word j is
+// bit j of the code of k). They are rows 0..5 of an 8 x 32 bit matrix; rows 6 and 7 repeat the sign plane (so the
+// codes come out sign-extended to 8 bits); three delta-swap stages transpose each 8 x 8 block (byte lane i), after
+// which r[p] holds in byte i the int8 code of k = p + 8i. 12 swaps of ~5 instructions for 32 codes. Shared by the
+// INT8 kernels (w6_int8_gemm.cu, w6_int8_gemv.cu), which order K to match.
+__device__ __forceinline__ void unpack_planes(u32 (&r)[8]) {
+    r[6] = r[7] = r[5];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) delta_swap(r[j], r[j + 4], 4, 0x0F0F0F0Fu);
+#pragma unroll
+    for (int j = 0; j < 8; j += (j & 1) ? 3 : 1) delta_swap(r[j], r[j + 2], 2, 0x33333333u);  // 0, 1, 4, 5
+#pragma unroll
+    for (int j = 0; j < 8; j += 2) delta_swap(r[j], r[j + 1], 1, 0x55555555u);
+}
+
 // The per-token scale (act_group_size -1) of row `xr`, reduced over the whole CTA of WARPS warps (all must call).
 template <int WARPS>
 __device__ __forceinline__ float cta_row_scale(const u16* xr, int K, bool live, int qmax) {

@@ -185,28 +185,13 @@ __device__ __forceinline__ void load_acts(const Args& a, char* st, int m0, int b
         if (m0 + tok < a.M) cp_async4(smem_addr(st + STAGE_SX + tok * 4), a.sx + (size_t)(m0 + tok) * a.NB + b);
 }
 
-// Swap the bits selected by mask m << s of `lo` with the bits m of `hi` (one step of a bit-matrix transpose).
-__device__ __forceinline__ void delta_swap(u32& lo, u32& hi, int s, u32 m) {
-    const u32 t = ((lo >> s) ^ hi) & m;
-    hi ^= t;
-    lo ^= t << s;
-}
-
-// One stage's packed records -> int8 weight rows in logical K order (see the top of the file). Item (row, word w):
-// the six plane words w of the row are rows 0..5 of an 8 x 32 bit matrix, rows 6 and 7 repeat the sign plane (so
-// the codes come out sign-extended to 8 bits); three delta-swap stages transpose each 8 x 8 block (byte lane i),
-// after which word p holds in byte i the code of k = p + 8i: register (t, r) with p = 2t + r, stored at logical
-// bytes 16r + 4t .. +3 of the step. 12 swaps of ~5 instructions for 32 codes.
+// One stage's packed records -> int8 weight rows in logical K order (see the top of the file): item (row, word w)
+// gets its six plane words transposed by unpack_planes (common.cuh), after which word p holds in byte i the code of
+// k = p + 8i: register (t, r) with p = 2t + r, stored at logical bytes 16r + 4t .. +3 of the step.
 __device__ __forceinline__ void unpack_step(const u32* rec, u32 (&r)[8]) {
 #pragma unroll
     for (int j = 0; j < 6; ++j) r[j] = rec[4 * j];
-    r[6] = r[7] = r[5];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) delta_swap(r[j], r[j + 4], 4, 0x0F0F0F0Fu);
-#pragma unroll
-    for (int j = 0; j < 8; j += (j & 1) ? 3 : 1) delta_swap(r[j], r[j + 2], 2, 0x33333333u);  // 0, 1, 4, 5
-#pragma unroll
-    for (int j = 0; j < 8; j += 2) delta_swap(r[j], r[j + 1], 1, 0x55555555u);
+    unpack_planes(r);
 }
 
 #if !I8_WGMMA
