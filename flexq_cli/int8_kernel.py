@@ -8,9 +8,13 @@ computes ``reference.reference_linear`` on the GPU, bit for bit, like ``btc.btc_
 stream: the activation quantize kernel (x -> int8 codes in the kernel's permuted K order + fp32 block scales) and
 the GEMM, a programmatic dependent launch on sm_90 as the BTC kernel's.
 
-The bit-serial BTC kernel costs 36/48 binary MMAs per multiply-add and wins while the GEMM is memory bound (a few
-tokens); this one wins above a crossover measured on the H100 (``dispatch.py``). This module is the one source of
-truth for the kernel's compile-time constants (``Int8Config.defines``).
+Up to 16 tokens a second kernel takes the same inputs (kernels/w6_int8_gemv.cu, ``GemvConfig``): no shared-memory
+pipeline, each warp loads its weight words into registers and unpacks them there, so a layer streams its weights
+with many independent warps in flight. ``default_config`` picks it from the token count.
+
+The bit-serial BTC kernel costs 36/48 binary MMAs per multiply-add; it still wins at one token on some wide layers
+and these kernels above a crossover measured on the H100 (``dispatch.py``). This module is the one source of truth
+for the kernels' compile-time constants (``Int8Config.defines``, ``GemvConfig.defines``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .btc import check_accumulator_args, check_linear_args, check_packed
 from .primitives import BLOCK_K, EPILOGUE_CHUNK_BLOCKS
 
 KERNEL_FILE = "w6_int8_gemm.cu"
+GEMV_FILE = "w6_int8_gemv.cu"
 QUANT_WARPS = 4  # warps per CTA of the activation quantize kernel
 SMEM_LIMIT = 227 * 1024  # dynamic shared memory one CTA may ask for on sm_90
 
@@ -82,6 +87,45 @@ class Int8Config:
         return self.stages * stage + 2 * self.bn * 144
 
 
+@dataclass(frozen=True)
+class GemvConfig:
+    """The decode-sized kernel (kernels/w6_int8_gemv.cu): no shared-memory pipeline, each warp loads its weight
+    words into registers ``depth`` 128-K blocks ahead and unpacks them there. CTA: ``rt`` row tiles of 16 weight
+    rows x ``kw`` warps per row tile, splitting the K chunks; ``mt`` token tiles of 8 (M <= 8 * mt)."""
+
+    kw: int = 4
+    rt: int = 1
+    mt: int = 1
+    depth: int = 2
+
+    def __post_init__(self):
+        if not (1 <= self.kw <= 16 and 1 <= self.rt <= 4 and self.kw * self.rt <= 16 and self.mt in (1, 2)
+                and self.depth in (2, 4)):
+            raise ValueError(f"unsupported int8 gemv config {self}")
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.kw * self.rt
+
+    @property
+    def kernel(self) -> str:
+        return "i8_gemv"
+
+    @property
+    def max_tokens(self) -> int:
+        return 8 * self.mt
+
+    def defines(self, act_bits: int, bf16: bool, debug: bool = False) -> tuple[str, ...]:
+        """-D options for w6_int8_gemv.cu (its codes are int8 whatever the activation bits: act_bits unused)."""
+        return (f"-DGV_KW={self.kw}", f"-DGV_RT={self.rt}", f"-DGV_MT={self.mt}", f"-DGV_DEPTH={self.depth}",
+                f"-DGV_BF16={int(bf16)}", f"-DGV_DEBUG_ACC={int(debug)}", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}")
+
+    def smem_bytes(self, nb: int) -> int:
+        """The chunk-sum slots of the .cu: warp 0's prefix, then one per chunk past warp 0's range."""
+        nc = -(-nb // EPILOGUE_CHUNK_BLOCKS)
+        return (nc - -(-nc // self.kw) + 1) * 16 * self.rt * 8 * self.mt * 4
+
+
 def _round_up(v: int, m: int) -> int:
     return -(-v // m) * m
 
@@ -97,29 +141,58 @@ def wgmma_capable(device: int) -> bool:
     return torch.cuda.get_device_capability(device) == (9, 0)
 
 
-# Decode-sized tiles (M <= 64), chosen from an H100 sweep of the configs below on LLaMA-2-7B/70B shapes
-# (scripts/gpu_int8_small_m.py and the bench of 2026-11-22 14:30-14:45 UTC, docs/kernel.md): a CTA streams its bn
-# weight rows over all of K, so what matters at small M is enough CTAs for the SMs (small N: 64-row tiles, a deep
-# pipeline) without reading the weights once per token tile (large N: one token tile, wider rows; 33-64 tokens:
-# 16-token tiles only below N = 8192, which took 137 us against 102 with the 64 x 128 tile), in one wave: 32 x 32
-# tiles fit 3 CTAs per SM by their shared memory (computed, not profiled), 396 CTAs on an H100, so N <= 12,672;
-# 14336 rows (448 CTAs) took 73 us against 42-54 us at M = 16 and 64.
-NARROW_N, SMALL_N, ONE_WAVE_32, LARGE_N = 8_192, 10_000, 12_672, 16_384
+# Decode-sized tiles (17 <= M <= 64; up to 16 tokens the register-fed kernel below), chosen from an H100 sweep of
+# the configs below on LLaMA-2-7B/70B shapes (scripts/gpu_int8_small_m.py and the bench of 2026-11-22 14:30-14:45
+# UTC, docs/kernel.md): a CTA streams its bn weight rows over all of K, so what matters at small M is enough CTAs for
+# the SMs (small N: 64-row tiles, a deep pipeline) without reading the weights once per token tile (large N: one
+# token tile, wider rows; 33-64 tokens: 16-token tiles only below N = 8192, which took 137 us against 102 with the
+# 64 x 128 tile), in one wave: 32 x 32 tiles fit 3 CTAs per SM by their shared memory (computed, not profiled), 396
+# CTAs on an H100, so N <= 12,672; 14336 rows (448 CTAs) took 73 us against 42-54 us at M = 16 and 64.
+NARROW_N, SMALL_N, ONE_WAVE_32 = 8_192, 10_000, 12_672
 _TILE_16_64 = Int8Config(bm=16, bn=64, wm=1, wn=4, stages=6)
 
 
+# The register-fed kernel (w6_int8_gemv.cu) up to 16 tokens: on the H100 it beat every tile below at M = 1..16 on the
+# LLaMA-2-7B/70B shapes (scripts/gpu_int8_gemv.py, 2026-11-23, docs/kernel.md), e.g. 4096 x 4096 at M = 8 14.5 us
+# against 35.7 for the 16 x 64 tile, 28672 x 8192 at M = 16 117.6 against 119.2.
+GEMV_MAX_M = 16
+# Warps per row tile and row tiles per CTA where the rule of gemv_config lost more than 3% to the best of the sweep
+# (kw 1, 2, 4, 8, 16 and 4 x 2 rows; same run): (N, Kp, token tiles) -> (kw, rt).
+GEMV_TUNED: dict[tuple[int, int, int], tuple[int, int]] = {
+    (28672, 8192, 1): (8, 1),  # 88.6-94.5 us at M = 1, 2, 8 against 102.1-107.6 with kw 2
+    (28672, 8192, 2): (4, 1),  # 117.6 us at M = 16 against 125.9 with kw 2
+}
+
+
+def gemv_config(m: int, n: int, kp: int) -> GemvConfig:
+    """The register-fed kernel's config for M <= 16 tokens, N rows, Kp (padded) K. The rule, from the sweep: narrow
+    layers (few row tiles) split K over 8 warps per row tile, so that 4096- and 8192-row layers still have ~2,000-4,000
+    warps in flight; wide layers have warps enough with 2, which keeps each warp's stream long; at 9..16 tokens a
+    4096-row layer does best with two row tiles of 4 warps per CTA."""
+    mt = 1 if m <= 8 else 2
+    tuned = GEMV_TUNED.get((n, kp, mt))
+    if tuned:
+        kw, rt = tuned
+    elif n <= 4096 and mt == 2:
+        kw, rt = 4, 2
+    else:
+        kw, rt = (8 if n <= 8192 else 2), 1
+    return GemvConfig(kw=kw, rt=rt, mt=mt)
+
+
 @functools.cache
-def default_config(m: int, n: int = 4096) -> Int8Config:
-    """The tile config for M tokens and N weight rows: 128 x 128 from 65 tokens, decode-sized tiles below (cached:
-    every int8_linear call asks, an eager decode once per linear)."""
+def default_config(m: int, n: int = 4096, kp: int = 4096) -> Int8Config | GemvConfig:
+    """The config for M tokens, N weight rows and Kp (padded) K: the register-fed kernel up to GEMV_MAX_M tokens,
+    tiles of 128 x 128 from 65 tokens, decode-sized tiles between (cached: every int8_linear call asks, an eager
+    decode once per linear)."""
+    if m <= GEMV_MAX_M:
+        return gemv_config(m, n, kp)
     if m > 64:
         return Int8Config()
     if m > 32:  # four 16-token tiles read the weights four times: only worth it for the narrowest layers
         return _TILE_16_64 if n < NARROW_N else Int8Config(bm=64, bn=128, wm=1, wn=8)
     if n < SMALL_N:
         return _TILE_16_64
-    if m <= 16:
-        return Int8Config(bm=16, bn=128, wm=1, wn=8, stages=4) if n >= LARGE_N else _TILE_16_64
     if n <= ONE_WAVE_32:
         return Int8Config(bm=32, bn=32, wm=2, wn=1, stages=6)
     return Int8Config(bm=32, bn=64, wm=2, wn=2, stages=4)
@@ -137,13 +210,15 @@ def empty_quant(m: int, nb: int, device) -> tuple[torch.Tensor, torch.Tensor]:
             torch.empty(scales, dtype=torch.float32, device=device))
 
 
-def quantize_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: int, cfg: Int8Config):
+def quantize_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: int,
+                         cfg: Int8Config | GemvConfig):
     """(M, K) fp16/bf16 -> ``quant_layout``'s (int8 codes in the kernel's K order, float32 block scales)."""
     import numpy as np
 
     m, k = x2.shape
     dev = x2.device.index
     xq, sx = empty_quant(m, nb, x2.device)
+    cfg = cfg if isinstance(cfg, Int8Config) else Int8Config()  # i8_act_quant lives in the GEMM's file
     whole = act_group_size == -1
     grid = (m, 1 if whole else -(-nb // QUANT_WARPS), 1)
     args = (cl.ptr(x2), cl.ptr(xq), cl.ptr(sx), np.int32(m), np.int32(k), np.int32(nb), np.int32(whole))
@@ -157,6 +232,9 @@ def _gemm(x2, xq, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_size
 
     m, n, dev = x2.shape[0], qweight.shape[0], x2.device.index
     nb = xq.shape[1] // BLOCK_K
+    if isinstance(cfg, GemvConfig):
+        return _gemv(xq, sx, qweight, w_scales, bias, y, m=m, n=n, nb=nb, dtype=x2.dtype,
+                     weight_group_size=weight_group_size, cfg=cfg, debug=debug)
     grid = (-(-n // cfg.bn), -(-m // cfg.bm), 1)
     if grid[1] > 65535:
         raise ValueError(f"M={m} is too large for one int8 GEMM launch (at most {65535 * cfg.bm} tokens)")
@@ -170,12 +248,33 @@ def _gemm(x2, xq, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_size
     cl.launch(cl.function(dev, KERNEL_FILE, opts, cfg.kernel, smem), grid, (cfg.threads, 1, 1), args, smem, dev)
 
 
-def _config(config: Int8Config | None, m: int, n: int, device: torch.device) -> Int8Config:
-    if config is not None and config.wgmma and not wgmma_capable(device.index):
+def _gemv(xq, sx, qweight, w_scales, bias, y, *, m, n, nb, dtype, weight_group_size, cfg: GemvConfig, debug):
+    import numpy as np
+
+    dev = xq.device.index
+    smem = 0 if debug else cfg.smem_bytes(nb)
+    if smem > SMEM_LIMIT:
+        raise ValueError(f"int8 gemv config {cfg} needs {smem} bytes of shared memory for K = {nb * BLOCK_K} "
+                         f"(at most {SMEM_LIMIT}): use more warps per row tile (kw) or fewer token tiles (mt)")
+    args = (
+        cl.ptr(qweight), cl.ptr(w_scales), cl.ptr(xq), cl.ptr(sx), cl.ptr(bias), cl.ptr(y), np.int32(m),
+        np.int32(n), np.int32(nb), np.int32(w_scales.shape[1]), np.int32(0 if weight_group_size == -1 else 1),
+        np.int32(bias is not None and bias.dtype == torch.float32),
+    )
+    opts = cfg.defines(8, dtype == torch.bfloat16, debug)
+    grid = (-(-n // (16 * cfg.rt)), 1, 1)
+    cl.launch(cl.function(dev, GEMV_FILE, opts, cfg.kernel, smem), grid, (cfg.threads, 1, 1), args, smem, dev)
+
+
+def _config(config: Int8Config | GemvConfig | None, m: int, n: int, kp: int, device: torch.device):
+    if isinstance(config, GemvConfig) and m > config.max_tokens:
+        raise ValueError(f"int8 gemv config {config} takes at most {config.max_tokens} tokens, got M={m}: "
+                         "use mt=2 (16 tokens) or an Int8Config")
+    if isinstance(config, Int8Config) and config.wgmma and not wgmma_capable(device.index):
         name = torch.cuda.get_device_name(device)
         raise ValueError(f"int8 tile config {config} needs wgmma, an sm_90 (Hopper) feature; {name} lacks it: "
                          "use a config with wgmma=False")
-    return config or default_config(m, n)
+    return config or default_config(m, n, kp)
 
 
 def int8_linear(
@@ -188,7 +287,7 @@ def int8_linear(
     weight_group_size: int = 128,
     bias: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
-    config: Int8Config | None = None,
+    config: Int8Config | GemvConfig | None = None,
     packed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """W6A6 / W6A8 linear layer on INT8 tensor cores: ``reference_linear`` on the GPU, bit for bit.
@@ -202,7 +301,7 @@ def int8_linear(
     x2, out, kp = check_linear_args(x, qweight, w_scales, bias, out, act_bits, act_group_size, weight_group_size)
     if x2.shape[0] == 0:
         return out
-    cfg = _config(config, x2.shape[0], qweight.shape[0], x.device)
+    cfg = _config(config, x2.shape[0], qweight.shape[0], kp, x.device)
     if packed is not None:
         check_packed(packed, quant_layout(x2.shape[0], kp // BLOCK_K), torch.int8, x.device, act_group_size)
         xq, sx = packed
@@ -214,12 +313,12 @@ def int8_linear(
 
 
 def int8_block_accumulators(x: torch.Tensor, qweight: torch.Tensor, *, act_bits: int, act_group_size: int = 128,
-                            config: Int8Config | None = None) -> torch.Tensor:
+                            config: Int8Config | GemvConfig | None = None) -> torch.Tensor:
     """The GEMM's exact int32 per-block dot products, (Kp/128, M, N): equal to ``reference.block_int_gemm``."""
     x2, scales, acc = check_accumulator_args(x, qweight, act_bits, act_group_size)
     if x2.shape[0] == 0:
         return acc
-    cfg = _config(config, x2.shape[0], qweight.shape[0], x.device)
+    cfg = _config(config, x2.shape[0], qweight.shape[0], acc.shape[0] * BLOCK_K, x.device)
     xq, sx = quantize_activations(x2, acc.shape[0], act_bits, act_group_size, cfg)
     _gemm(x2, xq, sx, qweight, scales, None, acc, act_bits=act_bits, weight_group_size=128, cfg=cfg, debug=True)
     return acc

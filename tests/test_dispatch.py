@@ -71,17 +71,45 @@ def test_choose_config_fuses_only_with_128_token_groups_and_follows_the_switch(m
 
 
 def test_int8_decode_tiles_fit_the_tokens_and_the_rows():
-    """Below 65 tokens the INT8 kernel takes a token tile of at most 2 x M rounded to 16, and never more rows per
-    CTA than N has; from 65 tokens the 128 x 128 tile."""
-    from flexq_cli.int8_kernel import Int8Config, default_config
+    """Up to 16 tokens the register-fed kernel (one or two token tiles of 8); 17..64 tokens a tile of at most 2 x M
+    rounded to 16 tokens and never more rows per CTA than N has; from 65 tokens the 128 x 128 tile."""
+    from flexq_cli.int8_kernel import GEMV_MAX_M, GemvConfig, Int8Config, default_config
 
     for m in (1, 4, 8, 16, 17, 32, 33, 64):
         for n in (576, 4096, 12288, 14336, 28672, 57344):
             cfg = default_config(m, n)
-            assert cfg.bm <= max(16, 2 * m) and cfg.bn <= max(64, n), (m, n, cfg)
+            if m <= GEMV_MAX_M:
+                assert isinstance(cfg, GemvConfig) and m <= cfg.max_tokens < m + 8, (m, n, cfg)
+            else:
+                assert cfg.bm <= max(16, 2 * m) and cfg.bn <= max(64, n), (m, n, cfg)
     assert default_config(65, 4096) == default_config(4096, 57344) == Int8Config()
     assert default_config(32, 14336).bn == 64 and default_config(32, 12288).bn == 32  # one wave of 32 x 32 tiles
-    assert not any(default_config(m, n).wgmma for m in (1, 16, 64, 65, 4096) for n in (4096, 28672))  # opt-in
+    assert not any(default_config(m, n).wgmma for m in (17, 64, 65, 4096) for n in (4096, 28672))  # opt-in
+
+
+def test_gemv_configs():
+    """The register-fed kernel's configs: the rule and the tuned exceptions, the thread count, the -D options and
+    the chunk-sum slots (warp 0's prefix + one per chunk after warp 0's range), and what it refuses."""
+    import pytest
+
+    from flexq_cli.int8_kernel import GEMV_TUNED, GemvConfig, gemv_config
+    from flexq_cli.primitives import EPILOGUE_CHUNK_BLOCKS
+
+    assert gemv_config(1, 4096, 4096) == GemvConfig(kw=8) and gemv_config(16, 4096, 11008) == GemvConfig(4, 2, 2)
+    assert gemv_config(8, 22016, 4096) == GemvConfig(kw=2) and gemv_config(9, 22016, 4096) == GemvConfig(2, 1, 2)
+    for (n, kp, mt), (kw, rt) in GEMV_TUNED.items():
+        assert gemv_config(8 * mt, n, kp) == GemvConfig(kw, rt, mt)
+    cfg = GemvConfig(kw=8, rt=2, mt=2, depth=4)
+    assert cfg.threads == 512 and cfg.kernel == "i8_gemv" and cfg.max_tokens == 16
+    assert cfg.defines(6, True, True) == ("-DGV_KW=8", "-DGV_RT=2", "-DGV_MT=2", "-DGV_DEPTH=4", "-DGV_BF16=1",
+                                          "-DGV_DEBUG_ACC=1", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}")
+    assert EPILOGUE_CHUNK_BLOCKS == 2  # the slot counts below
+    assert GemvConfig(kw=8).smem_bytes(32) == (16 - 2 + 1) * 16 * 8 * 4  # 16 chunks, warp 0 takes 2
+    assert GemvConfig(kw=4, rt=2, mt=2).smem_bytes(33) == (17 - 5 + 1) * 32 * 16 * 4  # 17 chunks, warp 0 takes 5
+    assert GemvConfig(kw=1).smem_bytes(224) == 16 * 8 * 4  # one warp per row tile: slot 0 only
+    for bad in (dict(kw=0), dict(kw=17), dict(rt=5), dict(kw=8, rt=4), dict(mt=3), dict(depth=3), dict(depth=6)):
+        with pytest.raises(ValueError, match="unsupported int8 gemv config"):
+            GemvConfig(**bad)
 
 
 def test_int8_wgmma_configs():

@@ -101,6 +101,37 @@ def test_every_tile_config_exact(cfg, m):
                      act_bits, cfg)
 
 
+GEMV_CONFIGS = [int8_kernel.GemvConfig(kw=kw, rt=rt, mt=mt, depth=d) for kw, rt in ((1, 1), (2, 1), (8, 1), (16, 1),
+                                                                                   (4, 2), (2, 4))
+                for mt in (1, 2) for d in (2, 4)]
+
+
+@pytest.mark.parametrize("cfg", GEMV_CONFIGS, ids=str)
+def test_every_gemv_config_exact(cfg):
+    """The register-fed kernel: N = 1104 (69 row tiles: a CTA of 2 or 4 row tiles is partial), K = 4224 (33 blocks:
+    17 chunks split unevenly over the warps, a one-block last chunk) and K = 576 (5 blocks: more warps than chunks),
+    every M its token tiles take; accumulators torch.equal, outputs bit for bit."""
+    for n, k, seed in ((1104, 4224, 3), (1104, 576, 4)):
+        wq, ws, qweight = _layer(n, k, seed=seed)
+        for m in (1, 3, 8, 9, 16):
+            if m > cfg.max_tokens:
+                continue
+            for act_bits in (6, 8):
+                _check_exact(int8_kernel.int8_linear, int8_kernel.int8_block_accumulators, _x(m, k), qweight, wq, ws,
+                             act_bits, cfg)
+
+
+def test_gemv_errors():
+    """Forced gemv configs that cannot run: more tokens than its token tiles, more chunk slots than shared memory."""
+    wq, ws, qweight = _layer(64, 576, seed=5)
+    with pytest.raises(ValueError, match="takes at most 8 tokens, got M=9"):
+        int8_kernel.int8_linear(_x(9, 576), qweight, ws, act_bits=8, config=int8_kernel.GemvConfig())
+    wq, ws, qweight = _layer(64, 128 * 1800, seed=5)  # 900 chunks, warp 0 takes 450: 451 slots of 64 x 16 floats
+    with pytest.raises(ValueError, match="bytes of shared memory"):
+        int8_kernel.int8_linear(_x(16, 128 * 1800), qweight, ws, act_bits=8,
+                                config=int8_kernel.GemvConfig(kw=2, rt=4, mt=2))
+
+
 def _unpermute(xq: torch.Tensor) -> torch.Tensor:
     """The kernel's K order back to the natural one: logical kk = 16r + 4t + i holds physical k = 2t + r + 8i."""
     kk = torch.arange(32)
@@ -140,15 +171,16 @@ def test_weight_unpack_order():
     assert torch.equal(acc, block_int_gemm(xq, wq))
 
 
-def test_cuda_graph_and_pdl_chain(monkeypatch):
+@pytest.mark.parametrize("m", [5, 300])  # the register-fed kernel, the tiles
+def test_cuda_graph_and_pdl_chain(monkeypatch, m):
     n = k = 576
     wq, ws, qweight = _layer(n, k, seed=5)
-    _check_pdl_chain(monkeypatch, int8_kernel.int8_linear, _x(300, k), qweight, wq, ws, 6, steps=4)
-    x = _x(300, k)
+    _check_pdl_chain(monkeypatch, int8_kernel.int8_linear, _x(m, k), qweight, wq, ws, 6, steps=4)
+    x = _x(m, k)
     s, g = torch.cuda.Stream(), torch.cuda.CUDAGraph()
     with torch.cuda.stream(s), torch.cuda.graph(g):
         y = int8_kernel.int8_linear(x, qweight, ws, act_bits=8)
-    x.copy_(_x(300, k))
+    x.copy_(_x(m, k))
     y.fill_(float("nan"))
     g.replay()
     torch.cuda.synchronize()
@@ -188,7 +220,7 @@ def test_wgmma_config_needs_hopper(monkeypatch):
     """The wgmma tile runs only when asked for, and only where the GPU has wgmma: elsewhere a ValueError."""
     wq, ws, qweight = _layer(192, 576, seed=6)
     x = _x(300, 576)
-    assert not int8_kernel._config(None, 300, 192, x.device).wgmma
+    assert not int8_kernel._config(None, 300, 192, 640, x.device).wgmma
     if HOPPER:
         _check_output(int8_kernel.int8_linear(x, qweight, ws, act_bits=8, config=int8_kernel.WGMMA_TILE), x, wq, ws, 8)
     monkeypatch.setattr(int8_kernel, "wgmma_capable", lambda device: False)

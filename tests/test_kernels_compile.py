@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from flexq_cli.btc import TileConfig
-from flexq_cli.int8_kernel import WGMMA_TILE, Int8Config, default_config
+from flexq_cli.int8_kernel import WGMMA_TILE, GemvConfig, Int8Config, default_config
 from flexq_cli.resources import kernel_source, kernels_dir
 
 NVCC = shutil.which("nvcc")
@@ -65,11 +65,24 @@ def test_int8_variants_compile_without_spills(act_bits, bf16, debug, tmp_path):
     """As NVRTC gets it: one string with common.cuh pasted in (no include path)."""
     src = _pasted(tmp_path, "w6_int8_gemm.cu")
     assert not [line for line in src.read_text().splitlines() if line.startswith("#include")]
-    tiles = {default_config(m, n) for m in (8, 32, 64, 128) for n in (4096, 12288, 28672)}  # every default tile
-    assert len(tiles) == 6
+    tiles = {default_config(m, n) for m in (17, 32, 64, 128) for n in (4096, 12288, 28672)}  # every default tile
+    assert len(tiles) == 5
     for cfg in tiles:
         log = _nvcc(src, *cfg.defines(act_bits, bf16, debug))
         assert " 0 bytes spill stores" in log and "spill stores" in log, log
+        _assert_no_spills(log)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("bf16,debug", [(False, False), (True, False), (False, True)])
+def test_int8_gemv_variants_compile_without_spills(bf16, debug, tmp_path):
+    """The register-fed decode kernel: every config default_config picks, and a deeper pipeline."""
+    src = _pasted(tmp_path, "w6_int8_gemv.cu")
+    cfgs = {default_config(m, n, k) for m in (1, 16) for n in (4096, 8192, 28672) for k in (4096, 8192)}
+    assert len(cfgs) == 6
+    for cfg in cfgs | {GemvConfig(kw=4, depth=4)}:
+        log = _nvcc(src, *cfg.defines(8, bf16, debug))
+        assert "i8_gemv" in log, log
         _assert_no_spills(log)
 
 
