@@ -91,16 +91,21 @@ class Int8Config:
 class GemvConfig:
     """The decode-sized kernel (kernels/w6_int8_gemv.cu): no shared-memory pipeline, each warp loads its weight
     words into registers ``depth`` 128-K blocks ahead and unpacks them there. CTA: ``rt`` row tiles of 16 weight
-    rows x ``kw`` warps per row tile, splitting the K chunks; ``mt`` token tiles of 8 (M <= 8 * mt)."""
+    rows x ``kw`` warps per row tile, splitting the K chunks; ``mt`` token tiles of 8 (M <= 8 * mt). ``occupancy``:
+    the warps per SM its registers must allow (__launch_bounds__; 16 = 128 registers, 4 warps per scheduler), 0 (the
+    default) for no bound. On the H100 a bound of 16 warps was no better overall: with one token tile it took 118
+    instead of 130 registers and ran 0.61-1.11x the unbounded build, shape by shape; with two it spills."""
 
     kw: int = 4
     rt: int = 1
     mt: int = 1
     depth: int = 2
+    occupancy: int = 0
 
     def __post_init__(self):
+        occ = self.occupancy
         if not (1 <= self.kw <= 16 and 1 <= self.rt <= 4 and self.kw * self.rt <= 16 and self.mt in (1, 2)
-                and self.depth in (2, 4)):
+                and self.depth in (2, 4) and occ % (self.kw * self.rt) == 0 and occ <= 64):
             raise ValueError(f"unsupported int8 gemv config {self}")
 
     @property
@@ -118,7 +123,8 @@ class GemvConfig:
     def defines(self, act_bits: int, bf16: bool, debug: bool = False) -> tuple[str, ...]:
         """-D options for w6_int8_gemv.cu (its codes are int8 whatever the activation bits: act_bits unused)."""
         return (f"-DGV_KW={self.kw}", f"-DGV_RT={self.rt}", f"-DGV_MT={self.mt}", f"-DGV_DEPTH={self.depth}",
-                f"-DGV_BF16={int(bf16)}", f"-DGV_DEBUG_ACC={int(debug)}", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}")
+                f"-DGV_MINB={max(1, self.occupancy // (self.kw * self.rt))}", f"-DGV_BF16={int(bf16)}",
+                f"-DGV_DEBUG_ACC={int(debug)}", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}")
 
     def smem_bytes(self, nb: int) -> int:
         """The chunk-sum slots of the .cu: warp 0's prefix, then one per chunk past warp 0's range."""

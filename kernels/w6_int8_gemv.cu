@@ -107,44 +107,36 @@ struct Blk {
     float sx[GV_MT][2]; // tokens 8i + 2t, 8i + 2t + 1
 };
 
-struct Args {
-    const u32* qweight;       // (N, NB*24)
-    const u16* w_scales;      // (N, ws_cols) float16
-    const signed char* xq;    // (M, NB*128)
-    const float* sx;          // (M, NB)
-    const void* bias;         // (N,) float32 (bias_f32) or the output dtype, or null
-    void* y;                  // (M, N) output dtype; debug: (NB, M, N) int32 block accumulators
-    int M, N, NB, ws_cols, w_step, bias_f32;
-};
-
-__device__ __forceinline__ void load_w(const Args& a, Blk& k, const u32* wrow0, const u32* wrow1,
-                                       const u16* srow0, const u16* srow1, int b) {
+__device__ __forceinline__ void load_w(Blk& k, const u32* wrow0, const u32* wrow1, const u16* srow0, const u16* srow1,
+                                       int b, int w_step) {
 #pragma unroll
     for (int j = 0; j < 6; ++j) {
         k.w[0][j] = ldg_nc(wrow0 + b * 24 + 4 * j);
         k.w[1][j] = ldg_nc(wrow1 + b * 24 + 4 * j);
     }
-    k.sw[0] = srow0[b * a.w_step];
-    k.sw[1] = srow1[b * a.w_step];
+    k.sw[0] = srow0[b * w_step];
+    k.sw[1] = srow1[b * w_step];
 }
 // Tokens past M read token M - 1 (a column that is never stored): no branch, no zero fill.
-__device__ __forceinline__ void load_x(const Args& a, Blk& k, const int (&xtok)[GV_MT], const int (&stok)[GV_MT][2],
-                                       int b) {
+__device__ __forceinline__ void load_x(Blk& k, const signed char* xq, const float* sx, int NB,
+                                       const int (&xtok)[GV_MT], const int (&stok)[GV_MT][2], int b) {
     const int t = threadIdx.x & 3;
 #pragma unroll
     for (int i = 0; i < GV_MT; ++i) {
-        const uint4* src = (const uint4*)(a.xq + ((size_t)xtok[i] * a.NB + b) * 128 + 32 * t);
+        const uint4* src = (const uint4*)(xq + ((size_t)xtok[i] * NB + b) * 128 + 32 * t);
         k.x[i][0] = src[0];
         k.x[i][1] = src[1];
-        k.sx[i][0] = a.sx[(size_t)stok[i][0] * a.NB + b];
-        k.sx[i][1] = a.sx[(size_t)stok[i][1] * a.NB + b];
+        k.sx[i][0] = sx[(size_t)stok[i][0] * NB + b];
+        k.sx[i][1] = sx[(size_t)stok[i][1] * NB + b];
     }
 }
 
+// qweight (N, NB*24) packed records; w_scales (N, ws_cols) float16; xq (M, NB*128) and sx (M, NB) from i8_act_quant;
+// bias (N,) float32 (bias_f32) or the output dtype, or null; y (M, N) output dtype, debug: (NB, M, N) int32 block
+// accumulators. w_step: 1 for weight groups of 128, 0 for one scale per row.
 extern "C" __global__ void __launch_bounds__(THREADS, GV_MINB)
 i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const float* sx, const void* bias, void* y,
         int M, int N, int NB, int ws_cols, int w_step, int bias_f32) {
-    const Args a{qweight, w_scales, xq, sx, bias, y, M, N, NB, ws_cols, w_step, bias_f32};
     extern __shared__ __align__(16) float slots[];  // (slot, ROWS, COLS) chunk sums of warps 1..KW-1
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -172,11 +164,11 @@ i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const fl
     Blk buf[GV_DEPTH];
 #pragma unroll
     for (int d = 0; d < GV_DEPTH; ++d)
-        if (b_lo + d < b_hi) load_w(a, buf[d], wrow0, wrow1, srow0, srow1, b_lo + d);
+        if (b_lo + d < b_hi) load_w(buf[d], wrow0, wrow1, srow0, srow1, b_lo + d, w_step);
     pdl_wait();
 #pragma unroll
     for (int d = 0; d < GV_DEPTH; ++d)
-        if (b_lo + d < b_hi) load_x(a, buf[d], xtok, stok, b_lo + d);
+        if (b_lo + d < b_hi) load_x(buf[d], xq, sx, NB, xtok, stok, b_lo + d);
 
     // C fragment r of token tile i: row g + 8 (r >> 1), token 8i + 2t + (r & 1)
     float csum[GV_MT][4], yacc[GV_MT][4];
@@ -192,8 +184,8 @@ i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const fl
             if (b >= b_hi) break;
             const Blk cur = buf[d];
             if (b + GV_DEPTH < b_hi) {
-                load_w(a, buf[d], wrow0, wrow1, srow0, srow1, b + GV_DEPTH);
-                load_x(a, buf[d], xtok, stok, b + GV_DEPTH);
+                load_w(buf[d], wrow0, wrow1, srow0, srow1, b + GV_DEPTH, w_step);
+                load_x(buf[d], xq, sx, NB, xtok, stok, b + GV_DEPTH);
             }
             u32 r0[8], r1[8];
 #pragma unroll

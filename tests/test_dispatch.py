@@ -101,13 +101,15 @@ def test_gemv_configs():
         assert gemv_config(8 * mt, n, kp) == GemvConfig(kw, rt, mt)
     cfg = GemvConfig(kw=8, rt=2, mt=2, depth=4)
     assert cfg.threads == 512 and cfg.kernel == "i8_gemv" and cfg.max_tokens == 16
-    assert cfg.defines(6, True, True) == ("-DGV_KW=8", "-DGV_RT=2", "-DGV_MT=2", "-DGV_DEPTH=4", "-DGV_BF16=1",
-                                          "-DGV_DEBUG_ACC=1", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}")
+    assert cfg.defines(6, True, True) == ("-DGV_KW=8", "-DGV_RT=2", "-DGV_MT=2", "-DGV_DEPTH=4", "-DGV_MINB=1",
+                                          "-DGV_BF16=1", "-DGV_DEBUG_ACC=1", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}")
+    assert "-DGV_MINB=8" in GemvConfig(kw=2, occupancy=16).defines(8, False)  # 8 CTAs of 2 warps: 128 registers
     assert EPILOGUE_CHUNK_BLOCKS == 2  # the slot counts below
     assert GemvConfig(kw=8).smem_bytes(32) == (16 - 2 + 1) * 16 * 8 * 4  # 16 chunks, warp 0 takes 2
     assert GemvConfig(kw=4, rt=2, mt=2).smem_bytes(33) == (17 - 5 + 1) * 32 * 16 * 4  # 17 chunks, warp 0 takes 5
     assert GemvConfig(kw=1).smem_bytes(224) == 16 * 8 * 4  # one warp per row tile: slot 0 only
-    for bad in (dict(kw=0), dict(kw=17), dict(rt=5), dict(kw=8, rt=4), dict(mt=3), dict(depth=3), dict(depth=6)):
+    for bad in (dict(kw=0), dict(kw=17), dict(rt=5), dict(kw=8, rt=4), dict(mt=3), dict(depth=3), dict(depth=6),
+                dict(kw=8, occupancy=12), dict(kw=1, occupancy=72)):
         with pytest.raises(ValueError, match="unsupported int8 gemv config"):
             GemvConfig(**bad)
 

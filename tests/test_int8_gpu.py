@@ -103,7 +103,7 @@ def test_every_tile_config_exact(cfg, m):
 
 GEMV_CONFIGS = [int8_kernel.GemvConfig(kw=kw, rt=rt, mt=mt, depth=d) for kw, rt in ((1, 1), (2, 1), (8, 1), (16, 1),
                                                                                    (4, 2), (2, 4))
-                for mt in (1, 2) for d in (2, 4)]
+                for mt in (1, 2) for d in (2, 4)] + [int8_kernel.GemvConfig(kw=8, occupancy=16)]  # 128 registers
 
 
 @pytest.mark.parametrize("cfg", GEMV_CONFIGS, ids=str)
