@@ -36,14 +36,15 @@ class _Prefetch(GemvConfig):
 
 
 def _configs(m: int) -> dict[str, GemvConfig]:
-    """CONFIGS items kw:rt:depth[:l2pf]; "auto" is int8_kernel.gemv_config's pick."""
+    """CONFIGS items kw:rt:depth[:occupancy[:l2pf]] (occupancy "-": the default, no bound)."""
     spec = os.environ.get("CONFIGS", "4:1:2,8:1:2,2:2:2,4:2:2,4:1:4,8:1:4")
     out = {}
     for item in spec.split(","):
-        kw, rt, depth, *pf = (int(v) for v in item.split(":"))
+        kw, rt, depth, *more = item.split(":")
         mt = 1 if m <= 8 else 2
-        out[f"gv{item.replace(':', '.')}"] = (_Prefetch(kw=kw, rt=rt, mt=mt, depth=depth, l2pf=pf[0]) if pf
-                                            else GemvConfig(kw=kw, rt=rt, mt=mt, depth=depth))
+        occ = 0 if not more or more[0] == "-" else int(more[0])
+        cfg = dict(kw=int(kw), rt=int(rt), mt=mt, depth=int(depth), occupancy=occ)
+        out[f"gv{item.replace(':', '.')}"] = _Prefetch(**cfg, l2pf=int(more[1])) if len(more) > 1 else GemvConfig(**cfg)
     return out
 
 

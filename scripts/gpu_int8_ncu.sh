@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Nsight Compute on the INT8 GEMM at prefill sizes, for each mainloop: one process per (config, shape) runs
 # int8_linear a few times, ncu reads the last GEMM launch (clocks left alone). Key lines to stdout, reports in $OUT.
-# Usage: scripts/gpu_int8_ncu.sh [M] [N:K ...]   (default M = 4096 on 4096 x 4096); CONFIGS="mma wgmma";
+# Usage: scripts/gpu_int8_ncu.sh [M] [N:K ...]   (default M = 4096 on 4096 x 4096); CONFIGS="mma wgmma" (gemv: the
+# default config of the M, the register-fed kernel up to 16 tokens);
 # SOURCE=1 adds a --set full report per run and prints its stall samples by reason and the top SASS sites.
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -17,7 +18,7 @@ import sys, torch
 from flexq_cli import int8_kernel
 from flexq_cli.kernel_bench import _layer
 n, k, m = map(int, sys.argv[1:4])
-cfg = int8_kernel.WGMMA_TILE if sys.argv[4] == "wgmma" else int8_kernel.Int8Config()
+cfg = {"wgmma": int8_kernel.WGMMA_TILE, "mma": int8_kernel.Int8Config(), "gemv": None}[sys.argv[4]]
 wq, ws, qweight, w16 = _layer(n, k)
 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
 for _ in range(5):
@@ -28,9 +29,9 @@ for cfg in ${CONFIGS:-mma wgmma}; do
 for s in $SHAPES; do
   n=${s%:*}; k=${s#*:}
   echo "== $cfg $n x $k, M = $M"
-  ncu_run i8_gemm 3 "$OUT/ncu-i8-$cfg-$n-$k-m$M.txt" "$METRICS" python3 /tmp/ncu_i8.py "$n" "$k" "$M" "$cfg"
+  ncu_run "i8_gem[mv]" 3 "$OUT/ncu-i8-$cfg-$n-$k-m$M.txt" "$METRICS" python3 /tmp/ncu_i8.py "$n" "$k" "$M" "$cfg"
   if [[ -n ${SOURCE:-} ]]; then  # per-SASS-instruction stall samples: the split by reason and the top sites
-    ncu --clock-control none -k regex:i8_gemm --launch-skip 3 --launch-count 1 --set full --import-source no \
+    ncu --clock-control none -k "regex:i8_gem[mv]" --launch-skip 3 --launch-count 1 --set full --import-source no \
         -f -o "$OUT/ncu-i8-$cfg-$n-$k-m$M" python3 /tmp/ncu_i8.py "$n" "$k" "$M" "$cfg" > /dev/null 2>&1
     ncu -i "$OUT/ncu-i8-$cfg-$n-$k-m$M.ncu-rep" --page source --csv --print-source sass \
         > "$OUT/ncu-i8-$cfg-$n-$k-m$M-sass.csv" 2>&1
