@@ -137,7 +137,7 @@ __device__ __forceinline__ void load_x(Blk& k, const signed char* xq, const floa
 extern "C" __global__ void __launch_bounds__(THREADS, GV_MINB)
 i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const float* sx, const void* bias, void* y,
         int M, int N, int NB, int ws_cols, int w_step, int bias_f32) {
-    extern __shared__ __align__(16) float slots[];  // (slot, ROWS, COLS) chunk sums of warps 1..KW-1
+    extern __shared__ __align__(16) float slots[];  // (slot, ROWS, COLS): warp 0's running sum, later chunk sums
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int rt = warp / GV_KW, kw = warp % GV_KW;
