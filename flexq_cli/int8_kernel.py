@@ -234,42 +234,27 @@ def quantize_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_siz
 
 
 def _gemm(x2, xq, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_size, cfg, debug):
+    """Launch the GEMM kernel of ``cfg`` (i8_gemm / i8_gemm_wgmma or i8_gemv: one argument list)."""
     import numpy as np
 
     m, n, dev = x2.shape[0], qweight.shape[0], x2.device.index
     nb = xq.shape[1] // BLOCK_K
     if isinstance(cfg, GemvConfig):
-        return _gemv(xq, sx, qweight, w_scales, bias, y, m=m, n=n, nb=nb, dtype=x2.dtype,
-                     weight_group_size=weight_group_size, cfg=cfg, debug=debug)
-    grid = (-(-n // cfg.bn), -(-m // cfg.bm), 1)
-    if grid[1] > 65535:
-        raise ValueError(f"M={m} is too large for one int8 GEMM launch (at most {65535 * cfg.bm} tokens)")
-    smem = cfg.smem_bytes()
+        file, grid, smem = GEMV_FILE, (-(-n // (16 * cfg.rt)), 1, 1), 0 if debug else cfg.smem_bytes(nb)
+        if smem > SMEM_LIMIT:
+            raise ValueError(f"int8 gemv config {cfg} needs {smem} bytes of shared memory for K = {nb * BLOCK_K} "
+                             f"(at most {SMEM_LIMIT}): use more warps per row tile (kw) or fewer token tiles (mt)")
+    else:
+        file, grid, smem = KERNEL_FILE, (-(-n // cfg.bn), -(-m // cfg.bm), 1), cfg.smem_bytes()
+        if grid[1] > 65535:
+            raise ValueError(f"M={m} is too large for one int8 GEMM launch (at most {65535 * cfg.bm} tokens)")
     args = (
         cl.ptr(qweight), cl.ptr(w_scales), cl.ptr(xq), cl.ptr(sx), cl.ptr(bias), cl.ptr(y), np.int32(m),
         np.int32(n), np.int32(nb), np.int32(w_scales.shape[1]), np.int32(0 if weight_group_size == -1 else 1),
         np.int32(bias is not None and bias.dtype == torch.float32),
     )
     opts = cfg.defines(act_bits, x2.dtype == torch.bfloat16, debug)
-    cl.launch(cl.function(dev, KERNEL_FILE, opts, cfg.kernel, smem), grid, (cfg.threads, 1, 1), args, smem, dev)
-
-
-def _gemv(xq, sx, qweight, w_scales, bias, y, *, m, n, nb, dtype, weight_group_size, cfg: GemvConfig, debug):
-    import numpy as np
-
-    dev = xq.device.index
-    smem = 0 if debug else cfg.smem_bytes(nb)
-    if smem > SMEM_LIMIT:
-        raise ValueError(f"int8 gemv config {cfg} needs {smem} bytes of shared memory for K = {nb * BLOCK_K} "
-                         f"(at most {SMEM_LIMIT}): use more warps per row tile (kw) or fewer token tiles (mt)")
-    args = (
-        cl.ptr(qweight), cl.ptr(w_scales), cl.ptr(xq), cl.ptr(sx), cl.ptr(bias), cl.ptr(y), np.int32(m),
-        np.int32(n), np.int32(nb), np.int32(w_scales.shape[1]), np.int32(0 if weight_group_size == -1 else 1),
-        np.int32(bias is not None and bias.dtype == torch.float32),
-    )
-    opts = cfg.defines(8, dtype == torch.bfloat16, debug)
-    grid = (-(-n // (16 * cfg.rt)), 1, 1)
-    cl.launch(cl.function(dev, GEMV_FILE, opts, cfg.kernel, smem), grid, (cfg.threads, 1, 1), args, smem, dev)
+    cl.launch(cl.function(dev, file, opts, cfg.kernel, smem), grid, (cfg.threads, 1, 1), args, smem, dev)
 
 
 def _config(config: Int8Config | GemvConfig | None, m: int, n: int, kp: int, device: torch.device):
