@@ -216,19 +216,22 @@ def empty_quant(m: int, nb: int, device) -> tuple[torch.Tensor, torch.Tensor]:
             torch.empty(scales, dtype=torch.float32, device=device))
 
 
-def quantize_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: int,
-                         cfg: Int8Config | GemvConfig):
+# The module i8_act_quant is compiled from: the GEMM's file with the default tile, whatever config the GEMM runs
+# (the quantize kernel's code depends on the activation bits and dtype only).
+_QUANT_MODULE_CONFIG = Int8Config()
+
+
+def quantize_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: int):
     """(M, K) fp16/bf16 -> ``quant_layout``'s (int8 codes in the kernel's K order, float32 block scales)."""
     import numpy as np
 
     m, k = x2.shape
     dev = x2.device.index
     xq, sx = empty_quant(m, nb, x2.device)
-    cfg = cfg if isinstance(cfg, Int8Config) else Int8Config()  # i8_act_quant lives in the GEMM's file
     whole = act_group_size == -1
     grid = (m, 1 if whole else -(-nb // QUANT_WARPS), 1)
     args = (cl.ptr(x2), cl.ptr(xq), cl.ptr(sx), np.int32(m), np.int32(k), np.int32(nb), np.int32(whole))
-    opts = cfg.defines(act_bits, x2.dtype == torch.bfloat16)
+    opts = _QUANT_MODULE_CONFIG.defines(act_bits, x2.dtype == torch.bfloat16)
     cl.launch(cl.function(dev, KERNEL_FILE, opts, "i8_act_quant", 0), grid, (32 * QUANT_WARPS, 1, 1), args, 0, dev)
     return xq, sx
 
@@ -297,7 +300,7 @@ def int8_linear(
         check_packed(packed, quant_layout(x2.shape[0], kp // BLOCK_K), torch.int8, x.device, act_group_size)
         xq, sx = packed
     else:
-        xq, sx = quantize_activations(x2, kp // BLOCK_K, act_bits, act_group_size, cfg)
+        xq, sx = quantize_activations(x2, kp // BLOCK_K, act_bits, act_group_size)
     _gemm(x2, xq, sx, qweight, w_scales, bias, out, act_bits=act_bits, weight_group_size=weight_group_size,
           cfg=cfg, debug=False)
     return out
@@ -310,6 +313,6 @@ def int8_block_accumulators(x: torch.Tensor, qweight: torch.Tensor, *, act_bits:
     if x2.shape[0] == 0:
         return acc
     cfg = _config(config, x2.shape[0], qweight.shape[0], acc.shape[0] * BLOCK_K, x.device)
-    xq, sx = quantize_activations(x2, acc.shape[0], act_bits, act_group_size, cfg)
+    xq, sx = quantize_activations(x2, acc.shape[0], act_bits, act_group_size)
     _gemm(x2, xq, sx, qweight, scales, None, acc, act_bits=act_bits, weight_group_size=128, cfg=cfg, debug=True)
     return acc

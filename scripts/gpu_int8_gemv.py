@@ -50,10 +50,10 @@ def _configs(m: int) -> dict[str, GemvConfig]:
 
 def _parts(row, x, qweight, ws, bits, cfg, repeats, flush) -> None:
     nb = qweight.shape[1] // 24
-    packed = int8_kernel.quantize_activations(x, nb, bits, 128, cfg)
+    packed = int8_kernel.quantize_activations(x, nb, bits, 128)
     row["packed_us"] = kernel_bench.time_us(
         lambda: int8_kernel.int8_linear(x, qweight, ws, act_bits=bits, config=cfg, packed=packed), repeats, flush)
-    row["quant_us"] = kernel_bench.time_us(lambda: int8_kernel.quantize_activations(x, nb, bits, 128, cfg), repeats,
+    row["quant_us"] = kernel_bench.time_us(lambda: int8_kernel.quantize_activations(x, nb, bits, 128), repeats,
                                            flush)
     row["b2b_us"] = kernel_bench.time_back_to_back_us(
         lambda: int8_kernel.int8_linear(x, qweight, ws, act_bits=bits, config=cfg))

@@ -149,7 +149,7 @@ def _unpermute(xq: torch.Tensor) -> torch.Tensor:
 def test_quantize_matches_primitives(k, agroup, act_bits):
     m, kp = 11, -(-k // BLOCK_K) * BLOCK_K
     x = _x(m, k, torch.bfloat16)
-    xq, sx = int8_kernel.quantize_activations(x, kp // BLOCK_K, act_bits, agroup, int8_kernel.Int8Config())
+    xq, sx = int8_kernel.quantize_activations(x, kp // BLOCK_K, act_bits, agroup)
     ref_q, ref_s = _quantize(x, kp, act_bits, agroup)
     assert torch.equal(_unpermute(xq), ref_q)
     assert torch.equal(sx, block_scales(ref_s, agroup, kp))

@@ -65,7 +65,7 @@ def test_int8_pack_equals_the_quantize_kernel(h, act_bits):
     for m in [1, 7, 64, 300]:
         x, w = _inputs(m, h, torch.float16, seed=m)
         y, (xq, sx) = rms_norm_cuda(x, w, 1e-6, pack="int8", act_bits=act_bits, padded_in=kp)
-        ref_q, ref_s = int8_kernel.quantize_activations(y, kp // BLOCK_K, act_bits, 128, int8_kernel.Int8Config())
+        ref_q, ref_s = int8_kernel.quantize_activations(y, kp // BLOCK_K, act_bits, 128)
         assert torch.equal(xq, ref_q) and torch.equal(sx, ref_s), m
 
 
@@ -138,5 +138,5 @@ def test_silu_mul_equals_torch_and_packs(i, dtype):
         ref = btc.pack_activations(h, kp // BLOCK_K, 6, 128, btc.TileConfig())
         assert torch.equal(h, expect) and torch.equal(xp, ref[0]) and torch.equal(sx, ref[1])
         h, (xq, sx) = silu_mul_cuda(gu, pack="int8", act_bits=8, padded_in=kp)
-        ref = int8_kernel.quantize_activations(h, kp // BLOCK_K, 8, 128, int8_kernel.Int8Config())
+        ref = int8_kernel.quantize_activations(h, kp // BLOCK_K, 8, 128)
         assert torch.equal(h, expect) and torch.equal(xq, ref[0]) and torch.equal(sx, ref[1])
