@@ -187,7 +187,7 @@ def gemv_config(m: int, n: int, kp: int) -> GemvConfig:
 
 
 @functools.cache
-def default_config(m: int, n: int = 4096, kp: int = 4096) -> Int8Config | GemvConfig:
+def default_config(m: int, n: int, kp: int) -> Int8Config | GemvConfig:
     """The config for M tokens, N weight rows and Kp (padded) K: the register-fed kernel up to GEMV_MAX_M tokens,
     tiles of 128 x 128 from 65 tokens, decode-sized tiles between (cached: every int8_linear call asks, an eager
     decode once per linear)."""

@@ -77,14 +77,14 @@ def test_int8_decode_tiles_fit_the_tokens_and_the_rows():
 
     for m in (1, 4, 8, 16, 17, 32, 33, 64):
         for n in (576, 4096, 12288, 14336, 28672, 57344):
-            cfg = default_config(m, n)
+            cfg = default_config(m, n, 4096)
             if m <= GEMV_MAX_M:
                 assert isinstance(cfg, GemvConfig) and m <= cfg.max_tokens < m + 8, (m, n, cfg)
             else:
                 assert cfg.bm <= max(16, 2 * m) and cfg.bn <= max(64, n), (m, n, cfg)
-    assert default_config(65, 4096) == default_config(4096, 57344) == Int8Config()
-    assert default_config(32, 14336).bn == 64 and default_config(32, 12288).bn == 32  # one wave of 32 x 32 tiles
-    assert not any(default_config(m, n).wgmma for m in (17, 64, 65, 4096) for n in (4096, 28672))  # opt-in
+    assert default_config(65, 4096, 4096) == default_config(4096, 57344, 8192) == Int8Config()
+    assert default_config(32, 14336, 4096).bn == 64 and default_config(32, 12288, 4096).bn == 32  # one wave, 32 x 32
+    assert not any(default_config(m, n, 4096).wgmma for m in (17, 64, 65, 4096) for n in (4096, 28672))  # opt-in
 
 
 def test_gemv_configs():

@@ -65,7 +65,7 @@ def test_int8_variants_compile_without_spills(act_bits, bf16, debug, tmp_path):
     """As NVRTC gets it: one string with common.cuh pasted in (no include path)."""
     src = _pasted(tmp_path, "w6_int8_gemm.cu")
     assert not [line for line in src.read_text().splitlines() if line.startswith("#include")]
-    tiles = {default_config(m, n) for m in (17, 32, 64, 128) for n in (4096, 12288, 28672)}  # every default tile
+    tiles = {default_config(m, n, 4096) for m in (17, 32, 64, 128) for n in (4096, 12288, 28672)}  # every default tile
     assert len(tiles) == 5
     for cfg in tiles:
         log = _nvcc(src, *cfg.defines(act_bits, bf16, debug))
