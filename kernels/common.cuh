@@ -170,6 +170,23 @@ __device__ __forceinline__ void unpack_planes(u32 (&r)[8]) {
     for (int j = 0; j < 8; j += 2) delta_swap(r[j], r[j + 1], 1, 0x55555555u);
 }
 
+// ---------------------------------------------------------------- INT8 MMA (w6_int8_gemm.cu, w6_int8_gemv.cu)
+#define MAGIC 0x4B400000  // float 1.5 * 2^23: its low mantissa bits hold an int added to it exactly
+#define MAGIC_F 12582912.0f
+
+__device__ __forceinline__ void imma(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// The first MMA of a block starts from MAGIC instead of 0: the accumulator's bits are then the float MAGIC_F + acc
+// (|acc| <= 2^19 < 2^22), and one exact subtraction gives (float)acc: no int-to-float conversion instruction.
+__device__ __forceinline__ void imma_first(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(MAGIC));
+}
+
 // The per-token scale (act_group_size -1) of row `xr`, reduced over the whole CTA of WARPS warps (all must call).
 template <int WARPS>
 __device__ __forceinline__ float cta_row_scale(const u16* xr, int K, bool live, int qmax) {

@@ -79,8 +79,6 @@
 #define STAGE_SW (STAGE_SX + I8_BM * 4)
 #define STAGE_BYTES (STAGE_SW + I8_BN * 4)
 #define WU_BYTES (I8_BN * WU_STRIDE)
-#define MAGIC 0x4B400000           // float 1.5 * 2^23: its low mantissa bits hold an int added to it exactly
-#define MAGIC_F 12582912.0f
 
 static_assert(I8_ACT_BITS == 6 || I8_ACT_BITS == 8, "activation bits must be 6 or 8");
 #if !I8_WGMMA
@@ -114,19 +112,6 @@ i8_act_quant(const u16* __restrict__ x, signed char* __restrict__ xq, float* __r
 }
 
 // ================================================================ the GEMM
-__device__ __forceinline__ void imma(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-// The first MMA of a block starts from MAGIC instead of 0: the accumulator's bits are then the float MAGIC_F + acc
-// (|acc| <= 2^19 < 2^22), and one exact subtraction gives (float)acc: no int-to-float conversion instruction.
-__device__ __forceinline__ void imma_first(int (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
-        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(MAGIC));
-}
-
 __device__ __forceinline__ void cp_async4(u32 dst, const void* src) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
 }

@@ -63,25 +63,10 @@
 #define THREADS (32 * GV_KW * GV_RT)
 #define ROWS (16 * GV_RT)       // weight rows per CTA
 #define COLS (8 * GV_MT)        // token columns per CTA
-#define MAGIC 0x4B400000        // float 1.5 * 2^23: its low mantissa bits hold an int added to it exactly
-#define MAGIC_F 12582912.0f
 
 static_assert(GV_MT == 1 || GV_MT == 2, "token tiles: 8 or 16 tokens");
 static_assert(GV_DEPTH % GV_CHUNK == 0 && GV_DEPTH >= GV_CHUNK, "blocks in flight: whole epilogue chunks");
 static_assert(THREADS <= 1024, "at most 1024 threads per CTA");
-
-__device__ __forceinline__ void imma(int (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-// The first MMA of a block starts from MAGIC: the accumulator's bits are then the float MAGIC_F + acc (|acc| <=
-// 2^19 < 2^22), and one exact subtraction gives (float)acc (as w6_int8_gemm.cu).
-__device__ __forceinline__ void imma_first(int (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
-        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(MAGIC));
-}
 
 #ifndef GV_L2PF
 #define GV_L2PF 1  // L2 prefetch size of the weight loads: 0 none, 1 128 B, 2 256 B (A/B: scripts/gpu_int8_gemv.py)
@@ -200,10 +185,12 @@ i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const fl
             for (int i = 0; i < GV_MT; ++i) {
                 const u32 xl[4] = {cur.x[i][0].x, cur.x[i][0].y, cur.x[i][0].z, cur.x[i][0].w};
                 const u32 xh[4] = {cur.x[i][1].x, cur.x[i][1].y, cur.x[i][1].z, cur.x[i][1].w};
-                imma_first(acc[i], r0[0], r1[0], r0[1], r1[1], xl[0], xh[0]);
 #pragma unroll
-                for (int s = 1; s < 4; ++s)
-                    imma(acc[i], r0[2 * s], r1[2 * s], r0[2 * s + 1], r1[2 * s + 1], xl[s], xh[s]);
+                for (int s = 0; s < 4; ++s) {
+                    const u32 af[4] = {r0[2 * s], r1[2 * s], r0[2 * s + 1], r1[2 * s + 1]};  // a0..a3 of step s
+                    if (s == 0) imma_first(acc[i], af, xl[0], xh[0]);
+                    else imma(acc[i], af, xl[s], xh[s]);
+                }
             }
 #if GV_DEBUG_ACC
 #pragma unroll
