@@ -25,8 +25,6 @@ for n, k, m, cfg in [(1104, 4224, 3, GemvConfig(kw=8)), (1104, 576, 16, GemvConf
     int8_kernel.int8_block_accumulators(x, pack_bitplanes(wq), act_bits=8, config=cfg)
 torch.cuda.synchronize(); print("sanitizer workload done")
 PYEOF
-for tool in memcheck racecheck; do
-  compute-sanitizer --tool $tool --error-exitcode 9 $PY /tmp/san_gemv.py > "$OUT/sanitizer_$tool.txt" 2>&1
-  summary+=("sanitizer $tool: rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.txt" | tail -1)")
-done
+source scripts/sanitize_common.sh
+sanitize /tmp/san_gemv.py
 printf '%s\n' "${summary[@]}"

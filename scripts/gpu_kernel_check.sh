@@ -11,6 +11,7 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 summary=()
+source scripts/sanitize_common.sh
 
 { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; nvcc --version | tail -1
   $PY -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__)"; } > "$OUT/env.txt" 2>&1
@@ -54,10 +55,7 @@ for n, k, m, a, cfg in [(192, 576, 3, 6, None), (1536, 576, 1, 8, None), (576, 1
     btc.btc_block_accumulators(x, pack_bitplanes(wq), act_bits=a, config=cfg)
 torch.cuda.synchronize(); print("sanitizer workload done")
 PYEOF
-  for tool in memcheck racecheck; do
-    compute-sanitizer --tool $tool --error-exitcode 9 $PY /tmp/san.py > "$OUT/sanitizer_$tool.txt" 2>&1
-    summary+=("sanitizer $tool: rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.txt" | tail -1)")
-  done
+  sanitize /tmp/san.py
 fi
 
 if [[ $MODE == full || $MODE == bench || $MODE == tune || $MODE == iter ]]; then
