@@ -12,7 +12,7 @@ Up to 16 tokens a second kernel takes the same inputs (kernels/w6_int8_gemv.cu, 
 pipeline, each warp loads its weight words into registers and unpacks them there, so a layer streams its weights
 with many independent warps in flight. ``default_config`` picks it from the token count.
 
-The bit-serial BTC kernel costs 36/48 binary MMAs per multiply-add; it still wins at one token on some wide layers
+The bit-serial BTC kernel costs 36/48 binary MMAs per multiply-add; it still wins at 1-3 tokens on some wide layers
 and these kernels above a crossover measured on the H100 (``dispatch.py``). This module is the one source of truth
 for the kernels' compile-time constants (``Int8Config.defines``, ``GemvConfig.defines``).
 """
@@ -163,7 +163,8 @@ _TILE_16_64 = Int8Config(bm=16, bn=64, wm=1, wn=4, stages=6)
 # against 35.7 for the 16 x 64 tile, 28672 x 8192 at M = 16 117.6 against 119.2.
 GEMV_MAX_M = 16
 # Warps per row tile and row tiles per CTA where the rule of gemv_config lost more than 3% to the best of the sweep
-# (kw 1, 2, 4, 8, 16 and 4 x 2 rows; same run): (N, Kp, token tiles) -> (kw, rt).
+# (kw 1, 2, 4, 8, 16 and 4 x 2 rows; same run), over M = 1, 2, 8 for one token tile, at M = 16 for two:
+# (N, Kp, token tiles) -> (kw, rt).
 GEMV_TUNED: dict[tuple[int, int, int], tuple[int, int]] = {
     (28672, 8192, 1): (8, 1),  # 88.6-94.5 us at M = 1, 2, 8 against 102.1-107.6 with kw 2
     (28672, 8192, 2): (4, 1),  # 117.6 us at M = 16 against 125.9 with kw 2
@@ -172,9 +173,9 @@ GEMV_TUNED: dict[tuple[int, int, int], tuple[int, int]] = {
 
 def gemv_config(m: int, n: int, kp: int) -> GemvConfig:
     """The register-fed kernel's config for M <= 16 tokens, N rows, Kp (padded) K. The rule, from the sweep: narrow
-    layers (few row tiles) split K over 8 warps per row tile, so that 4096- and 8192-row layers still have ~2,000-4,000
-    warps in flight; wide layers have warps enough with 2, which keeps each warp's stream long; at 9..16 tokens a
-    4096-row layer does best with two row tiles of 4 warps per CTA."""
+    layers (few row tiles) split K over 8 warps per row tile, so that 4096- and 8192-row layers still launch
+    ~2,000-4,000 warps; wide layers have warps enough with 2, which keeps each warp's stream long; at 9..16
+    tokens a 4096-row layer does best with two row tiles of 4 warps per CTA."""
     mt = 1 if m <= 8 else 2
     tuned = GEMV_TUNED.get((n, kp, mt))
     if tuned:
