@@ -8,9 +8,10 @@ computes ``reference.reference_linear`` on the GPU, bit for bit, like ``btc.btc_
 stream: the activation quantize kernel (x -> int8 codes in the kernel's permuted K order + fp32 block scales) and
 the GEMM, a programmatic dependent launch on sm_90 as the BTC kernel's.
 
-Up to 16 tokens a second kernel takes the same inputs (kernels/w6_int8_gemv.cu, ``GemvConfig``): no shared-memory
-pipeline, each warp loads its weight words into registers and unpacks them there, so a layer streams its weights
-with many independent warps in flight. ``default_config`` picks it from the token count.
+Up to 16 tokens a second kernel takes the same inputs (kernels/w6_int8_gemv.cu, ``GemvConfig``): no CTA-wide
+pipeline, each warp loads its weight words into registers (or through its own small shared-memory ring, ``ring``)
+and unpacks them there, so a layer streams its weights with many independent warps in flight. ``default_config``
+picks it from the token count.
 
 The bit-serial BTC kernel costs 36/48 binary MMAs per multiply-add; it still wins at 1-3 tokens on some wide layers
 and these kernels above a crossover measured on the H100 (``dispatch.py``). This module is the one source of truth
@@ -94,18 +95,23 @@ class GemvConfig:
     rows x ``kw`` warps per row tile, splitting the K chunks; ``mt`` token tiles of 8 (M <= 8 * mt). ``occupancy``:
     the warps per SM its registers must allow (__launch_bounds__; 16 = 128 registers, 4 warps per scheduler), 0 (the
     default) for no bound. On the H100 a bound of 16 warps was no better overall: with one token tile it took 118
-    instead of 130 registers and ran 0.61-1.11x the unbounded build, shape by shape; with two it spills."""
+    instead of 130 registers and ran 0.61-1.11x the unbounded build, shape by shape; with two it spills.
+    ``ring``: 0, or the weights come through a per-warp ring of that many blocks in shared memory (cp.async, then
+    ldmatrix) instead of registers, ``ring`` blocks ahead; the scales and activation codes stay ``depth`` ahead in
+    registers."""
 
     kw: int = 4
     rt: int = 1
     mt: int = 1
     depth: int = 2
     occupancy: int = 0
+    ring: int = 0
 
     def __post_init__(self):
         occ = self.occupancy
         if not (1 <= self.kw <= 16 and 1 <= self.rt <= 4 and self.kw * self.rt <= 16 and self.mt in (1, 2)
-                and self.depth in (2, 4) and occ % (self.kw * self.rt) == 0 and occ <= 64):
+                and self.depth in (2, 4) and occ % (self.kw * self.rt) == 0 and occ <= 64
+                and self.ring in (0, 2, 4, 6, 8) and self.ring % self.depth == 0):
             raise ValueError(f"unsupported int8 gemv config {self}")
 
     @property
@@ -124,12 +130,18 @@ class GemvConfig:
         """-D options for w6_int8_gemv.cu (its codes are int8 whatever the activation bits: act_bits unused)."""
         return (f"-DGV_KW={self.kw}", f"-DGV_RT={self.rt}", f"-DGV_MT={self.mt}", f"-DGV_DEPTH={self.depth}",
                 f"-DGV_MINB={max(1, self.occupancy // (self.kw * self.rt))}", f"-DGV_BF16={int(bf16)}",
-                f"-DGV_DEBUG_ACC={int(debug)}", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}")
+                f"-DGV_DEBUG_ACC={int(debug)}", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}", f"-DGV_RING={self.ring}")
 
-    def smem_bytes(self, nb: int) -> int:
-        """The chunk-sum slots of the .cu: warp 0's prefix, then one per chunk past warp 0's range."""
+    @property
+    def ring_bytes(self) -> int:
+        """The rings of a CTA's warps: ``ring`` stages of 16 rows at a 112-byte stride each (.cu, RING_BYTES)."""
+        return self.kw * self.rt * self.ring * 16 * 112
+
+    def smem_bytes(self, nb: int, debug: bool = False) -> int:
+        """The rings, then the chunk-sum slots of the .cu (none in a debug build): warp 0's prefix, then one per
+        chunk past warp 0's range."""
         nc = -(-nb // EPILOGUE_CHUNK_BLOCKS)
-        return (nc - -(-nc // self.kw) + 1) * 16 * self.rt * 8 * self.mt * 4
+        return self.ring_bytes + (0 if debug else (nc - -(-nc // self.kw) + 1) * 16 * self.rt * 8 * self.mt * 4)
 
 
 def _round_up(v: int, m: int) -> int:
@@ -164,10 +176,10 @@ _TILE_16_64 = Int8Config(bm=16, bn=64, wm=1, wn=4, stages=6)
 GEMV_MAX_M = 16
 # Warps per row tile and row tiles per CTA where the rule of gemv_config lost more than 3% to the best of the sweep
 # (kw 1, 2, 4, 8, 16 and 4 x 2 rows; same run), over M = 1, 2, 8 for one token tile, at M = 16 for two:
-# (N, Kp, token tiles) -> (kw, rt).
-GEMV_TUNED: dict[tuple[int, int, int], tuple[int, int]] = {
-    (28672, 8192, 1): (8, 1),  # 88.6-94.5 us at M = 1, 2, 8 against 102.1-107.6 with kw 2
-    (28672, 8192, 2): (4, 1),  # 117.6 us at M = 16 against 125.9 with kw 2
+# (N, Kp, token tiles) -> (kw, rt, ring).
+GEMV_TUNED: dict[tuple[int, int, int], tuple[int, int, int]] = {
+    (28672, 8192, 1): (8, 1, 0),  # 88.6-94.5 us at M = 1, 2, 8 against 102.1-107.6 with kw 2
+    (28672, 8192, 2): (4, 1, 0),  # 117.6 us at M = 16 against 125.9 with kw 2
 }
 
 
@@ -179,12 +191,12 @@ def gemv_config(m: int, n: int, kp: int) -> GemvConfig:
     mt = 1 if m <= 8 else 2
     tuned = GEMV_TUNED.get((n, kp, mt))
     if tuned:
-        kw, rt = tuned
+        kw, rt, ring = tuned
     elif n <= 4096 and mt == 2:
-        kw, rt = 4, 2
+        kw, rt, ring = 4, 2, 0
     else:
-        kw, rt = (8 if n <= 8192 else 2), 1
-    return GemvConfig(kw=kw, rt=rt, mt=mt)
+        kw, rt, ring = (8 if n <= 8192 else 2), 1, 0
+    return GemvConfig(kw=kw, rt=rt, mt=mt, ring=ring)
 
 
 @functools.cache
@@ -244,10 +256,11 @@ def _gemm(x2, xq, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_size
     m, n, dev = x2.shape[0], qweight.shape[0], x2.device.index
     nb = xq.shape[1] // BLOCK_K
     if isinstance(cfg, GemvConfig):
-        file, grid, smem = GEMV_FILE, (-(-n // (16 * cfg.rt)), 1, 1), 0 if debug else cfg.smem_bytes(nb)
+        file, grid, smem = GEMV_FILE, (-(-n // (16 * cfg.rt)), 1, 1), cfg.smem_bytes(nb, debug)
         if smem > SMEM_LIMIT:
             raise ValueError(f"int8 gemv config {cfg} needs {smem} bytes of shared memory for K = {nb * BLOCK_K} "
-                             f"(at most {SMEM_LIMIT}): use more warps per row tile (kw) or fewer token tiles (mt)")
+                             f"(at most {SMEM_LIMIT}): use more warps per row tile (kw), fewer token tiles (mt) "
+                             "or a shorter ring")
     else:
         file, grid, smem = KERNEL_FILE, (-(-n // cfg.bn), -(-m // cfg.bm), 1), cfg.smem_bytes()
         if grid[1] > 65535:

@@ -29,6 +29,15 @@
 // GV_MT token tiles of 8 share each unpacked weight fragment (M <= 8 * GV_MT). GV_DEPTH blocks (a multiple of the
 // chunk) are loaded ahead per warp.
 //
+// ---- The ring (GV_RING > 0) ------------------------------------------------------------------------------------
+// The weights instead come through a ring of GV_RING blocks per warp in shared memory: cp.async copies each block's
+// 16 x 96 bytes (three 16-byte pieces per lane, one commit group per block), cp.async.wait_group + __syncwarp make
+// the oldest block visible, and three ldmatrix.x4 hand thread (g, t) exactly the twelve words the register path
+// loads (word t of planes 0..5 of rows g and g + 8), so everything after is the same. Bytes in flight then cost
+// shared memory, not registers, and GV_RING blocks of every warp are requested before pdl_wait. Only the warp's
+// own lanes touch its ring: no CTA barrier. Scales and activation codes stay GV_DEPTH ahead in registers (the
+// scales' lines are prefetched into L2 GV_RING ahead, GV_SWPF).
+//
 // Compiled at run time by CuPy RawModule (NVRTC); flexq_cli/int8_kernel.py (GemvConfig) is the one source of truth
 // for the -D options below.
 
@@ -56,6 +65,12 @@
 #ifndef GV_CHUNK
 #define GV_CHUNK 2  // primitives.EPILOGUE_CHUNK_BLOCKS (int8_kernel.py always passes it)
 #endif
+#ifndef GV_RING
+#define GV_RING 0  // 0: weights loaded into registers GV_DEPTH blocks ahead; > 0: a per-warp ring of that many blocks
+#endif
+#ifndef GV_SWPF
+#define GV_SWPF 1  // with the ring: prefetch the weight scales into L2 as far ahead as the weights
+#endif
 
 #define FQ_BF16 GV_BF16
 #include "common.cuh"
@@ -67,6 +82,13 @@
 static_assert(GV_MT == 1 || GV_MT == 2, "token tiles: 8 or 16 tokens");
 static_assert(GV_DEPTH % GV_CHUNK == 0 && GV_DEPTH >= GV_CHUNK, "blocks in flight: whole epilogue chunks");
 static_assert(THREADS <= 1024, "at most 1024 threads per CTA");
+static_assert(GV_RING == 0 || (GV_RING % GV_DEPTH == 0 && GV_RING <= 8), "ring: whole multiples of the depth");
+
+// The ring: per warp GV_RING stages of one 128-K block of its 16 rows, each row's 96-byte record at a 112-byte
+// stride, so the 8 rows one ldmatrix phase reads start 28 words apart and cover the 32 banks once.
+#define RING_ROW 112
+#define RING_STAGE (16 * RING_ROW)
+#define RING_BYTES (THREADS / 32 * GV_RING * RING_STAGE)
 
 #ifndef GV_L2PF
 #define GV_L2PF 1  // L2 prefetch size of the weight loads: 0 none, 1 128 B, 2 256 B (A/B: scripts/gpu_int8_gemv.py)
@@ -86,7 +108,9 @@ __device__ __forceinline__ u32 ldg_nc(const u32* p) {  // read-only weights: the
 // One block's operands of one thread: its two rows' plane words and weight scales (read-only: may be loaded before
 // pdl_wait), its token columns' 32 code bytes and scales (written by the kernel before: after pdl_wait).
 struct Blk {
-    u32 w[2][6];        // rows g, g + 8: word t of planes 0..5
+#if !GV_RING
+    u32 w[2][6];        // rows g, g + 8: word t of planes 0..5 (with the ring: in shared memory)
+#endif
     u16 sw[2];          // rows g, g + 8
     uint4 x[GV_MT][2];  // token 8i + g: bytes 32t .. 32t + 15, 32t + 16 .. 32t + 31
     float sx[GV_MT][2]; // tokens 8i + 2t, 8i + 2t + 1
@@ -94,11 +118,13 @@ struct Blk {
 
 __device__ __forceinline__ void load_w(Blk& k, const u32* wrow0, const u32* wrow1, const u16* srow0, const u16* srow1,
                                        int b, int w_step) {
+#if !GV_RING
 #pragma unroll
     for (int j = 0; j < 6; ++j) {
         k.w[0][j] = ldg_nc(wrow0 + b * 24 + 4 * j);
         k.w[1][j] = ldg_nc(wrow1 + b * 24 + 4 * j);
     }
+#endif
     k.sw[0] = srow0[b * w_step];
     k.sw[1] = srow1[b * w_step];
 }
@@ -116,13 +142,40 @@ __device__ __forceinline__ void load_x(Blk& k, const signed char* xq, const floa
     }
 }
 
+#if GV_RING
+// One block's 16 x 96 weight bytes of a warp's rows into ring stage `dst`: 96 16-byte pieces, three per lane
+// (piece c = lane + 32i: row c / 6, bytes 16 (c % 6) of its record), one commit group per block (empty past the
+// warp's range, so that cp.async.wait_group GV_RING - 1 always means "the oldest block has landed").
+struct RingCopy {
+    const char* src[3];  // the pieces' bytes in block 0
+    u32 dst[3];          // their offsets in a stage
+};
+__device__ __forceinline__ void ring_issue(const RingCopy& c, u32 stage, int b, bool live) {
+    if (live) {
+#pragma unroll
+        for (int i = 0; i < 3; ++i)
+            asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;\n"
+                         ::"r"(stage + c.dst[i]), "l"(c.src[i] + (size_t)b * 96));
+    }
+    cp_async_commit();
+}
+// Thread (g, t)'s twelve plane words of a stage: word t of planes 0..5 of rows g and g + 8. ldmatrix hands thread
+// (g, t) word t of row g of each 8 x 16-byte matrix; the matrices are (rows 0..7 | 8..15) x planes, three x4 loads.
+__device__ __forceinline__ void ring_read(u32 stage, const u32 (&off)[3], u32 (&r0)[8], u32 (&r1)[8]) {
+    ldmatrix_x4(stage + off[0], r0[0], r0[1], r0[2], r0[3]);
+    ldmatrix_x4(stage + off[1], r0[4], r0[5], r1[0], r1[1]);
+    ldmatrix_x4(stage + off[2], r1[2], r1[3], r1[4], r1[5]);
+}
+#endif
+
 // qweight (N, NB*24) packed records; w_scales (N, ws_cols) float16; xq (M, NB*128) and sx (M, NB) from i8_act_quant;
 // bias (N,) float32 (bias_f32) or the output dtype, or null; y (M, N) output dtype, debug: (NB, M, N) int32 block
 // accumulators. w_step: 1 for weight groups of 128, 0 for one scale per row.
 extern "C" __global__ void __launch_bounds__(THREADS, GV_MINB)
 i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const float* sx, const void* bias, void* y,
         int M, int N, int NB, int ws_cols, int w_step, int bias_f32) {
-    extern __shared__ __align__(16) float slots[];  // (slot, ROWS, COLS): warp 0's running sum, later chunk sums
+    extern __shared__ __align__(16) unsigned char smem[];  // the ring (GV_RING), then the slots
+    float* slots = (float*)(smem + RING_BYTES);  // (slot, ROWS, COLS): warp 0's running sum, later chunk sums
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int rt = warp / GV_KW, kw = warp % GV_KW;
@@ -146,6 +199,25 @@ i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const fl
         stok[i][1] = min(8 * i + 2 * t + 1, M - 1);
     }
 
+#if GV_RING
+    const u32 ring = smem_addr(smem) + warp * GV_RING * RING_STAGE;
+    RingCopy rc;
+#pragma unroll
+    for (int i = 0; i < 3; ++i) {
+        const int c = lane + 32 * i, r = c / 6, p = c % 6;
+        rc.src[i] = (const char*)qweight + (size_t)min(n0 + r, N - 1) * NB * 96 + 16 * p;
+        rc.dst[i] = r * RING_ROW + 16 * p;
+    }
+    const u32 mi = lane >> 3, ri = lane & 7;  // this lane's ldmatrix row address: matrix mi, row ri
+    const u32 off[3] = {ri * RING_ROW + 16 * mi,
+                        (mi < 2 ? ri : 8 + ri) * RING_ROW + 16 * (mi < 2 ? 4 + mi : mi - 2),
+                        (8 + ri) * RING_ROW + 16 * (2 + mi)};
+#pragma unroll
+    for (int d = 0; d < GV_RING; ++d) ring_issue(rc, ring + d * RING_STAGE, b_lo + d, b_lo + d < b_hi);
+#define STEP GV_RING
+#else
+#define STEP GV_DEPTH
+#endif
     Blk buf[GV_DEPTH];
 #pragma unroll
     for (int d = 0; d < GV_DEPTH; ++d)
@@ -162,22 +234,36 @@ i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const fl
 #pragma unroll
         for (int r = 0; r < 4; ++r) yacc[i][r] = -0.f;  // -0: the identity of IEEE addition
 
-    for (int base = b_lo; base < b_hi; base += GV_DEPTH) {
+    for (int base = b_lo; base < b_hi; base += STEP) {
 #pragma unroll
-        for (int d = 0; d < GV_DEPTH; ++d) {
+        for (int d = 0; d < STEP; ++d) {
             const int b = base + d;
             if (b >= b_hi) break;
-            const Blk cur = buf[d];
+            const Blk cur = buf[d % GV_DEPTH];
             if (b + GV_DEPTH < b_hi) {
-                load_w(buf[d], wrow0, wrow1, srow0, srow1, b + GV_DEPTH, w_step);
-                load_x(buf[d], xq, sx, NB, xtok, stok, b + GV_DEPTH);
+                load_w(buf[d % GV_DEPTH], wrow0, wrow1, srow0, srow1, b + GV_DEPTH, w_step);
+                load_x(buf[d % GV_DEPTH], xq, sx, NB, xtok, stok, b + GV_DEPTH);
             }
             u32 r0[8], r1[8];
+#if GV_RING
+            cp_async_wait<GV_RING - 1>();  // this lane's pieces of block b have landed
+            __syncwarp();                  // and the other lanes' are visible
+            ring_read(ring + d * RING_STAGE, off, r0, r1);
+            __syncwarp();                  // every lane has read the stage before it is refilled
+            ring_issue(rc, ring + d * RING_STAGE, b + GV_RING, b + GV_RING < b_hi);
+#if GV_SWPF
+            if (t == 0 && b + GV_RING < b_hi) {
+                asm volatile("prefetch.global.L2 [%0];\n" ::"l"(srow0 + (b + GV_RING) * w_step));
+                asm volatile("prefetch.global.L2 [%0];\n" ::"l"(srow1 + (b + GV_RING) * w_step));
+            }
+#endif
+#else
 #pragma unroll
             for (int j = 0; j < 6; ++j) {
                 r0[j] = cur.w[0][j];
                 r1[j] = cur.w[1][j];
             }
+#endif
             unpack_planes(r0);
             unpack_planes(r1);
             int acc[GV_MT][4];
@@ -202,7 +288,7 @@ i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const fl
                 }
 #else
             const float sw0 = half_to_float(cur.sw[0]), sw1 = half_to_float(cur.sw[1]);
-            const int kb = d % GV_CHUNK;  // compile-time: ranges start at chunk boundaries, GV_DEPTH is whole chunks
+            const int kb = d % GV_CHUNK;  // compile-time: ranges start at chunk boundaries, STEP is whole chunks
 #pragma unroll
             for (int i = 0; i < GV_MT; ++i)
 #pragma unroll

@@ -3,7 +3,8 @@
 Every config is first checked bit for bit against the reference (kernel_bench._kernel_op: block accumulators and
 outputs), then timed with the bench's harness (CUDA graph, L2 flushed, median). One line per (shape, M).
 Usage: python scripts/gpu_int8_gemv.py [MS] [SHAPES] [OUT.json]   (MS "1,4,8,16"; SHAPES "4096x4096,..." or "all")
-Env: REPEATS (20), CONFIGS "kw:rt:depth,..." (the token tiles follow M), ACT_BITS (8), PARTS=1: for the fastest
+Env: REPEATS (20), CONFIGS "kw:rt:depth[:ring[:occupancy[:l2pf[:swpf]]]],..." ("-": the default; the token tiles
+follow M), ACT_BITS (8), PARTS=1: for the fastest
 config also the GEMV alone on activations packed before (packed_us), the quantize kernel alone (quant_us) and the
 layer op back to back without an L2 flush (b2b_us).
 """
@@ -26,25 +27,29 @@ SHAPES = [(4096, 4096), (12288, 4096), (22016, 4096), (4096, 11008), (11008, 409
 
 
 @dataclass(frozen=True)
-class _Prefetch(GemvConfig):
-    """A/B only: the weight loads with an L2 prefetch-size hint (-DGV_L2PF: 1 = 128 B, 2 = 256 B)."""
+class _Knobs(GemvConfig):
+    """A/B only: the register path's L2 prefetch-size hint on the weight loads (-DGV_L2PF: 0 none, 1 = 128 B,
+    2 = 256 B) and the ring's scale prefetch (-DGV_SWPF); None keeps the .cu's default."""
 
-    l2pf: int = 0
+    l2pf: int | None = None
+    swpf: int | None = None
 
     def defines(self, act_bits, bf16, debug=False):
-        return (*super().defines(act_bits, bf16, debug), f"-DGV_L2PF={self.l2pf}")
+        extra = [f"-DGV_{k.upper()}={v}" for k, v in (("l2pf", self.l2pf), ("swpf", self.swpf)) if v is not None]
+        return (*super().defines(act_bits, bf16, debug), *extra)
 
 
 def _configs(m: int) -> dict[str, GemvConfig]:
-    """CONFIGS items kw:rt:depth[:occupancy[:l2pf]] (occupancy "-": the default, no bound)."""
+    """CONFIGS items kw:rt:depth[:ring[:occupancy[:l2pf[:swpf]]]] ("-": the default)."""
     spec = os.environ.get("CONFIGS", "4:1:2,8:1:2,2:2:2,4:2:2,4:1:4,8:1:4")
     out = {}
     for item in spec.split(","):
-        kw, rt, depth, *more = item.split(":")
-        mt = 1 if m <= 8 else 2
-        occ = 0 if not more or more[0] == "-" else int(more[0])
-        cfg = dict(kw=int(kw), rt=int(rt), mt=mt, depth=int(depth), occupancy=occ)
-        out[f"gv{item.replace(':', '.')}"] = _Prefetch(**cfg, l2pf=int(more[1])) if len(more) > 1 else GemvConfig(**cfg)
+        kw, rt, depth, *more = [None if v == "-" else int(v) for v in item.split(":")]
+        more += [None] * (4 - len(more))
+        cfg = dict(kw=kw, rt=rt, mt=1 if m <= 8 else 2, depth=depth, ring=more[0] or 0, occupancy=more[1] or 0)
+        knobs = more[2:]
+        out[f"gv{item.replace(':', '.')}"] = _Knobs(**cfg, l2pf=knobs[0], swpf=knobs[1]) if any(
+            v is not None for v in knobs) else GemvConfig(**cfg)
     return out
 
 

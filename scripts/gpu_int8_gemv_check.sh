@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for the register-fed INT8 decode kernel (kernels/w6_int8_gemv.cu): the INT8, norm and generation
 # GPU tests, then compute-sanitizer memcheck and racecheck on gemv launches (partial row tiles, uneven chunk splits,
-# more warps than chunks, both token tiles). Logs in $OUT (default ./out); a summary last.
+# more warps than chunks, both token tiles, the shared-memory ring). Logs in $OUT (default ./out); a summary last.
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -16,7 +16,9 @@ from flexq_cli.int8_kernel import GemvConfig
 from flexq_cli.packing import pack_bitplanes
 for n, k, m, cfg in [(1104, 4224, 3, GemvConfig(kw=8)), (1104, 576, 16, GemvConfig(kw=16, mt=2)),
                      (1104, 4224, 9, GemvConfig(kw=4, rt=2, mt=2, depth=4)), (4096, 4096, 1, None),
-                     (192, 576, 16, GemvConfig(kw=2, rt=4, mt=2))]:
+                     (192, 576, 16, GemvConfig(kw=2, rt=4, mt=2)), (1104, 4224, 5, GemvConfig(kw=8, ring=4)),
+                     (1104, 576, 16, GemvConfig(kw=16, mt=2, ring=2)), (192, 4224, 12, GemvConfig(kw=2, rt=4, mt=2, ring=6)),
+                     (4096, 11008, 16, None)]:
     wq = torch.randint(-32, 32, (n, -(-k // 128) * 128), dtype=torch.int8, device="cuda")
     ws = torch.rand((n, wq.shape[1] // 128), device="cuda").half()
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)

@@ -97,19 +97,25 @@ def test_gemv_configs():
 
     assert gemv_config(1, 4096, 4096) == GemvConfig(kw=8) and gemv_config(16, 4096, 11008) == GemvConfig(4, 2, 2)
     assert gemv_config(8, 22016, 4096) == GemvConfig(kw=2) and gemv_config(9, 22016, 4096) == GemvConfig(2, 1, 2)
-    for (n, kp, mt), (kw, rt) in GEMV_TUNED.items():
-        assert gemv_config(8 * mt, n, kp) == GemvConfig(kw, rt, mt)
+    for (n, kp, mt), (kw, rt, ring) in GEMV_TUNED.items():
+        assert gemv_config(8 * mt, n, kp) == GemvConfig(kw, rt, mt, ring=ring)
     cfg = GemvConfig(kw=8, rt=2, mt=2, depth=4)
     assert cfg.threads == 512 and cfg.kernel == "i8_gemv" and cfg.max_tokens == 16
     assert cfg.defines(6, True, True) == ("-DGV_KW=8", "-DGV_RT=2", "-DGV_MT=2", "-DGV_DEPTH=4", "-DGV_MINB=1",
-                                          "-DGV_BF16=1", "-DGV_DEBUG_ACC=1", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}")
+                                          "-DGV_BF16=1", "-DGV_DEBUG_ACC=1", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}",
+                                          "-DGV_RING=0")
     assert "-DGV_MINB=8" in GemvConfig(kw=2, occupancy=16).defines(8, False)  # 8 CTAs of 2 warps: 128 registers
     assert EPILOGUE_CHUNK_BLOCKS == 2  # the slot counts below
     assert GemvConfig(kw=8).smem_bytes(32) == (16 - 2 + 1) * 16 * 8 * 4  # 16 chunks, warp 0 takes 2
     assert GemvConfig(kw=4, rt=2, mt=2).smem_bytes(33) == (17 - 5 + 1) * 32 * 16 * 4  # 17 chunks, warp 0 takes 5
     assert GemvConfig(kw=1).smem_bytes(224) == 16 * 8 * 4  # one warp per row tile: slot 0 only
+    ring = GemvConfig(kw=8, ring=4)  # 8 warps x 4 stages x 16 rows x 112 bytes, before the slots
+    assert ring.ring_bytes == 8 * 4 * 1792 and ring.smem_bytes(32) == 8 * 4 * 1792 + (16 - 2 + 1) * 16 * 8 * 4
+    assert ring.smem_bytes(32, debug=True) == 8 * 4 * 1792 and GemvConfig(kw=8).smem_bytes(32, debug=True) == 0
+    assert "-DGV_RING=4" in ring.defines(8, False)
     for bad in (dict(kw=0), dict(kw=17), dict(rt=5), dict(kw=8, rt=4), dict(mt=3), dict(depth=3), dict(depth=6),
-                dict(kw=8, occupancy=12), dict(kw=1, occupancy=72)):
+                dict(kw=8, occupancy=12), dict(kw=1, occupancy=72), dict(ring=3), dict(ring=10),
+                dict(ring=2, depth=4)):
         with pytest.raises(ValueError, match="unsupported int8 gemv config"):
             GemvConfig(**bad)
 

@@ -103,7 +103,10 @@ def test_every_tile_config_exact(cfg, m):
 
 GEMV_CONFIGS = [int8_kernel.GemvConfig(kw=kw, rt=rt, mt=mt, depth=d) for kw, rt in ((1, 1), (2, 1), (8, 1), (16, 1),
                                                                                    (4, 2), (2, 4))
-                for mt in (1, 2) for d in (2, 4)] + [int8_kernel.GemvConfig(kw=8, occupancy=16)]  # 128 registers
+                for mt in (1, 2) for d in (2, 4)] + [int8_kernel.GemvConfig(kw=8, occupancy=16)] + [  # 128 registers
+    int8_kernel.GemvConfig(kw=kw, rt=rt, mt=mt, depth=d, ring=r)  # weights through the shared-memory ring
+    for kw, rt, mt, d, r in ((1, 1, 1, 2, 2), (2, 1, 2, 2, 8), (8, 1, 1, 2, 4), (8, 1, 2, 4, 4), (16, 1, 1, 2, 6),
+                             (4, 2, 2, 2, 4), (2, 4, 1, 2, 6))]
 
 
 @pytest.mark.parametrize("cfg", GEMV_CONFIGS, ids=str)
