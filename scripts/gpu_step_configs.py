@@ -1,5 +1,6 @@
 """Tile configs tried inside the decode step: the W6A8 (or $PRESET) CUDA-graph step of a random-init model at
-batch B, with the tuned table (btc_tuning.TUNED) overridden for one or more GEMM shapes per variant.
+batch B, with the tuned tables (btc_tuning.TUNED, int8_kernel.GEMV_TUNED, dispatch.CROSSOVER) overridden for one
+or more GEMM shapes per variant.
 
 kernel_bench's --tune times each layer alone, L2 flushed, launched after nothing. In the decode step a GEMM is
 launched with programmatic dependent launch behind the norm, SiLU or pack kernel that feeds it, and prefetches its
@@ -10,8 +11,13 @@ layers), in rounds so that the spread between runs of the same variant shows. A 
 first: without it the first variant measured ~100 us faster than its own later rounds (2026-11-22, H100; why was
 not measured, clocks not yet settled is the guess).
 Usage: python scripts/gpu_step_configs.py [SHAPE] [BATCH] [ROUNDS] [VARIANT ...]
-  VARIANT: N:K=warps,kb,stages,splits[,mt][;N:K=...] for the batch's M bucket (btc_tuning.m_bucket), A8 unless
-  N:K:A6, mt 8 unless given; e.g. 4096:11008=4,4,3,4.
+  VARIANT: parts joined by ";", each one of
+    N:K[:A6]=warps,kb,stages,splits[,mt]  the BTC config for the batch's M bucket (btc_tuning.m_bucket), A8 unless
+                                          :A6, mt 8 unless given; e.g. 4096:11008=4,4,3,4
+    gv:N:K=kw,rt,ring                     the register-fed INT8 kernel's config (GEMV_TUNED) for the batch's token
+                                          tiles; e.g. gv:4096:11008=4,1,4
+    ring=R                                every register-fed config the rule picks gets a ring of R blocks
+    x:N:K[:A6]=M0                         INT8 from M0 tokens on that shape (dispatch.CROSSOVER); e.g. x:12288:4096=1
   With no VARIANT: the table as it is, then each TUNE_CANDIDATE for the 7B down_proj shape.
 PRESET=w6a6 in the environment times that preset's model (default w6a8; variants then name N:K:A6).
 Results as JSON to $OUT/step-configs-<shape>-b<B>.json.
@@ -19,6 +25,7 @@ Results as JSON to $OUT/step-configs-<shape>-b<B>.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -27,23 +34,47 @@ import torch
 from gpu_decode_profile import build, graph_decoder, replay_us  # scripts/ is on sys.path when run as a script
 from gpu_step_timeline import is_gemm, layer_table, step_kernels
 
-from flexq_cli import btc, btc_tuning
+from flexq_cli import btc, btc_tuning, dispatch, int8_kernel
 from flexq_cli.config import load_preset
 from flexq_cli.kernel_bench import TUNE_CANDIDATES
 
 
 def parse_variant(text: str, batch: int) -> dict:
-    """'N:K[:A6]=w,kb,st,splits[,mt];...' -> TUNED overrides for the batch's M bucket (mt 8 unless given)."""
-    over = {}
+    """A VARIANT -> {"btc": TUNED overrides, "gemv": GEMV_TUNED overrides, "ring": R or 0, "cross": CROSSOVER
+    overrides}."""
+    over = {"btc": {}, "gemv": {}, "ring": 0, "cross": {}}
     for part in text.split(";"):
         shape, cfg = part.split("=")
         dims = shape.split(":")
-        bits = 6 if len(dims) > 2 and dims[2].upper() == "A6" else 8
         vals = [int(v) for v in cfg.split(",")]
-        warps, kb, stages, splits = vals[:4]
-        mt = vals[4] if len(vals) > 4 else 8
-        over[(int(dims[0]), int(dims[1]), btc_tuning.m_bucket(batch), bits)] = (warps, kb, stages, mt, splits)
+        if shape == "ring":
+            over["ring"] = vals[0]
+            continue
+        kind = dims.pop(0) if dims[0] in ("gv", "x") else "btc"
+        bits = 6 if len(dims) > 2 and dims[2].upper() == "A6" else 8
+        n, k = int(dims[0]), int(dims[1])
+        if kind == "gv":
+            over["gemv"][(n, k, 1 if batch <= 8 else 2)] = tuple(vals[:3])
+        elif kind == "x":
+            over["cross"][(n, k, bits)] = vals[0]
+        else:
+            warps, kb, stages, splits = vals[:4]
+            mt = vals[4] if len(vals) > 4 else 8
+            over["btc"][(n, k, btc_tuning.m_bucket(batch), bits)] = (warps, kb, stages, mt, splits)
     return over
+
+
+def apply(over: dict, base: dict) -> None:
+    """The tables as ``base`` holds them (their contents at the start), with ``over`` on top; chosen configs are
+    cached per launch shape, so the caches are cleared."""
+    for table, name in ((btc_tuning.TUNED, "btc"), (int8_kernel.GEMV_TUNED, "gemv"), (dispatch.CROSSOVER, "cross")):
+        table.clear()
+        table.update({**base[name], **over.get(name, {})})
+    ring = over.get("ring", 0)
+    int8_kernel.gemv_config = (lambda m, n, kp: dataclasses.replace(base["rule"](m, n, kp), ring=ring)) if ring \
+        else base["rule"]
+    btc.choose_config.cache_clear()
+    int8_kernel.default_config.cache_clear()
 
 
 def main():
@@ -62,7 +93,8 @@ def main():
     model, why = build(shape, load_preset(preset))
     if why:
         raise SystemExit(f"{shape}: {why}")
-    base = dict(btc_tuning.TUNED)
+    base = {"btc": dict(btc_tuning.TUNED), "gemv": dict(int8_kernel.GEMV_TUNED), "cross": dict(dispatch.CROSSOVER),
+            "rule": int8_kernel.gemv_config}
     out = {"shape": shape, "batch": batch, "preset": preset, "device": torch.cuda.get_device_name(), "runs": []}
     warm = graph_decoder(model, batch)
     replay_us(warm, 3000)  # clocks and temperature settle before anything is recorded
@@ -70,9 +102,7 @@ def main():
     try:
         for rnd in range(rounds):
             for name, over in variants.items():
-                btc_tuning.TUNED.clear()
-                btc_tuning.TUNED.update({**base, **over})
-                btc.choose_config.cache_clear()  # the config is chosen (and cached) per launch shape
+                apply(over, base)
                 dec = graph_decoder(model, batch)
                 step = replay_us(dec, 200)
                 gemms = [r["us"] for r in layer_table(step_kernels(dec)[1])["rows"] if is_gemm(r["name"])]
@@ -82,9 +112,7 @@ def main():
                 del dec
                 torch.cuda.empty_cache()
     finally:
-        btc_tuning.TUNED.clear()
-        btc_tuning.TUNED.update(base)
-        btc.choose_config.cache_clear()
+        apply({}, base)
     with open(os.path.join(os.environ.get("OUT", "/tmp"), f"step-configs-{shape}-b{batch}.json"), "w") as f:
         json.dump(out, f, indent=1)
 

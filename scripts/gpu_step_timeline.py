@@ -26,8 +26,8 @@ NORM = "fq_rmsnorm"
 
 
 def is_gemm(kernel: str) -> bool:
-    """A quantized GEMM's kernel: the BTC kernel or the INT8 one (kernels/w6_int8_gemm.cu's i8_gemm)."""
-    return "btc_gemm" in kernel or "i8_gemm" in kernel
+    """A quantized GEMM's kernel: the BTC kernel or an INT8 one (i8_gemm, i8_gemm_wgmma or i8_gemv)."""
+    return "btc_gemm" in kernel or "i8_gemm" in kernel or "i8_gemv" in kernel
 
 
 def step_kernels(dec, replays: int = 3) -> list[list[tuple[str, float, float]]]:
