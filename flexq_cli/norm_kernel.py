@@ -26,21 +26,29 @@ SILU_WARPS = 4  # warps per CTA of the gated SiLU kernel
 PACKS = {None: 0, "btc": 1, "int8": 2}
 
 
-def _threads(width: int) -> int:
-    """Threads per CTA for rows of ``width``: a quarter of the width rounded up to a power of two, 128 to 1024 (one
-    128-wide block per warp for the pack at 4096)."""
-    return min(1024, max(128, (1 << max(0, (width - 1).bit_length())) // 4))
-
-
-def launch_shape(h: int) -> tuple[int, int]:
+def launch_shape(h: int, split: bool = False) -> tuple[int, int]:
     """(threads per CTA, squares per thread R) for the norm of rows of width h: the row padded to a power of two P,
-    R = P / threads squares per thread."""
+    R = P / threads squares per thread. One CTA per token: a quarter of P in threads (128 to 1024), one 128-wide
+    block per warp at 4096. ``split``: as many squares per thread as it takes (MAX_R), so as few threads as 128-1024
+    allow, and several CTAs per token (``ctas_per_token``) that write and pack one block per warp."""
     p = 1 << max(0, (h - 1).bit_length())
-    threads = _threads(h)
+    threads = min(1024, max(128, p // (MAX_R if split else 4)))
     r = max(1, p // threads)
     if r > MAX_R:
         raise ValueError(f"rows of width {h} are wider than the norm kernel's {1024 * MAX_R}")
     return threads, r
+
+
+def ctas_per_token(threads: int, nb: int) -> int:
+    """CTAs that share one token's row of ``nb`` 128-wide blocks: one block per warp."""
+    return max(1, -(-nb // (threads // 32)))
+
+
+# Which packs split a token's row over several CTAs. H100, 2026-11-23, LLaMA-2-7B shape (4096), back to back: the
+# INT8 pack 2.96 -> 2.22 us at one token, the BTC pack 4.15 -> 2.59, the norm alone 2.25 -> 2.34; in the CUDA-graph
+# decode step (scripts/gpu_step_configs.py norm=one, one process, two rounds) W6A8 at batch 16 (INT8 packs)
+# 4387-4390 -> 4344-4355 us, but at batch 1 (BTC packs) 3121 -> 3149-3153, and FP16 within 0.3% either way.
+SPLIT_PACKS = {"int8"}
 
 
 def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float, *, pack: str | None = None, act_bits: int = 8,
@@ -59,11 +67,12 @@ def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float, *, pack: st
     x2 = x.reshape(-1, h)
     y = torch.empty_like(x)
     packed, grid = _pack_buffers(x2.shape[0], h, x.device, pack, act_bits, padded_in)
-    threads, r = launch_shape(h)
+    split = pack in SPLIT_PACKS
+    threads, r = launch_shape(h, split)
     nb = 0 if packed is None else packed[1].shape[1]
     args = (cl.ptr(x2), cl.ptr(weight), cl.ptr(y), *_ptrs(packed), np.int32(x2.shape[0]), np.int32(h), np.int32(r),
             np.int32(nb), np.float32(eps), np.int32(PACKS[pack]))
-    _launch("fq_rmsnorm", x, threads, (grid, 1), act_bits, args)
+    _launch("fq_rmsnorm", x, threads, (grid, ctas_per_token(threads, nb) if split else 1), act_bits, args)
     return y, packed
 
 

@@ -11,7 +11,10 @@
 // padding tokens' records zeros). mode 2: y, and the INT8 kernel's permuted int8 codes + scales (i8_act_quant's
 // layout). Modes 1 and 2 use act groups of 128: each warp quantizes whole 128-wide blocks of y as it makes them
 // (x is read again for that: the CTA's own first read left it in L1).
-// One CTA of NORM_THREADS per token; R = (padded width) / NORM_THREADS <= NORM_MAX_R elements per thread.
+// Grid (tokens, CTAs per token): every CTA of a token sums all its squares (the same tree, so the same inv), then
+// writes and packs only its share of the row (blocks blockIdx.y * NORM_WARPS + warp, every gridDim.y * NORM_WARPS),
+// so a one-token norm spreads its pack over several SMs. R = (padded width) / NORM_THREADS <= NORM_MAX_R elements
+// per thread.
 // fq_silu_mul (bottom of the file) is the same idea for down_proj's input: HF's gated SiLU product in one launch,
 // optionally with down_proj's pack.
 
@@ -139,10 +142,12 @@ fq_rmsnorm(const u16* __restrict__ x, const u16* __restrict__ w, u16* __restrict
     const float inv = fdiv_ieee(1.f, fsqrt_ieee(fadd_ieee(fdiv_ieee(ss, (float)H), eps)));
     u16* yr = y + (size_t)tok * H;
     if (mode == 0) {
-        for (int k = threadIdx.x; k < H; k += NORM_THREADS) yr[k] = norm_value(xr, w, k, inv);
+        for (int k = blockIdx.y * NORM_THREADS + threadIdx.x; k < H; k += gridDim.y * NORM_THREADS)
+            yr[k] = norm_value(xr, w, k, inv);
         return;
     }
-    emit_blocks([&](int k) { return norm_value(xr, w, k, inv); }, yr, H, live, threadIdx.x >> 5, NORM_WARPS, NB, mode,
+    const int b0 = blockIdx.y * NORM_WARPS + (threadIdx.x >> 5);
+    emit_blocks([&](int k) { return norm_value(xr, w, k, inv); }, yr, H, live, b0, gridDim.y * NORM_WARPS, NB, mode,
                 packed, sx, tok);
 }
 

@@ -18,8 +18,11 @@ Usage: python scripts/gpu_step_configs.py [SHAPE] [BATCH] [ROUNDS] [VARIANT ...]
                                           tiles; e.g. gv:4096:11008=4,1,4
     ring=R                                every register-fed config the rule picks gets a ring of R blocks
     x:N:K[:A6]=M0                         INT8 from M0 tokens on that shape (dispatch.CROSSOVER); e.g. x:12288:4096=1
+    norm=one|split                        the RMSNorm as one CTA per token or split over CTAs, whatever its pack
+                                          (norm_kernel.SPLIT_PACKS)
   With no VARIANT: the table as it is, then each TUNE_CANDIDATE for the 7B down_proj shape.
-PRESET=w6a6 in the environment times that preset's model (default w6a8; variants then name N:K:A6).
+PRESET=w6a6 in the environment times that preset's model (default w6a8; variants then name N:K:A6), PRESET=fp16 the
+FP16 model (only norm= variants then mean anything).
 Results as JSON to $OUT/step-configs-<shape>-b<B>.json.
 """
 
@@ -34,7 +37,7 @@ import torch
 from gpu_decode_profile import build, graph_decoder, replay_us  # scripts/ is on sys.path when run as a script
 from gpu_step_timeline import is_gemm, layer_table, step_kernels
 
-from flexq_cli import btc, btc_tuning, dispatch, int8_kernel
+from flexq_cli import btc, btc_tuning, dispatch, int8_kernel, norm_kernel
 from flexq_cli.config import load_preset
 from flexq_cli.kernel_bench import TUNE_CANDIDATES
 
@@ -42,9 +45,12 @@ from flexq_cli.kernel_bench import TUNE_CANDIDATES
 def parse_variant(text: str, batch: int) -> dict:
     """A VARIANT -> {"btc": TUNED overrides, "gemv": GEMV_TUNED overrides, "ring": R or 0, "cross": CROSSOVER
     overrides}."""
-    over = {"btc": {}, "gemv": {}, "ring": 0, "cross": {}}
+    over = {"btc": {}, "gemv": {}, "ring": 0, "cross": {}, "norm": None}
     for part in text.split(";"):
         shape, cfg = part.split("=")
+        if shape == "norm":
+            over["norm"] = cfg
+            continue
         dims = shape.split(":")
         vals = [int(v) for v in cfg.split(",")]
         if shape == "ring":
@@ -75,6 +81,9 @@ def apply(over: dict, base: dict) -> None:
         else base["rule"]
     btc.choose_config.cache_clear()
     int8_kernel.default_config.cache_clear()
+    norm_kernel.SPLIT_PACKS.clear()
+    norm_kernel.SPLIT_PACKS.update({"one": set(), "split": set(norm_kernel.PACKS)}.get(over.get("norm"),
+                                                                                    base["split_packs"]))
 
 
 def main():
@@ -90,11 +99,11 @@ def main():
             text = f"4096:11008={w},{kb},{st},4"
             variants[text] = parse_variant(text, batch)
     preset = os.environ.get("PRESET", "w6a8")
-    model, why = build(shape, load_preset(preset))
+    model, why = build(shape, None if preset == "fp16" else load_preset(preset))
     if why:
         raise SystemExit(f"{shape}: {why}")
     base = {"btc": dict(btc_tuning.TUNED), "gemv": dict(int8_kernel.GEMV_TUNED), "cross": dict(dispatch.CROSSOVER),
-            "rule": int8_kernel.gemv_config}
+            "rule": int8_kernel.gemv_config, "split_packs": set(norm_kernel.SPLIT_PACKS)}
     out = {"shape": shape, "batch": batch, "preset": preset, "device": torch.cuda.get_device_name(), "runs": []}
     warm = graph_decoder(model, batch)
     replay_us(warm, 3000)  # clocks and temperature settle before anything is recorded

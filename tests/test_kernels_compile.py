@@ -110,8 +110,8 @@ def test_norm_variants_compile_without_spills(act_bits, bf16, tmp_path):
     from flexq_cli.norm_kernel import MAX_R, launch_shape
 
     src = _pasted(tmp_path, "rmsnorm.cu")
-    for h in (64, 576, 4096, 16384):
-        threads, _ = launch_shape(h)
+    for h, split in ((64, False), (576, False), (4096, False), (16384, False), (576, True), (4096, True), (8192, True)):
+        threads, _ = launch_shape(h, split)
         log = _nvcc(src, f"-DNORM_BF16={int(bf16)}", f"-DNORM_ACT_BITS={act_bits}", f"-DNORM_THREADS={threads}",
                     f"-DNORM_MAX_R={MAX_R}")
         _assert_no_spills(log)

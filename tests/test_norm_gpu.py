@@ -69,6 +69,27 @@ def test_int8_pack_equals_the_quantize_kernel(h, act_bits):
         assert torch.equal(xq, ref_q) and torch.equal(sx, ref_s), m
 
 
+@pytest.mark.parametrize("h", [576, 4096, 5120, 8192])
+def test_split_rows_give_the_same_bits(h, monkeypatch):
+    """A token's row split over several CTAs (norm_kernel.SPLIT_PACKS; each sums all the squares, then writes and
+    packs its share) gives the bits of one CTA per token, for every pack, with a padded K past the width."""
+    from flexq_cli import norm_kernel
+
+    kp = -(-h // BLOCK_K) * BLOCK_K + BLOCK_K
+    for m in (1, 3, 17):
+        x, w = _inputs(m, h, torch.float16, seed=m + h)
+        runs = []
+        for split in (set(), set(norm_kernel.PACKS)):
+            monkeypatch.setattr(norm_kernel, "SPLIT_PACKS", split)
+            outs = [rms_norm_cuda(x, w, 1e-6)[0]]
+            for pack in ("btc", "int8"):
+                y, (codes, scales) = rms_norm_cuda(x, w, 1e-6, pack=pack, act_bits=8, padded_in=kp)
+                outs += [y, codes, scales]
+            runs.append(outs)
+        assert all(torch.equal(a, b) for a, b in zip(*runs)), (h, m)
+        assert torch.equal(runs[0][0], rms_norm(x, w, 1e-6))
+
+
 def test_bad_arguments_are_value_errors():
     x, w = _inputs(4, 256, torch.float16)
     with pytest.raises(ValueError, match="weight must have shape"):
