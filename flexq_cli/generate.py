@@ -11,7 +11,10 @@ LLaMA-2-7B decodes at ~33 tok/s eagerly against a ~215 tok/s bandwidth roofline 
   (three small kernels per layer on CUDA);
 * ``Decoder.step`` copies the new token ids and positions into static buffers, opens the new key in the mask
   (one fill; prefill wrote the rest) and replays a CUDA graph of the whole forward pass (quantized linears
-  included: the BTC kernel launches on the capturing stream).
+  included: the BTC kernel launches on the capturing stream);
+* attention reads a prefix of the cache, not all ``max_len`` keys: the keys up to the step's position rounded up
+  to a bucket (``view_buckets``), one graph per bucket, all captured at the first step (keys past the position
+  are masked out anyway; at batch 16 the attention reads as many bytes as the quantized weights).
 
 Prompts of different lengths are left-padded; padded keys are masked out and position ids count real tokens.
 """
@@ -41,12 +44,18 @@ class StaticKV:
         self.values = [torch.zeros(shape, dtype=dtype, device=d) for d in devices]
         self.positions = torch.zeros(1, dtype=torch.long, device=devices[0])  # cache slots this forward writes
         self.max_len = max_len
+        self.view_len = max_len  # the keys attention reads: the first view_len of every layer's cache
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         keys, values, slots = self.layer_buffers(layer_idx)
         keys.index_copy_(2, slots, key_states.to(keys.dtype))
         values.index_copy_(2, slots, value_states.to(values.dtype))
-        return keys, values
+        return self.visible(keys, values)
+
+    def visible(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``view_len`` keys and values of one layer's buffers (views)."""
+        n = self.view_len
+        return (keys, values) if n == self.max_len else (keys[:, :, :n], values[:, :, :n])
 
     def layer_buffers(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(keys, values, slots) of one layer, for an attention that writes the cache itself in one kernel with its
@@ -82,7 +91,8 @@ class Decoder:
         # returns its input: tests, gpu_decode_profile.py --bool-mask) opens keys too
         self.seen = self.attention_mask(torch.ones((), dtype=torch.bool), self.dtype).item()
         self.slot = torch.zeros(1, dtype=torch.long, device=self.device)
-        self.graph, self.logits = None, None
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}  # view length -> (graph, logits)
+        self.graph = None  # the last step's graph
 
     @staticmethod
     def attention_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -90,8 +100,13 @@ class Decoder:
         turns a boolean mask into a float one, so attention gives the same bits either way."""
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
+    def view_len(self, t: int) -> int:
+        """Keys a step at position ``t`` reads: t + 1 rounded up to the bucket (``view_buckets``)."""
+        return min(self.cache.max_len, -(-(t + 1) // self.bucket) * self.bucket)
+
     def _forward(self, ids, pos_ids, mask, slots):
         self.cache.positions = slots
+        self.cache.view_len = mask.shape[-1]
         out = self.model(input_ids=ids, position_ids=pos_ids, attention_mask=mask, past_key_values=self.cache,
                          use_cache=True)
         return out.logits[:, -1].float().to(self.device)  # a spread model's head may sit on another device
@@ -108,6 +123,7 @@ class Decoder:
         mask = self.attention_mask((causal[None] & valid[:, None, :])[:, None], self.dtype)  # (B, 1, T, max_len)
         pos_ids = ((~pad).cumsum(dim=1) - 1).clamp(min=0)
         self.t = t
+        self.bucket = view_bucket(t, self.cache.max_len)
         return self._forward(ids, pos_ids, mask, torch.arange(t, device=self.device))
 
     @torch.no_grad()
@@ -120,29 +136,47 @@ class Decoder:
         self.ids.copy_(tokens[:, None])
         self.pos_ids.copy_(self.next_pos)
         self.slot.fill_(self.t)
+        n = self.view_len(self.t)
         if not self.use_graph:
-            logits = self._forward(self.ids, self.pos_ids, self.mask, self.slot)
+            logits = self._forward(self.ids, self.pos_ids, self.mask[..., :n], self.slot)
         else:
-            if self.graph is None:
+            if not self.graphs:
                 self._capture()
+            self.graph, logits = self.graphs[n]
             self.graph.replay()
-            logits = self.logits
         self.t += 1
         self.next_pos += 1
         return logits
 
     def _capture(self) -> None:
-        # Warm up on a side stream (allocator and kernel caches), restore the cache slot the warm-up wrote,
-        # then capture one step. The warm-up writes the same slot the replay will write, so nothing is lost.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._forward(self.ids, self.pos_ids, self.mask, self.slot)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._forward(self.ids, self.pos_ids, self.mask, self.slot)
+        # One graph per view length from this step's to max_len, sharing one memory pool (they replay one at a time,
+        # and each step's logits are read before the next replay). For each, warm up on a side stream (allocator and
+        # kernel caches), then capture one step. Warm-ups write the cache slot the replay will write, so nothing is
+        # lost.
+        pool = torch.cuda.graph_pool_handle()
+        for n in sorted({self.view_len(t) for t in range(self.t, self.cache.max_len)}):
+            mask = self.mask[..., :n]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._forward(self.ids, self.pos_ids, mask, self.slot)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.graphs[n] = (graph, self._forward(self.ids, self.pos_ids, mask, self.slot))
+
+
+
+VIEW_BUCKET = 64  # keys: the smallest step of the attention's view of the cache
+MAX_GRAPHS = 8  # view lengths (decode graphs) per generation, at most
+
+
+def view_bucket(start: int, max_len: int) -> int:
+    """The step of the view lengths of a generation whose first decode step is at position ``start``: VIEW_BUCKET,
+    or a multiple of it so that at most MAX_GRAPHS lengths cover start .. max_len."""
+    span = -(-(max_len - start) // MAX_GRAPHS)
+    return max(VIEW_BUCKET, -(-span // VIEW_BUCKET) * VIEW_BUCKET)
 
 
 def _has_reference_linears(model) -> bool:

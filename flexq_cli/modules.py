@@ -231,6 +231,7 @@ class KernelAttention(nn.Module):
         qkv = _kernel_ready(self.qkv[0](hidden_states))  # (B, T, (heads + 2 kv_heads) * head_dim)
         cos, sin = (t.contiguous() for t in position_embeddings)
         q = rope_cache_cuda(qkv, cos, sin, slots, keys, values, heads=self.heads, kv_heads=self.kv_heads)
+        keys, values = past_key_values.visible(keys, values)  # the prefix this step's mask covers
         out, weights = _attention_function(attn)(
             attn, q.transpose(1, 2), keys, values, attention_mask,
             dropout=attn.attention_dropout if attn.training else 0.0, scaling=attn.scaling,

@@ -34,6 +34,23 @@ def test_static_cache_greedy_matches_full_recompute(fp_model):
     assert got["decode_steps"] == 11 and not got["graph"]
 
 
+def test_attention_reads_a_bucketed_prefix_of_the_cache(fp_model, monkeypatch):
+    """Steps read the first view_len(t) keys (t + 1 rounded up to the bucket), not all max_len, and still give the
+    tokens of a full recompute."""
+    from flexq_cli.generate import StaticKV, view_bucket
+
+    assert view_bucket(128, 384) == 64 and view_bucket(6, 86) == 64 and view_bucket(0, 4096) == 512
+    seen = []
+    visible = StaticKV.visible
+    monkeypatch.setattr(StaticKV, "visible", lambda self, k, v: seen.append(self.view_len) or visible(self, k, v))
+    prompt = [5, 17, 300, 42, 7, 99]
+    got = generate_tokens(fp_model, [prompt, prompt[3:]], SamplingConfig(max_new_tokens=80), use_graph=False)
+    assert got["tokens"][0] == naive_greedy(fp_model, prompt, 80)
+    assert got["tokens"][1] == naive_greedy(fp_model, prompt[3:], 80)
+    layers = fp_model.config.num_hidden_layers
+    assert seen == [86] * layers + [64] * (58 * layers) + [86] * (21 * layers)  # prefill, t = 6..63, t = 64..84
+
+
 def test_left_padded_batch_matches_each_prompt_alone(fp_model):
     prompts = [[5, 17, 300, 42, 7, 99], [8, 9], [1000, 2000, 3000]]
     batch = generate_tokens(fp_model, prompts, SamplingConfig(max_new_tokens=8), use_graph=False)

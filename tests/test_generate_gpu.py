@@ -52,6 +52,27 @@ def test_graph_decode_matches_eager_token_for_token(quantized):
     assert graph["tokens"] == eager["tokens"]
 
 
+@pytest.mark.parametrize("quantized", [None, "w6a8"])
+def test_graph_per_view_length_matches_eager(quantized, monkeypatch):
+    """A long generation decodes with one graph per view length of the cache (generate.view_bucket: 64, 128 and
+    167 keys here), each captured at the first step: the tokens of eager decoding of the same model (fused, with
+    the norm, SiLU and rotary kernels), which reads the same views."""
+    from flexq_cli.fusion import fuse_shared_inputs
+    from flexq_cli.generate import Decoder
+
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8, 7]]
+    cfg = SamplingConfig(max_new_tokens=160, stop_at_eos=False)
+    model = tiny(quantized)
+    fuse_shared_inputs(model, spec_for_config(model.config))
+    eager = generate_tokens(model, prompts, cfg, use_graph=False)
+    captured = []
+    capture = Decoder._capture
+    monkeypatch.setattr(Decoder, "_capture", lambda self: (capture(self), captured.append(sorted(self.graphs))))
+    graph = generate_tokens(model, prompts, cfg, use_graph=True)
+    assert graph["graph"] and captured == [[64, 128, 167]]
+    assert graph["tokens"] == eager["tokens"]
+
+
 @pytest.mark.parametrize("quantized", [None, "w6a8", "flexq-rtn", "online"])
 def test_norm_kernels_decode_as_the_reference_path(quantized):
     """Fused with the one-kernel RMSNorms (and their pack hand-over), SiLU products and rotary + cache writes: graph
