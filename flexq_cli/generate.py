@@ -13,7 +13,7 @@ LLaMA-2-7B decodes at ~33 tok/s eagerly against a ~215 tok/s bandwidth roofline 
   (one fill; prefill wrote the rest) and replays a CUDA graph of the whole forward pass (quantized linears
   included: the BTC kernel launches on the capturing stream);
 * attention reads a prefix of the cache, not all ``max_len`` keys: the keys up to the step's position rounded up
-  to a bucket (``view_buckets``), one graph per bucket, all captured at the first step (keys past the position
+  to a bucket (``view_bucket``), one graph per bucket, all captured at the first step (keys past the position
   are masked out anyway; at batch 16 the attention reads as many bytes as the quantized weights).
 
 Prompts of different lengths are left-padded; padded keys are masked out and position ids count real tokens.
@@ -102,7 +102,7 @@ class Decoder:
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
     def view_len(self, t: int) -> int:
-        """Keys a step at position ``t`` reads: t + 1 rounded up to the bucket (``view_buckets``)."""
+        """Keys a step at position ``t`` reads: t + 1 rounded up to the bucket (``view_bucket``)."""
         return min(self.cache.max_len, -(-(t + 1) // self.bucket) * self.bucket)
 
     def _forward(self, ids, pos_ids, mask, slots):
