@@ -101,7 +101,7 @@ class Decoder:
         turns a boolean mask into a float one, so attention gives the same bits either way."""
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
-    def view_len(self, t: int) -> int:
+    def keys_read(self, t: int) -> int:
         """Keys a step at position ``t`` reads: t + 1 rounded up to the bucket (``view_bucket``)."""
         return min(self.cache.max_len, -(-(t + 1) // self.bucket) * self.bucket)
 
@@ -137,7 +137,7 @@ class Decoder:
         self.ids.copy_(tokens[:, None])
         self.pos_ids.copy_(self.next_pos)
         self.slot.fill_(self.t)
-        n = self.view_len(self.t)
+        n = self.keys_read(self.t)
         if not self.use_graph:
             logits = self._forward(self.ids, self.pos_ids, self.mask[..., :n], self.slot)
         else:
@@ -156,7 +156,7 @@ class Decoder:
         # lost.
         pool = torch.cuda.graph_pool_handle()
         stream = _capture_stream(torch.cuda.current_device() if self.device.index is None else self.device.index)
-        for n in sorted({self.view_len(t) for t in range(self.t, self.cache.max_len)}):
+        for n in sorted({self.keys_read(t) for t in range(self.t, self.cache.max_len)}):
             mask = self.mask[..., :n]
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):

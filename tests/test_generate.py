@@ -35,7 +35,7 @@ def test_static_cache_greedy_matches_full_recompute(fp_model):
 
 
 def test_attention_reads_a_bucketed_prefix_of_the_cache(fp_model, monkeypatch):
-    """Steps read the first view_len(t) keys (t + 1 rounded up to the bucket), not all max_len, and still give the
+    """Steps read the first keys_read(t) keys (t + 1 rounded up to the bucket), not all max_len, and still give the
     tokens of a full recompute."""
     from flexq_cli.generate import StaticKV, view_bucket
 
