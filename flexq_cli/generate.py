@@ -171,10 +171,12 @@ class Decoder:
 
 @functools.cache
 def _capture_stream(device: int) -> torch.cuda.Stream:
-    """The one stream per device that decode graphs are warmed up and captured on. cuBLAS keeps a workspace per
-    stream it ran on for the life of the process (32 MiB on the H100), so a new stream per capture leaked that much
-    with every graph (measured: 32 MiB per generate call with one graph, 128 with four); the warm-ups run on the
-    capture stream, so its workspace exists before the capture and is not taken from the graph's pool."""
+    """The one stream per device that decode graphs are warmed up and captured on. PyTorch keeps a cuBLAS workspace
+    per stream it ran on for the life of the process (pytorch/pytorch#99196, where reusing one capture stream is the
+    workaround), so a new stream per capture leaked one with every graph (measured on the H100: 32 MiB per generate
+    call with one graph, 128 with four). The warm-ups run on the capture stream, so its workspace exists before the
+    capture and is not taken from the graph's pool; the graphs then share it, which is safe because they replay one
+    at a time and each capture's warm-ups wait for the work queued before them (wait_stream)."""
     return torch.cuda.Stream(device=device)
 
 

@@ -90,8 +90,9 @@ class Int8Config:
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """The decode-sized kernel (kernels/w6_int8_gemv.cu): no shared-memory pipeline, each warp loads its weight
-    words into registers ``depth`` 128-K blocks ahead and unpacks them there. CTA: ``rt`` row tiles of 16 weight
+    """The decode-sized kernel (kernels/w6_int8_gemv.cu): no CTA-wide pipeline, each warp loads its weight words
+    ``depth`` 128-K blocks ahead into registers (or ``ring`` blocks ahead into its own shared memory, below) and
+    unpacks them in registers. CTA: ``rt`` row tiles of 16 weight
     rows x ``kw`` warps per row tile, splitting the K chunks; ``mt`` token tiles of 8 (M <= 8 * mt). ``occupancy``:
     the warps per SM its registers must allow (__launch_bounds__; 16 = 128 registers, 4 warps per scheduler), 0 (the
     default) for no bound. On the H100 a bound of 16 warps was no better overall: with one token tile it took 118

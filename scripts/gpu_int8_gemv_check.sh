@@ -17,8 +17,8 @@ from flexq_cli.packing import pack_bitplanes
 for n, k, m, cfg in [(1104, 4224, 3, GemvConfig(kw=8)), (1104, 576, 16, GemvConfig(kw=16, mt=2)),
                      (1104, 4224, 9, GemvConfig(kw=4, rt=2, mt=2, depth=4)), (4096, 4096, 1, None),
                      (192, 576, 16, GemvConfig(kw=2, rt=4, mt=2)), (1104, 4224, 5, GemvConfig(kw=8, ring=4)),
-                     (1104, 576, 16, GemvConfig(kw=16, mt=2, ring=2)), (192, 4224, 12, GemvConfig(kw=2, rt=4, mt=2, ring=6)),
-                     (4096, 11008, 16, None)]:
+                     (1104, 576, 16, GemvConfig(kw=16, mt=2, ring=2)),
+                     (192, 4224, 12, GemvConfig(kw=2, rt=4, mt=2, ring=6)), (4096, 11008, 16, None)]:
     wq = torch.randint(-32, 32, (n, -(-k // 128) * 128), dtype=torch.int8, device="cuda")
     ws = torch.rand((n, wq.shape[1] // 128), device="cuda").half()
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)

@@ -6,6 +6,7 @@ sanitize() {
   local tool
   for tool in memcheck racecheck; do
     compute-sanitizer --tool $tool --error-exitcode 9 $PY "$1" > "$OUT/sanitizer_$tool.txt" 2>&1
-    summary+=("sanitizer $tool: rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.txt" | tail -1)")
+    summary+=("sanitizer $tool: rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.txt" |
+              tail -1)")
   done
 }

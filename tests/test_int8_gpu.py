@@ -78,7 +78,8 @@ def test_variants(dtype, agroup, wgroup, bias_dtype):
 CONFIGS = [int8_kernel.Int8Config(), int8_kernel.Int8Config(bm=64, bn=128, wm=1, wn=8),
            int8_kernel.Int8Config(stages=3), int8_kernel.Int8Config(stages=5),
            int8_kernel.Int8Config(bm=64, bn=64, wm=2, wn=2, stages=4),
-           # the decode-sized tiles of default_config
+           # the decode-sized tiles of default_config (17..64 tokens), and 16 x 128, which it picked before the
+           # register-fed kernel took M <= 16
            int8_kernel.Int8Config(bm=16, bn=64, wm=1, wn=4, stages=6),
            int8_kernel.Int8Config(bm=16, bn=128, wm=1, wn=8), int8_kernel.Int8Config(bm=32, bn=64, wm=2, wn=2),
            int8_kernel.Int8Config(bm=32, bn=32, wm=2, wn=1, stages=6),
