@@ -200,14 +200,15 @@ def _launch_pdl(fn, grid, block, args, smem, stream: int) -> None:
         raise RuntimeError(f"cuLaunchKernelEx failed with CUresult {rc}")
 
 
-def launch(fn, grid, block, args, smem, device):
-    """Launch a CuPy kernel on PyTorch's current stream of ``device`` (with PDL where available)."""
+def launch(fn, grid, block, args, smem, device, pdl: bool = True):
+    """Launch a CuPy kernel on PyTorch's current stream of ``device`` (with PDL where available, unless ``pdl`` is
+    False: then the kernel starts only once the kernel before it has completed)."""
     import numpy as np
 
     cupy = cupy_module()
     handle = torch.cuda.current_stream(device).cuda_stream
     with cupy.cuda.Device(device):
-        if _use_pdl(device):
+        if pdl and _use_pdl(device):
             _launch_pdl(fn, grid, block, args, smem, handle)
             return
         with cupy.cuda.ExternalStream(handle, device):

@@ -14,11 +14,15 @@ order, within float32 rounding of it), and for a fused quantized group also that
 quantize-and-pack, which the group's GEMM then skips. The MLP over a fused gate/up becomes
 ``modules.KernelGatedMLP``: the SiLU product (HF's bits) one launch that also packs for down_proj. The attention
 over a fused q/k/v becomes ``modules.KernelAttention``: rotary embedding and static-cache write one launch (HF's
-bits). On the CPU all of them keep HF's formulas. FP16 models get the same kernels (where CuPy can run them,
-without the packs), so an FP16 baseline keeps the same treatment.
+bits). Each decoder layer's two residual adds move into the norm launch that reads their sum
+(``fuse_residual_adds``: the norm after attention adds, and the next layer's input norm, made at the end of
+the layer, adds the MLP's output; HF's bits). On the CPU all of them keep HF's formulas. FP16 models get the
+same kernels (where CuPy can run them, without the packs), so an FP16 baseline keeps the same treatment.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -139,7 +143,41 @@ def fuse_shared_inputs(model: nn.Module, spec, pack_kernels: bool = True) -> int
                 _attention_kernel(layer, fused, backend)
     if kernels:
         _norm_kernel(model, spec.final_norm, None, backend)
+        fuse_residual_adds(model, spec)
     return count
+
+
+# Decoder layers whose forward is LLaMA's: x + attn(input_layernorm(x)), then h + mlp(post_attention_layernorm(h))
+# (transformers' LlamaDecoderLayer, MistralDecoderLayer and Qwen2DecoderLayer.forward, op for op).
+RESIDUAL_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
+RESIDUAL_NORMS = ("input_layernorm", "post_attention_layernorm")
+
+
+def fuse_residual_adds(model: nn.Module, spec) -> int:
+    """Move each decoder layer's two residual adds into the RMSNorm launch that reads their sum: the add after
+    attention into post_attention_layernorm's, the add after the MLP into the next layer's input norm (the last
+    layer's into the final norm). Where both norms of a layer and the next norm are KernelRMSNorms, the layer's
+    ``forward`` becomes ``_fused_residual_forward``; returns the number of layers changed. The layers still
+    return the residual stream itself, and the same bits."""
+    layers = decoder_layers(model, spec)
+    final = model.get_submodule(spec.final_norm)
+    count = 0
+    for i, layer in enumerate(layers):
+        after = layers[i + 1].input_layernorm if i + 1 < len(layers) else final
+        norms = [getattr(layer, name, None) for name in RESIDUAL_NORMS] + [after]
+        if type(layer).__name__ in RESIDUAL_LAYERS and all(isinstance(n, KernelRMSNorm) for n in norms):
+            layer.forward = functools.partial(_fused_residual_forward, layer, after)
+            count += 1
+    return count
+
+
+def _fused_residual_forward(layer: nn.Module, after: KernelRMSNorm, hidden_states: torch.Tensor, **kwargs):
+    """transformers' LlamaDecoderLayer.forward with its adds in the norm launches (``fuse_residual_adds``): ``after``
+    makes the returned sum's norm in the same launch and keeps it for its own call on that sum."""
+    h = layer.input_layernorm(hidden_states)
+    h, _ = layer.self_attn(hidden_states=h, **kwargs)
+    residual, h = layer.post_attention_layernorm.add(h, hidden_states)
+    return after.add_ahead(layer.mlp(h), residual)
 
 
 GATED_MLP = ("mlp.gate_proj", "mlp.up_proj")  # LLaMA's MLP: down_proj(act_fn(gate_proj(x)) * up_proj(x))

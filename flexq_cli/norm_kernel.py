@@ -49,14 +49,24 @@ def ctas_per_token(threads: int, nb: int) -> int:
 # decode step (scripts/gpu_step_configs.py norm=one, one process, two rounds) W6A8 at batch 16 (INT8 packs)
 # 4387-4390 -> 4344-4355 us, but at batch 1 (BTC packs) 3121 -> 3149-3153, and FP16 within 0.3% either way.
 SPLIT_PACKS = {"int8"}
+# A norm that adds the residual directly follows a GEMM (modules.KernelRMSNorm.add). It is launched with PDL unless
+# its row is split over CTAs. H100, 2026-11-23, 7B decode step, one process, two rounds (us; separate add -> fused
+# with PDL, fused without): FP16 batch 1 5913-5914 -> 5696-5722, 5909-5918; W6A8 batch 1 3127-3129 -> 3063-3068,
+# 3078-3080; but W6A8 batch 16 (split INT8 packs behind the register-fed GEMM) 4313-4314 -> 4475-4476, 4245-4248.
+# Launched early, the split norm's many small CTAs may land on the few SMs the GEMM frees first (a guess, not
+# profiled); unsplit with PDL it took 4297-4300.
 
 
 def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float, *, pack: str | None = None, act_bits: int = 8,
-                  padded_in: int | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+                  padded_in: int | None = None, residual: torch.Tensor | None = None,
+                  sum_out: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """(y, None), or (y, (packed activations, float32 block scales)) for ``pack`` "btc" / "int8".
 
     x: (..., H) float16/bfloat16, CUDA, contiguous; weight: (H,) of x's dtype and device. With a pack:
-    act_bits 6 or 8 and ``padded_in`` the consuming linear's padded K (a multiple of 128, >= H)."""
+    act_bits 6 or 8 and ``padded_in`` the consuming linear's padded K (a multiple of 128, >= H).
+    With ``residual`` (x's shape and dtype) the row normalized is ``residual + x`` as PyTorch adds them (the
+    decoder's residual stream), written to ``sum_out`` (x's shape and dtype, a tensor of its own: not x or
+    residual) in the same launch."""
     import numpy as np
 
     cl.check_tensor("x", x, None, cl.ACTIVATION_DTYPES)
@@ -64,15 +74,17 @@ def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float, *, pack: st
     h = x.shape[-1]
     if weight.shape != (h,):
         raise ValueError(f"weight must have shape ({h},) for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}")
+    _check_residual(x, residual, sum_out)
     x2 = x.reshape(-1, h)
     y = torch.empty_like(x)
     packed, grid = _pack_buffers(x2.shape[0], h, x.device, pack, act_bits, padded_in)
     split = pack in SPLIT_PACKS
     threads, r = launch_shape(h, split)
     nb = 0 if packed is None else packed[1].shape[1]
-    args = (cl.ptr(x2), cl.ptr(weight), cl.ptr(y), *_ptrs(packed), np.int32(x2.shape[0]), np.int32(h), np.int32(r),
-            np.int32(nb), np.float32(eps), np.int32(PACKS[pack]))
-    _launch("fq_rmsnorm", x, threads, (grid, ctas_per_token(threads, nb) if split else 1), act_bits, args)
+    args = (cl.ptr(x2), cl.ptr(residual), cl.ptr(weight), cl.ptr(sum_out), cl.ptr(y), *_ptrs(packed),
+            np.int32(x2.shape[0]), np.int32(h), np.int32(r), np.int32(nb), np.float32(eps), np.int32(PACKS[pack]))
+    _launch("fq_rmsnorm", x, threads, (grid, ctas_per_token(threads, nb) if split else 1), act_bits, args,
+            pdl=residual is None or not split)
     return y, packed
 
 
@@ -98,6 +110,19 @@ def silu_mul_cuda(gu: torch.Tensor, *, pack: str | None = None, act_bits: int = 
     return h, packed
 
 
+def _check_residual(x: torch.Tensor, residual: torch.Tensor | None, sum_out: torch.Tensor | None) -> None:
+    if residual is None and sum_out is None:
+        return
+    if residual is None or sum_out is None:
+        raise ValueError("residual and sum_out go together: the sum residual + x is written to sum_out")
+    for name, t in (("residual", residual), ("sum_out", sum_out)):
+        cl.check_tensor(name, t, x.device, (x.dtype,))
+        if t.shape != x.shape:
+            raise ValueError(f"{name} must have x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
+    if sum_out.data_ptr() in (x.data_ptr(), residual.data_ptr()):
+        raise ValueError("sum_out must not be x or residual: every CTA of a token reads the whole row")
+
+
 def _pack_buffers(m: int, width: int, device, pack, act_bits, padded_in):
     """(None or (packed activations, scales) to fill, the number of CTAs): the layouts of btc.pack_activations
     (Mp = M rounded up to 8 rows, padding tokens zero) and int8_kernel.quantize_activations."""
@@ -118,10 +143,11 @@ def _ptrs(packed):
     return (cl.ptr(None), cl.ptr(None)) if packed is None else (cl.ptr(packed[0]), cl.ptr(packed[1]))
 
 
-def _launch(name: str, x: torch.Tensor, threads: int, grid: tuple[int, int], act_bits: int, args) -> None:
+def _launch(name: str, x: torch.Tensor, threads: int, grid: tuple[int, int], act_bits: int, args,
+            pdl: bool = True) -> None:
     if grid[0] == 0:
         return
     dev = x.device.index
     opts = (f"-DNORM_BF16={int(x.dtype == torch.bfloat16)}", f"-DNORM_ACT_BITS={act_bits}",
             f"-DNORM_THREADS={threads}", f"-DNORM_MAX_R={MAX_R}")
-    cl.launch(cl.function(dev, KERNEL_FILE, opts, name, 0), (*grid, 1), (threads, 1, 1), args, 0, dev)
+    cl.launch(cl.function(dev, KERNEL_FILE, opts, name, 0), (*grid, 1), (threads, 1, 1), args, 0, dev, pdl)

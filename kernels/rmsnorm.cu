@@ -11,6 +11,9 @@
 // padding tokens' records zeros). mode 2: y, and the INT8 kernel's permuted int8 codes + scales (i8_act_quant's
 // layout). Modes 1 and 2 use act groups of 128: each warp quantizes whole 128-wide blocks of y as it makes them
 // (x is read again for that: the CTA's own first read left it in L1).
+// With a residual (res != null) the row normalized is s = 16-bit(x + res), PyTorch's add of the decoder's residual
+// stream (one fp32 add, exact for 16-bit inputs up to its rounding, then one rounding): the kernel writes s to `sum`
+// (each element once, by the thread that writes y there) and normalizes s, so the add needs no launch of its own.
 // Grid (tokens, CTAs per token): every CTA of a token sums all its squares (the same tree, so the same inv), then
 // writes and packs only its share of the row (blocks blockIdx.y * NORM_WARPS + warp, every gridDim.y * NORM_WARPS),
 // so a one-token norm spreads its pack over several SMs. R = (padded width) / NORM_THREADS <= NORM_MAX_R elements
@@ -41,21 +44,30 @@ static_assert(NORM_ACT_BITS == 6 || NORM_ACT_BITS == 8, "activation bits must be
 static_assert(NORM_THREADS % 32 == 0 && NORM_THREADS <= 1024, "whole warps per CTA");
 static_assert((NORM_WARPS & (NORM_WARPS - 1)) == 0 && (NORM_MAX_R & (NORM_MAX_R - 1)) == 0, "powers of two");
 
-// y[k] of this token as 16-bit bits: w * round16(x * inv).
-__device__ __forceinline__ u16 norm_value(const u16* xr, const u16* w, int k, float inv) {
-    const u16 h = from_float(fmul_ieee(to_float(xr[k]), inv));
+// One token's input row: x, or with a residual row the 16-bit sum x + res (PyTorch's rounding).
+struct RowIn {
+    const u16* x;
+    const u16* res;
+    __device__ __forceinline__ u16 operator()(int k) const {
+        return res ? from_float(fadd_ieee(to_float(x[k]), to_float(res[k]))) : x[k];
+    }
+};
+
+// y[k] of this token as 16-bit bits, for the input element xk: w * round16(xk * inv).
+__device__ __forceinline__ u16 norm_value(u16 xk, const u16* w, int k, float inv) {
+    const u16 h = from_float(fmul_ieee(to_float(xk), inv));
     return from_float(fmul_ieee(to_float(w[k]), to_float(h)));
 }
 
 // The tree sum of the squares of xr[0..H) (the row's own zero padding up to NORM_THREADS * R), for every thread.
-__device__ __forceinline__ float tree_sum_squares(const u16* xr, int H, int R, bool live) {
+__device__ __forceinline__ float tree_sum_squares(const RowIn& xr, int H, int R, bool live) {
     __shared__ float warp_sums[NORM_WARPS];
     __shared__ float total;
     float v[NORM_MAX_R];
     const int base = threadIdx.x * R;
 #pragma unroll
     for (int r = 0; r < NORM_MAX_R; ++r) {
-        const float a = (live && r < R && base + r < H) ? to_float(xr[base + r]) : 0.f;
+        const float a = (live && r < R && base + r < H) ? to_float(xr(base + r)) : 0.f;
         v[r] = fmul_ieee(a, a);
     }
 #pragma unroll
@@ -130,25 +142,33 @@ __device__ __forceinline__ void emit_blocks(Value value, u16* out, int width, bo
     }
 }
 
+// res and sum: null, or the residual row added to x and the (M, H) output of the sum (not aliasing x or res: every
+// CTA of a token reads the whole row).
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
-fq_rmsnorm(const u16* __restrict__ x, const u16* __restrict__ w, u16* __restrict__ y, void* __restrict__ packed,
-           float* __restrict__ sx, int M, int H, int R, int NB, float eps, int mode) {
+fq_rmsnorm(const u16* __restrict__ x, const u16* __restrict__ res, const u16* __restrict__ w, u16* __restrict__ sum,
+           u16* __restrict__ y, void* __restrict__ packed, float* __restrict__ sx, int M, int H, int R, int NB,
+           float eps, int mode) {
     pdl_wait();     // x is the previous kernel's output; packed/sx may still be read by the previous GEMM
     pdl_trigger();  // the GEMM after us may start its weight prefetch (it waits for this grid before reading)
     const int tok = blockIdx.x;  // modes 0 and 2: 0 .. M-1; mode 1: 0 .. Mp-1, tokens >= M are padding
     const bool live = tok < M;
-    const u16* xr = x + (size_t)(live ? tok : 0) * H;
+    const size_t row = (size_t)(live ? tok : 0) * H;
+    const RowIn xr{x + row, res ? res + row : nullptr};
     const float ss = tree_sum_squares(xr, H, R, live);
     const float inv = fdiv_ieee(1.f, fsqrt_ieee(fadd_ieee(fdiv_ieee(ss, (float)H), eps)));
     u16* yr = y + (size_t)tok * H;
+    u16* sr = sum ? sum + row : nullptr;  // written only for live tokens (row is theirs)
+    auto value = [&](int k) {
+        const u16 xk = xr(k);
+        if (sr) sr[k] = xk;
+        return norm_value(xk, w, k, inv);
+    };
     if (mode == 0) {
-        for (int k = blockIdx.y * NORM_THREADS + threadIdx.x; k < H; k += gridDim.y * NORM_THREADS)
-            yr[k] = norm_value(xr, w, k, inv);
+        for (int k = blockIdx.y * NORM_THREADS + threadIdx.x; k < H; k += gridDim.y * NORM_THREADS) yr[k] = value(k);
         return;
     }
     const int b0 = blockIdx.y * NORM_WARPS + (threadIdx.x >> 5);
-    emit_blocks([&](int k) { return norm_value(xr, w, k, inv); }, yr, H, live, b0, gridDim.y * NORM_WARPS, NB, mode,
-                packed, sx, tok);
+    emit_blocks(value, yr, H, live, b0, gridDim.y * NORM_WARPS, NB, mode, packed, sx, tok);
 }
 
 // ================================================================ the gated SiLU product before down_proj

@@ -96,6 +96,37 @@ def test_norm_kernels_decode_as_the_reference_path(quantized):
 
 
 @pytest.mark.parametrize("quantized", [None, "w6a8"])
+def test_residual_adds_in_the_norms_give_the_same_logits(quantized, monkeypatch):
+    """fusion.fuse_residual_adds (each residual add in the norm launch after it, the next layer's input norm made
+    ahead): the logits of a left-padded prefill and of graph-decoded steps equal, bit for bit, those of the same
+    fused model with transformers' layer forward; and the norms made ahead are consumed."""
+    from flexq_cli import modules
+    from flexq_cli.fusion import fuse_shared_inputs
+    from flexq_cli.generate import Decoder, left_pad
+    from flexq_cli.modules import KernelRMSNorm
+
+    model = tiny(quantized)
+    fuse_shared_inputs(model, spec_for_config(model.config))
+    ids, pad = left_pad([[1, 2, 3, 4, 5, 6, 7], [9, 8, 7]], 0, "cuda")
+    adds, launch = [], modules.rms_norm_cuda
+    monkeypatch.setattr(modules, "rms_norm_cuda", lambda *a, **k: (adds.append("residual" in k), launch(*a, **k))[1])
+    runs = []
+    for fused in (True, False):
+        if not fused:
+            for layer in model.model.layers:
+                del layer.forward
+        dec = Decoder(model, 2, 16, use_graph=True)
+        adds.clear()
+        logits = [dec.prefill(ids, pad)]
+        assert sum(adds) == (2 * len(model.model.layers) if fused else 0)  # both adds of every layer, in a norm
+        for _ in range(5):
+            logits.append(dec.step(logits[-1].argmax(-1)).clone())  # a graph replays into one buffer
+        runs.append(torch.stack(logits))
+        assert all(m.ahead is None for m in model.modules() if isinstance(m, KernelRMSNorm))
+    assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("quantized", [None, "w6a8"])
 def test_additive_mask_gives_the_boolean_masks_bits(quantized, monkeypatch):
     """The decoder hands SDPA the float mask SDPA would make of the boolean one: the same logits, bit for bit, for a
     left-padded batch's prefill and decode steps."""

@@ -127,3 +127,41 @@ def test_kernel_attention_is_transformers_attention_on_the_cpu(tiny_llama, tmp_p
         runs.append(generate_tokens(model, [[1, 2, 3, 4], [5, 6]], SamplingConfig(max_new_tokens=8,
                                                                                 stop_at_eos=False))["tokens"])
     assert runs[0] == runs[1]
+
+
+def test_residual_adds_move_into_the_norms_with_the_same_bits(tiny_llama, tmp_path):
+    """fuse_residual_adds gives each decoder layer a forward whose adds run in the norms (on CUDA in their launch,
+    tests/test_norm_gpu.py); on the CPU the same ops as transformers' forward, so the same logits bit for bit, and
+    a norm keeps a result ahead only where its kernel runs."""
+    from flexq_cli.arch import spec_for_config
+    from flexq_cli.fusion import fuse_residual_adds, fuse_shared_inputs
+    from flexq_cli.modules import KernelRMSNorm
+    from flexq_cli.quantize import load_quantized, quantize
+
+    quantize(str(tiny_llama), tmp_path / "q", preset="w6a8")
+    model, _, _ = load_quantized(tmp_path / "q")
+    spec = spec_for_config(model.config)
+    fuse_shared_inputs(model, spec)
+    layers = model.model.layers
+    assert all("forward" in vars(layer) for layer in layers)  # fuse_shared_inputs calls fuse_residual_adds
+    assert layers[0].forward.args == (layers[0], layers[1].input_layernorm)
+    assert layers[-1].forward.args == (layers[-1], model.model.norm)
+    ids = torch.randint(0, 1000, (2, 16))
+    with torch.no_grad():
+        fused = model(ids).logits
+        for layer in layers:
+            del layer.forward  # transformers' own forward again
+        assert fuse_residual_adds(model, spec) == len(layers)
+        for layer in layers:
+            del layer.forward
+        plain = model(ids).logits
+    assert torch.equal(fused, plain)
+    norm = model.model.norm
+    x, r = torch.randn(2, 3, model.config.hidden_size), torch.randn(2, 3, model.config.hidden_size)
+    assert torch.equal(norm.add_ahead(x, r), r + x) and norm.ahead is None
+    s, y = layers[0].post_attention_layernorm.add(x, r)
+    assert torch.equal(s, r + x) and torch.equal(y, layers[0].post_attention_layernorm(r + x))
+    # a layer whose norms are not all kernel norms keeps transformers' forward
+    layers[1].input_layernorm = torch.nn.Identity()
+    assert fuse_residual_adds(model, spec) == len(layers) - 2  # layer 0 (its next norm) and layer 1 (its own)
+    assert isinstance(model.model.norm, KernelRMSNorm) and "forward" not in vars(layers[1])

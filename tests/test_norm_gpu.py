@@ -90,6 +90,40 @@ def test_split_rows_give_the_same_bits(h, monkeypatch):
         assert torch.equal(runs[0][0], rms_norm(x, w, 1e-6))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("h", [96, 1000, 4096, 5120])
+def test_residual_add_in_the_norm_gives_the_adds_bits(h, dtype):
+    """With a residual the kernel normalizes residual + x as PyTorch adds them, writes that sum, and everything it
+    makes (the norm, either pack, split or not) has the bits of the separate add followed by the plain norm."""
+    kp = -(-h // BLOCK_K) * BLOCK_K
+    for m in (1, 3, 17, 300):
+        x, w = _inputs(m, h, dtype, seed=m + h)
+        r = (torch.randn(m, h, device=DEV) * 30).to(dtype)
+        r[-1, : h // 2] = -x[-1, : h // 2]  # exact cancellations: +0 sums
+        ref = r + x
+        for pack in (None, "btc", "int8"):
+            kw = {} if pack is None else dict(pack=pack, act_bits=8, padded_in=kp)
+            s = torch.full_like(x, float("nan"))
+            y, packed = rms_norm_cuda(x, w, 1e-6, residual=r, sum_out=s, **kw)
+            y_ref, packed_ref = rms_norm_cuda(ref, w, 1e-6, **kw)
+            assert torch.equal(s.view(torch.int16), ref.view(torch.int16)), (m, pack)
+            assert torch.equal(y.view(torch.int16), y_ref.view(torch.int16)), (m, pack)
+            assert packed is None or all(torch.equal(a, b) for a, b in zip(packed, packed_ref)), (m, pack)
+
+
+def test_bad_residual_arguments_are_value_errors():
+    x, w = _inputs(4, 256, torch.float16)
+    r, s = torch.randn_like(x), torch.empty_like(x)
+    with pytest.raises(ValueError, match="residual and sum_out go together"):
+        rms_norm_cuda(x, w, 1e-6, residual=r)
+    with pytest.raises(ValueError, match="sum_out must not be x or residual"):
+        rms_norm_cuda(x, w, 1e-6, residual=r, sum_out=r)
+    with pytest.raises(ValueError, match="residual must have x's shape"):
+        rms_norm_cuda(x, w, 1e-6, residual=r[:2].contiguous(), sum_out=s)
+    with pytest.raises(ValueError, match="residual must have dtype"):
+        rms_norm_cuda(x, w, 1e-6, residual=r.float(), sum_out=s)
+
+
 def test_bad_arguments_are_value_errors():
     x, w = _inputs(4, 256, torch.float16)
     with pytest.raises(ValueError, match="weight must have shape"):
