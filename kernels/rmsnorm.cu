@@ -12,7 +12,7 @@
 // layout). Modes 1 and 2 use act groups of 128: each warp quantizes whole 128-wide blocks of y as it makes them
 // (x is read again for that: the CTA's own first read left it in L1).
 // With a residual (res != null) the row normalized is s = 16-bit(x + res), PyTorch's add of the decoder's residual
-// stream (one fp32 add, exact for 16-bit inputs up to its rounding, then one rounding): the kernel writes s to `sum`
+// stream (the two values added in fp32, round to nearest, then rounded to 16 bits): the kernel writes s to `sum`
 // (each element once, by the thread that writes y there) and normalizes s, so the add needs no launch of its own.
 // Grid (tokens, CTAs per token): every CTA of a token sums all its squares (the same tree, so the same inv), then
 // writes and packs only its share of the row (blocks blockIdx.y * NORM_WARPS + warp, every gridDim.y * NORM_WARPS),
