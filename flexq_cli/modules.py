@@ -173,7 +173,7 @@ class KernelRMSNorm(nn.Module):
         if ahead is not None and ahead[0] is x:
             return ahead[1]
         eps = self.variance_epsilon
-        if not x.is_cuda or x.dtype not in ACTIVATION_DTYPES or self.weight.dtype != x.dtype:
+        if not self._cuda_16bit(x):
             xf = x.to(torch.float32)  # transformers' LlamaRMSNorm.forward, op for op
             xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
             return self.weight * xf.to(x.dtype)
@@ -205,10 +205,14 @@ class KernelRMSNorm(nn.Module):
         self.ahead = (s, y)
         return s
 
+    def _cuda_16bit(self, x: torch.Tensor) -> bool:
+        """Where ``forward`` computes ``primitives.rms_norm``'s numerics (kernel or PyTorch), not HF's formula."""
+        return x.is_cuda and x.dtype in ACTIVATION_DTYPES and self.weight.dtype == x.dtype
+
     def _adds_in_kernel(self, x: torch.Tensor, residual: torch.Tensor) -> bool:
-        return (x.is_cuda and x.dtype in ACTIVATION_DTYPES and self.weight.dtype == x.dtype
-                and self.weight.device == x.device and residual.shape == x.shape and residual.dtype == x.dtype
-                and residual.device == x.device and resolve_backend(self.backend, x) != "reference")
+        return (self._cuda_16bit(x) and self.weight.device == x.device and residual.shape == x.shape
+                and residual.dtype == x.dtype and residual.device == x.device
+                and resolve_backend(self.backend, x) != "reference")
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, backend={self.backend}" + (

@@ -52,7 +52,7 @@ SPLIT_PACKS = {"int8"}
 # A norm that adds the residual directly follows a GEMM (modules.KernelRMSNorm.add). It is launched with PDL unless
 # its row is split over CTAs. H100, 2026-11-23, 7B decode step, one process, two rounds (us; separate add -> fused
 # with PDL, fused without): FP16 batch 1 5913-5914 -> 5696-5722, 5909-5918; W6A8 batch 1 3127-3129 -> 3063-3068,
-# 3078-3080; but W6A8 batch 16 (split INT8 packs behind the register-fed GEMM) 4313-4314 -> 4475-4476, 4245-4248.
+# 3078-3080; but W6A8 batch 16 (split INT8 packs behind the register-fed GEMM) 4312-4314 -> 4475-4476, 4245-4248.
 # Launched early, the split norm's many small CTAs may land on the few SMs the GEMM frees first (a guess, not
 # profiled); unsplit with PDL it took 4297-4300.
 

@@ -637,7 +637,7 @@ btc_gemm(const uint4* qweight, const u16* w_scales, const uint4* xpack, const fl
         const int tok = m0 + out_tok(i, t), row = wrow + out_row(i, g);
         if (!out_owned(i, t) || tok >= a.M) continue;
         float v = yacc[i];
-        if (a.bias) v = fadd_ieee(v, a.bias_f32 ? ((const float*)a.bias)[row] : to_float(((const u16*)a.bias)[row]));
+        if (a.bias) v = fadd_ieee(v, bias_at(a.bias, a.bias_f32, row));
         ((u16*)a.y)[(size_t)tok * a.N + row] = from_float(v);
     }
 #endif

@@ -42,6 +42,11 @@ __device__ __forceinline__ float half_to_float(u16 h) {  // weight scales are al
     return f;
 }
 
+// bias[row] as float: a float32 bias (bias_f32) or one of the output's 16-bit dtype. Every GEMM's last step adds it.
+__device__ __forceinline__ float bias_at(const void* bias, int bias_f32, int row) {
+    return bias_f32 ? ((const float*)bias)[row] : to_float(((const u16*)bias)[row]);
+}
+
 // ---------------------------------------------------------------- programmatic dependent launch (sm_90)
 // btc.py launches both kernels with the programmatic-stream-serialization attribute, so a kernel may start
 // while the one before it in the stream is still running. Everything that reads memory another kernel writes
@@ -185,6 +190,15 @@ __device__ __forceinline__ void imma_first(int (&d)[4], const u32 (&a)[4], u32 b
     asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
         : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(MAGIC));
+}
+
+// One 128-K block's term of the canonical epilogue (reference.py) into its chunk's running sum: (float)acc from the
+// accumulator's MAGIC-biased bits (exact), times fp32(sx * sw), each multiply rounded; the chunk's first block
+// (kb == 0) starts the sum. The three INT8 mainloops (mma.sync, wgmma, the register-fed gemv) all end a block here.
+__device__ __forceinline__ void chunk_add_term(float& csum, int biased_acc, float sx, float sw, int kb) {
+    const float f = fadd_ieee(__int_as_float(biased_acc), -MAGIC_F);  // exact (float)acc
+    const float term = fmul_ieee(f, fmul_ieee(sx, sw));
+    csum = kb == 0 ? term : fadd_ieee(csum, term);
 }
 
 // The per-token scale (act_group_size -1) of row `xr`, reduced over the whole CTA of WARPS warps (all must call).

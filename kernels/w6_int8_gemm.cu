@@ -134,8 +134,8 @@ struct Args {
 // 4-byte store. Both mainloops end here.
 __device__ __forceinline__ void store_pair(const Args& a, int tok, int row, float v0, float v1) {
     if (a.bias) {
-        v0 = fadd_ieee(v0, a.bias_f32 ? ((const float*)a.bias)[row] : to_float(((const u16*)a.bias)[row]));
-        v1 = fadd_ieee(v1, a.bias_f32 ? ((const float*)a.bias)[row + 1] : to_float(((const u16*)a.bias)[row + 1]));
+        v0 = fadd_ieee(v0, bias_at(a.bias, a.bias_f32, row));
+        v1 = fadd_ieee(v1, bias_at(a.bias, a.bias_f32, row + 1));
     }
     ((u32*)a.y)[((size_t)tok * a.N + row) >> 1] = (u32)from_float(v0) | ((u32)from_float(v1) << 16);
 }
@@ -318,9 +318,7 @@ i8_gemm(const uint4* qweight, const u16* w_scales, const signed char* xq, const 
 #pragma unroll
                         for (int e = 0; e < 2; ++e) {
                             const int r = 2 * h + e;
-                            const float f = fadd_ieee(__int_as_float(acc[i][j][r]), -MAGIC_F);  // exact (float)acc
-                            const float term = fmul_ieee(f, fmul_ieee(sxv, swv[j][e]));
-                            csum[i][j][r] = kb == 0 ? term : fadd_ieee(csum[i][j][r], term);
+                            chunk_add_term(csum[i][j][r], acc[i][j][r], sxv, swv[j][e], kb);
                         }
                 }
 #endif
@@ -561,11 +559,8 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
             for (int j = 0; j < 16; ++j) {
                 const float2 sw = swp[4 * j];  // rows 8j + 2t and 8j + 2t + 1
 #pragma unroll
-                for (int i = 4 * j; i < 4 * j + 4; ++i) {
-                    const float f = fadd_ieee(__int_as_float(acc[i] + MAGIC), -MAGIC_F);  // exact (float)acc
-                    const float term = fmul_ieee(f, fmul_ieee(sxv[(i >> 1) & 1], (i & 1) ? sw.y : sw.x));
-                    csum[i] = kb == 0 ? term : fadd_ieee(csum[i], term);
-                }
+                for (int i = 4 * j; i < 4 * j + 4; ++i)  // wgmma started from 0: the bias is added here
+                    chunk_add_term(csum[i], acc[i] + MAGIC, sxv[(i >> 1) & 1], (i & 1) ? sw.y : sw.x, kb);
             }
 #endif
             __syncthreads();  // unpack(b + 1) and the copies of b + 1 published; stage b and its scales free

@@ -292,11 +292,8 @@ i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const fl
 #pragma unroll
             for (int i = 0; i < GV_MT; ++i)
 #pragma unroll
-                for (int r = 0; r < 4; ++r) {
-                    const float f = fadd_ieee(__int_as_float(acc[i][r]), -MAGIC_F);  // exact (float)acc
-                    const float term = fmul_ieee(f, fmul_ieee(cur.sx[i][r & 1], (r >> 1) ? sw1 : sw0));
-                    csum[i][r] = kb == 0 ? term : fadd_ieee(csum[i][r], term);
-                }
+                for (int r = 0; r < 4; ++r)
+                    chunk_add_term(csum[i][r], acc[i][r], cur.sx[i][r & 1], (r >> 1) ? sw1 : sw0, kb);
             if (kb == GV_CHUNK - 1 || b == b_hi - 1) {  // the chunk is complete (or K ended)
                 if (kw == 0) {
 #pragma unroll
@@ -333,7 +330,7 @@ i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const fl
         if (tok >= M || row >= N) continue;
         float v = slots[r * COLS + tok];
         for (int s = 1; s < nslots; ++s) v = fadd_ieee(v, slots[((size_t)s * ROWS + r) * COLS + tok]);
-        if (bias) v = fadd_ieee(v, bias_f32 ? ((const float*)bias)[row] : to_float(((const u16*)bias)[row]));
+        if (bias) v = fadd_ieee(v, bias_at(bias, bias_f32, row));
         ((u16*)y)[(size_t)tok * N + row] = from_float(v);
     }
 #endif

@@ -11,12 +11,12 @@ layer op back to back without an L2 flush (b2b_us).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
 
 import torch
+from gpu_int8_small_m import row_cells, write_rows  # scripts/ is on sys.path when run as a script
 
 from flexq_cli import kernel_bench
 from flexq_cli import int8_kernel
@@ -89,9 +89,8 @@ def main() -> None:
                 except Exception as exc:  # noqa: BLE001 - report and go on
                     row[name] = f"{type(exc).__name__}: {exc}"[:160]
             rows.append(row)
-            timed = {key: v for key, v in row.items() if key not in ("n", "k", "m")}
-            cells = "  ".join(f"{key} {v:.1f}" if isinstance(v, float) else f"{key} {v}" for key, v in timed.items())
-            ok = [(v, key) for key, v in timed.items() if isinstance(v, float) and key.startswith("gv")]
+            cells = row_cells(row)
+            ok = [(v, key) for key, v in row.items() if isinstance(v, float) and key.startswith("gv")]
             if ok:
                 t, key = min(ok)
                 if os.environ.get("PARTS") == "1":
@@ -101,8 +100,7 @@ def main() -> None:
                           f"{wbytes / t / 1e3:.0f} GB/s")
             print(f"{n}x{k} M={m}: {cells}", flush=True)
     if len(sys.argv) > 3:
-        with open(sys.argv[3], "w") as fh:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, fh, indent=1)
+        write_rows(sys.argv[3], rows)
 
 
 if __name__ == "__main__":

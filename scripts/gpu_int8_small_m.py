@@ -46,12 +46,20 @@ def main() -> None:
                 except Exception as exc:  # noqa: BLE001 - report and go on
                     row[name] = f"{type(exc).__name__}: {exc}"[:120]
             rows.append(row)
-            cells = "  ".join(f"{key} {v:.1f}" if isinstance(v, float) else f"{key} {v}" for key, v in row.items()
-                              if key not in ("n", "k", "m"))
-            print(f"{n}x{k} M={m}: {cells}", flush=True)
+            print(f"{n}x{k} M={m}: {row_cells(row)}", flush=True)
     if len(sys.argv) > 1:
-        with open(sys.argv[1], "w") as fh:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, fh, indent=1)
+        write_rows(sys.argv[1], rows)
+
+
+def row_cells(row: dict) -> str:
+    """A result row's timings (or errors) as one line: "name us  name us ..." without the shape."""
+    return "  ".join(f"{key} {v:.1f}" if isinstance(v, float) else f"{key} {v}" for key, v in row.items()
+                     if key not in ("n", "k", "m"))
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+    with open(path, "w") as fh:
+        json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, fh, indent=1)
 
 
 if __name__ == "__main__":

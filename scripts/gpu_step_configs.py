@@ -44,7 +44,7 @@ from flexq_cli.kernel_bench import TUNE_CANDIDATES
 
 def parse_variant(text: str, batch: int) -> dict:
     """A VARIANT -> {"btc": TUNED overrides, "gemv": GEMV_TUNED overrides, "ring": R or 0, "cross": CROSSOVER
-    overrides}."""
+    overrides, "norm": "one", "split" or None}."""
     over = {"btc": {}, "gemv": {}, "ring": 0, "cross": {}, "norm": None}
     for part in text.split(";"):
         shape, cfg = part.split("=")
