@@ -129,20 +129,23 @@ __device__ __forceinline__ float quantize_block(const u16* xr, int K, bool live,
     return whole_row ? block_codes(v, row_scale, qmax, q) : block_codes(v, warp_block_scale(v, qmax), qmax, q);
 }
 
-// One (token, block) BTC record from the codes a warp holds four per lane (quantize_block): a warp ballot of bit p
-// of element e is word e of plane p; lane p*4+e keeps that word, so the record is one coalesced 4*ABITS-word store.
+// One (token, block) BTC record from the codes a warp holds four per lane (quantize_block): word e of plane p (bit l
+// = bit p of lane l's code of element e) ends up in lane p*4+e, so the record is one coalesced 4*ABITS-word store.
+// Each lane's four codes as bytes (byte e = q[e]: column 8e + p of a 32 x 32 bit matrix whose row l is lane l's
+// word) are transposed across the warp (five shuffle stages swap off-diagonal blocks of 16, 8, 4, 2, 1: lane j
+// then holds column j) and lane p*4+e takes column 8e + p; 7 shuffles where a ballot per plane word took 4 * ABITS.
 // Shared by btc_act_pack, the fused pack of btc_gemm (BTC_FUSE) and the RMSNorm kernel's pack (rmsnorm.cu).
 template <int ABITS>
 __device__ __forceinline__ u32 plane_word(const int (&q)[4], int lane) {
-    u32 mine = 0;
+    u32 x = (q[0] & 0xff) | ((q[1] & 0xff) << 8) | ((q[2] & 0xff) << 16) | ((u32)(q[3] & 0xff) << 24);
 #pragma unroll
-    for (int p = 0; p < ABITS; ++p)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const u32 w = __ballot_sync(0xffffffffu, (q[e] >> p) & 1);
-            if (lane == p * 4 + e) mine = w;
-        }
-    return mine;
+    for (int s = 16; s >= 1; s >>= 1) {
+        const u32 m = s == 16 ? 0x0000FFFFu : s == 8 ? 0x00FF00FFu : s == 4 ? 0x0F0F0F0Fu : s == 2 ? 0x33333333u
+                                                                                                   : 0x55555555u;
+        const u32 y = __shfl_xor_sync(0xffffffffu, x, s);
+        x = (lane & s) ? ((x & ~m) | ((y >> s) & m)) : ((x & m) | ((y & m) << s));
+    }
+    return __shfl_sync(0xffffffffu, x, (lane & 3) * 8 + ((lane >> 2) & 7));
 }
 
 // The INT8 kernel's K order (w6_int8_gemm.cu, top): lane l's code of element e (physical k = 32e + l of a block)
