@@ -22,8 +22,8 @@ from __future__ import annotations
 CROSSOVER: dict[tuple[int, int, int], int] = {
     (4096, 4096, 8): 1,
     (4096, 4096, 6): 1,
-    (12288, 4096, 8): 2,
-    (12288, 4096, 6): 4,
+    (12288, 4096, 8): 1,  # in the decode step, not alone: see below the table
+    (12288, 4096, 6): 1,
     (11008, 4096, 8): 2,
     (11008, 4096, 6): 2,
     (4096, 11008, 8): 1,
@@ -61,6 +61,11 @@ CROSSOVER: dict[tuple[int, int, int], int] = {
     (4096, 14336, 8): 1,
     (4096, 14336, 6): 1,
 }
+# 12288 x 4096 (LLaMA-2-7B's fused q/k/v) from one token is measured inside the CUDA-graph decode step, where it runs
+# behind the RMSNorm that packs its input (scripts/gpu_step_configs.py llama-2-7b 1 2, H100, 2026-11-23, two rounds,
+# step us, BTC at one token -> INT8): W6A8 3030-3038 -> 2976-2978, W6A6 3045-3054 -> 2985; the layer 22.1-22.5 ->
+# 20.7-20.8 us. Alone and L2-flushed BTC is the faster one at M = 1 (kernel_bench: 25.5 against 27.8 us, bench said
+# 2 and 4), so `flexq bench --kernel` shows this one cell dispatched to the slower kernel.
 DEFAULT_CROSSOVER = {6: 1, 8: 1}  # the median of the table's thresholds for those activation bits
 
 
