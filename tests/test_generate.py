@@ -39,7 +39,7 @@ def test_attention_reads_a_bucketed_prefix_of_the_cache(fp_model, monkeypatch):
     tokens of a full recompute."""
     from flexq_cli.generate import StaticKV, view_bucket
 
-    assert view_bucket(128, 384) == 64 and view_bucket(6, 86) == 64 and view_bucket(0, 4096) == 512
+    assert view_bucket(128, 384) == 32 and view_bucket(6, 86) == 32 and view_bucket(0, 4096) == 512
     seen = []
     visible = StaticKV.visible
     monkeypatch.setattr(StaticKV, "visible", lambda self, k, v: seen.append(self.view_len) or visible(self, k, v))
@@ -48,7 +48,8 @@ def test_attention_reads_a_bucketed_prefix_of_the_cache(fp_model, monkeypatch):
     assert got["tokens"][0] == naive_greedy(fp_model, prompt, 80)
     assert got["tokens"][1] == naive_greedy(fp_model, prompt[3:], 80)
     layers = fp_model.config.num_hidden_layers
-    assert seen == [86] * layers + [64] * (58 * layers) + [86] * (21 * layers)  # prefill, t = 6..63, t = 64..84
+    # prefill, then t = 6..31, 32..63, 64..84
+    assert seen == [86] * layers + [32] * (26 * layers) + [64] * (32 * layers) + [86] * (21 * layers)
 
 
 def test_left_padded_batch_matches_each_prompt_alone(fp_model):

@@ -54,8 +54,8 @@ def test_graph_decode_matches_eager_token_for_token(quantized):
 
 @pytest.mark.parametrize("quantized", [None, "w6a8"])
 def test_graph_per_view_length_matches_eager(quantized, monkeypatch):
-    """A long generation decodes with one graph per view length of the cache (generate.view_bucket: 64, 128 and
-    167 keys here), each captured at the first step: the tokens of eager decoding of the same model (fused, with
+    """A long generation decodes with one graph per view length of the cache (generate.view_bucket: 32, 64, 96, 128,
+    160 and 167 keys here), each captured at the first step: the tokens of eager decoding of the same model (fused, with
     the norm, SiLU and rotary kernels), which reads the same views."""
     from flexq_cli.fusion import fuse_shared_inputs
     from flexq_cli.generate import Decoder
@@ -69,7 +69,7 @@ def test_graph_per_view_length_matches_eager(quantized, monkeypatch):
     capture = Decoder._capture
     monkeypatch.setattr(Decoder, "_capture", lambda self: (capture(self), captured.append(sorted(self.graphs))))
     graph = generate_tokens(model, prompts, cfg, use_graph=True)
-    assert graph["graph"] and captured == [[64, 128, 167]]
+    assert graph["graph"] and captured == [[32, 64, 96, 128, 160, 167]]
     assert graph["tokens"] == eager["tokens"]
 
 
