@@ -140,8 +140,7 @@ __device__ __forceinline__ u32 plane_word(const int (&q)[4], int lane) {
     u32 x = (q[0] & 0xff) | ((q[1] & 0xff) << 8) | ((q[2] & 0xff) << 16) | ((u32)(q[3] & 0xff) << 24);
 #pragma unroll
     for (int s = 16; s >= 1; s >>= 1) {
-        const u32 m = s == 16 ? 0x0000FFFFu : s == 8 ? 0x00FF00FFu : s == 4 ? 0x0F0F0F0Fu : s == 2 ? 0x33333333u
-                                                                                                   : 0x55555555u;
+        const u32 m = 0xFFFFFFFFu / ((1u << s) + 1);  // the low s bits of every 2s: 0x0000FFFF, 0x00FF00FF, ...
         const u32 y = __shfl_xor_sync(0xffffffffu, x, s);
         x = (lane & s) ? ((x & ~m) | ((y >> s) & m)) : ((x & m) | ((y & m) << s));
     }
