@@ -133,7 +133,7 @@ __device__ __forceinline__ float quantize_block(const u16* xr, int K, bool live,
 // = bit p of lane l's code of element e) ends up in lane p*4+e, so the record is one coalesced 4*ABITS-word store.
 // Each lane's four codes as bytes (byte e = q[e]: column 8e + p of a 32 x 32 bit matrix whose row l is lane l's
 // word) are transposed across the warp (five shuffle stages swap off-diagonal blocks of 16, 8, 4, 2, 1: lane j
-// then holds column j) and lane p*4+e takes column 8e + p; 7 shuffles where a ballot per plane word took 4 * ABITS.
+// then holds column j) and lane p*4+e takes column 8e + p; 6 shuffles where a ballot per plane word took 4 * ABITS.
 // Shared by btc_act_pack, the fused pack of btc_gemm (BTC_FUSE) and the RMSNorm kernel's pack (rmsnorm.cu).
 template <int ABITS>
 __device__ __forceinline__ u32 plane_word(const int (&q)[4], int lane) {
