@@ -179,8 +179,7 @@ class KernelRMSNorm(nn.Module):
             return self.weight * xf.to(x.dtype)
         if resolve_backend(self.backend, x) == "reference":
             return rms_norm(x, self.weight, eps)
-        x = _kernel_ready(x)
-        return _run_packing(rms_norm_cuda, self.consumer[0] if self.consumer else None, x, x, self.weight, eps)
+        return self._launch(rms_norm_cuda, _kernel_ready(x))
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(s, y): s = ``residual + x``, the decoder's residual stream as transformers adds it, and y = this norm of
@@ -189,11 +188,7 @@ class KernelRMSNorm(nn.Module):
         if not self._adds_in_kernel(x, residual):
             s = residual + x
             return s, self(s)
-        x, residual = _kernel_ready(x), _kernel_ready(residual)
-        s = torch.empty_like(x)
-        launch = functools.partial(rms_norm_cuda, residual=residual, sum_out=s)
-        return s, _run_packing(launch, self.consumer[0] if self.consumer else None, x, x, self.weight,
-                               self.variance_epsilon)
+        return self._add_launch(x, residual)
 
     def add_ahead(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``residual + x``; where the kernel runs, this norm of the sum is made in the same launch and kept for this
@@ -201,9 +196,19 @@ class KernelRMSNorm(nn.Module):
         the final norm: fusion.fuse_residual_adds)."""
         if not self._adds_in_kernel(x, residual):
             return residual + x
-        s, y = self.add(x, residual)
-        self.ahead = (s, y)
-        return s
+        self.ahead = self._add_launch(x, residual)
+        return self.ahead[0]
+
+    def _launch(self, launch, x: torch.Tensor) -> torch.Tensor:
+        """This norm of ``x`` by ``launch`` (rms_norm_cuda, or it with a residual bound), with the consumer's pack."""
+        return _run_packing(launch, self.consumer[0] if self.consumer else None, x, x, self.weight,
+                            self.variance_epsilon)
+
+    def _add_launch(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, y) of ``add`` from one kernel launch (``_adds_in_kernel`` holds)."""
+        x, residual = _kernel_ready(x), _kernel_ready(residual)
+        s = torch.empty_like(x)
+        return s, self._launch(functools.partial(rms_norm_cuda, residual=residual, sum_out=s), x)
 
     def _cuda_16bit(self, x: torch.Tensor) -> bool:
         """Where ``forward`` computes ``primitives.rms_norm``'s numerics (kernel or PyTorch), not HF's formula."""
