@@ -88,6 +88,11 @@ class Int8Config:
         return self.stages * stage + 2 * self.bn * 144
 
 
+# The register-fed kernel's ring rows (GemvConfig.ring): a weight row's 96-byte record at this stride in shared memory,
+# so the 8 rows one ldmatrix phase reads start 28 words apart and cover the 32 banks once.
+RING_ROW_BYTES = 112
+
+
 @dataclass(frozen=True)
 class GemvConfig:
     """The decode-sized kernel (kernels/w6_int8_gemv.cu): no CTA-wide pipeline, each warp loads its weight words
@@ -131,12 +136,13 @@ class GemvConfig:
         """-D options for w6_int8_gemv.cu (its codes are int8 whatever the activation bits: act_bits unused)."""
         return (f"-DGV_KW={self.kw}", f"-DGV_RT={self.rt}", f"-DGV_MT={self.mt}", f"-DGV_DEPTH={self.depth}",
                 f"-DGV_MINB={max(1, self.occupancy // (self.kw * self.rt))}", f"-DGV_BF16={int(bf16)}",
-                f"-DGV_DEBUG_ACC={int(debug)}", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}", f"-DGV_RING={self.ring}")
+                f"-DGV_DEBUG_ACC={int(debug)}", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}", f"-DGV_RING={self.ring}",
+                f"-DGV_RING_ROW={RING_ROW_BYTES}")
 
     @property
     def ring_bytes(self) -> int:
-        """The rings of a CTA's warps: ``ring`` stages of 16 rows at a 112-byte stride each (.cu, RING_BYTES)."""
-        return self.kw * self.rt * self.ring * 16 * 112
+        """The rings of a CTA's warps: ``ring`` stages of 16 rows at a RING_ROW_BYTES stride each (.cu, RING_BYTES)."""
+        return self.kw * self.rt * self.ring * 16 * RING_ROW_BYTES
 
     def smem_bytes(self, nb: int, debug: bool = False) -> int:
         """The rings, then the chunk-sum slots of the .cu (none in a debug build): warp 0's prefix, then one per

@@ -84,9 +84,13 @@ static_assert(GV_DEPTH % GV_CHUNK == 0 && GV_DEPTH >= GV_CHUNK, "blocks in fligh
 static_assert(THREADS <= 1024, "at most 1024 threads per CTA");
 static_assert(GV_RING == 0 || (GV_RING % GV_DEPTH == 0 && GV_RING <= 8), "ring: whole multiples of the depth");
 
-// The ring: per warp GV_RING stages of one 128-K block of its 16 rows, each row's 96-byte record at a 112-byte
-// stride, so the 8 rows one ldmatrix phase reads start 28 words apart and cover the 32 banks once.
-#define RING_ROW 112
+// The ring: per warp GV_RING stages of one 128-K block of its 16 rows, each row's 96-byte record at a GV_RING_ROW
+// (112-byte) stride, so the 8 rows one ldmatrix phase reads start 28 words apart and cover the 32 banks once.
+#ifndef GV_RING_ROW
+#define GV_RING_ROW 112  // int8_kernel.RING_ROW_BYTES (int8_kernel.py always passes it)
+#endif
+static_assert(GV_RING_ROW % 16 == 0 && GV_RING_ROW >= 96, "ring rows: whole 16-byte pieces of a 96-byte record");
+#define RING_ROW GV_RING_ROW
 #define RING_STAGE (16 * RING_ROW)
 #define RING_BYTES (THREADS / 32 * GV_RING * RING_STAGE)
 

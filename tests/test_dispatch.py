@@ -103,7 +103,7 @@ def test_gemv_configs():
     assert cfg.threads == 512 and cfg.kernel == "i8_gemv" and cfg.max_tokens == 16
     assert cfg.defines(6, True, True) == ("-DGV_KW=8", "-DGV_RT=2", "-DGV_MT=2", "-DGV_DEPTH=4", "-DGV_MINB=1",
                                           "-DGV_BF16=1", "-DGV_DEBUG_ACC=1", f"-DGV_CHUNK={EPILOGUE_CHUNK_BLOCKS}",
-                                          "-DGV_RING=0")
+                                          "-DGV_RING=0", "-DGV_RING_ROW=112")
     assert "-DGV_MINB=8" in GemvConfig(kw=2, occupancy=16).defines(8, False)  # 8 CTAs of 2 warps: 128 registers
     assert EPILOGUE_CHUNK_BLOCKS == 2  # the slot counts below
     assert GemvConfig(kw=8).smem_bytes(32) == (16 - 2 + 1) * 16 * 8 * 4  # 16 chunks, warp 0 takes 2
