@@ -63,9 +63,9 @@ CROSSOVER: dict[tuple[int, int, int], int] = {
 }
 # 12288 x 4096 (LLaMA-2-7B's fused q/k/v) from one token is measured inside the CUDA-graph decode step, where it runs
 # behind the RMSNorm that packs its input (scripts/gpu_step_configs.py llama-2-7b 1 2, H100, 2026-11-23, two rounds,
-# step us, BTC at one token -> INT8): W6A8 3030-3038 -> 2976-2978, W6A6 3045-3054 -> 2985; the layer 22.1-22.5 ->
-# 20.7-20.8 us. Alone and L2-flushed BTC is the faster one at M = 1 (kernel_bench: 25.5 against 27.8 us, bench said
-# 2 and 4), so `flexq bench --kernel` shows this one cell dispatched to the slower kernel.
+# step us, BTC at one token -> INT8): W6A8 3030-3038 -> 2976-2978, W6A6 3045-3054 -> 2985; the layer 22.0-22.5 ->
+# 20.7-20.8 us. Alone and L2-flushed BTC is the faster one at M = 1 (kernel_bench: 25.5 against 27.8 us; the bench's
+# thresholds were 2 for A8 and 4 for A6), so `flexq bench --kernel` shows this cell dispatched to the slower kernel.
 DEFAULT_CROSSOVER = {6: 1, 8: 1}  # the median of the table's thresholds for those activation bits
 
 

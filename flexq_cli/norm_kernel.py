@@ -48,6 +48,8 @@ def ctas_per_token(threads: int, nb: int) -> int:
 # INT8 pack 2.96 -> 2.22 us at one token, the BTC pack 4.15 -> 2.59, the norm alone 2.25 -> 2.34; in the CUDA-graph
 # decode step (scripts/gpu_step_configs.py norm=one, one process, two rounds) W6A8 at batch 16 (INT8 packs)
 # 4387-4390 -> 4344-4355 us, but at batch 1 (BTC packs) 3121 -> 3149-3153, and FP16 within 0.3% either way.
+# Re-measured once the residual adds moved into the norms (fourteenth session, e2e_bench.measure, W6A8 batch 1, three
+# rounds, us per step): BTC unsplit 3169-3175, split 3225-3229 (no PDL: the rule below), split with PDL 3166-3170.
 SPLIT_PACKS = {"int8"}
 # A norm that adds the residual directly follows a GEMM (modules.KernelRMSNorm.add). It is launched with PDL unless
 # its row is split over CTAs. H100, 2026-11-23, 7B decode step, one process, two rounds (us; separate add -> fused
