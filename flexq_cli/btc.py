@@ -352,7 +352,7 @@ def btc_linear(
     """W6A6 / W6A8 linear layer: ``reference_linear`` on the GPU.
 
     x: (..., K) float16 or bfloat16, CUDA, contiguous; K is the original width (<= Kp, the tail is zeros).
-    qweight: (N, Kp/128*24) int32 bit-plane words (packing.pack_bitplanes), N a multiple of 16.
+    qweight: (N, Kp/128*24) int32 bit-plane words (packing.pack_weight: 16-row groups), N a multiple of 16.
     w_scales: (N, Kp/weight_group_size) float16, or (N, 1) for weight_group_size -1.
     act_bits: 6 or 8; act_group_size, weight_group_size: 128 or -1 (one group per row).
     bias: (N,) in x's dtype or float32, or None. out: optional (..., N) output in x's dtype.

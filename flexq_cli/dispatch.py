@@ -28,8 +28,8 @@ CROSSOVER: dict[tuple[int, int, int], int] = {
     (11008, 4096, 6): 2,
     (4096, 11008, 8): 1,
     (4096, 11008, 6): 1,
-    (22016, 4096, 8): 4,
-    (22016, 4096, 6): 4,
+    (22016, 4096, 8): 1,  # in the decode step, as q/k/v
+    (22016, 4096, 6): 1,
     (28672, 4096, 8): 4,
     (28672, 4096, 6): 4,
     (57344, 8192, 8): 1,
@@ -66,6 +66,8 @@ CROSSOVER: dict[tuple[int, int, int], int] = {
 # step us, BTC at one token -> INT8): W6A8 3030-3038 -> 2976-2978, W6A6 3045-3054 -> 2985; the layer 22.0-22.5 ->
 # 20.7-20.8 us. Alone and L2-flushed BTC is the faster one at M = 1 (kernel_bench: 25.5 against 27.8 us; the bench's
 # thresholds were 2 for A8 and 4 for A6), so `flexq bench --kernel` shows this cell dispatched to the slower kernel.
+# 22016 x 4096 (the fused gate/up) likewise, after the 16-row weight groups (packing.py): W6A8 step 2849-2854 ->
+# 2837-2838 us, the layer 31.8-32.0 -> 31.1 (same script, 2026-11-23, fifteenth session; the bench's threshold was 4).
 DEFAULT_CROSSOVER = {6: 1, 8: 1}  # the median of the table's thresholds for those activation bits
 
 

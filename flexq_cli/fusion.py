@@ -31,6 +31,7 @@ from .arch import decoder_layers
 from .cuda_launch import available
 from .modules import KernelAttention, KernelGatedMLP, KernelRMSNorm, QuantLinear, replace_module
 from .norm_kernel import launch_shape
+from .packing import ROW_GROUP, group_rows, ungroup_rows
 
 
 class _SharedOutput:
@@ -70,7 +71,10 @@ class FusedQuantLinear(_SharedOutput, QuantLinear):
                     weight_group_size=first.weight_group_size, act_group_size=first.act_group_size,
                     dtype=bias_dtype, device="meta", rotate_input=first.rotation is not None)
         fused.rotation = first.rotation
-        fused.qweight = torch.cat([m.qweight for m in members])
+        if all(m.out_features % ROW_GROUP == 0 for m in members[:-1]):  # whole 16-row groups: the layout concatenates
+            fused.qweight = torch.cat([m.qweight for m in members])
+        else:
+            fused.qweight = group_rows(torch.cat([ungroup_rows(m.qweight) for m in members]))
         fused.scales = torch.cat([m.scales for m in members])
         if has_bias:
             fused.bias = torch.cat([m.bias if m.bias is not None else torch.zeros(m.out_features, dtype=bias_dtype,

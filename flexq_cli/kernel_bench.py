@@ -23,7 +23,7 @@ import torch
 
 from . import btc, cuda_launch, int8_kernel
 from .dispatch import choose_kernel
-from .packing import pack_bitplanes
+from .packing import pack_weight
 from .primitives import BLOCK_K, pad_k, quantize_activation
 from .reference import block_int_gemm, reference_linear
 
@@ -139,7 +139,7 @@ def _layer(n: int, k: int):
     wq = torch.randint(-32, 32, (n, kp), dtype=torch.int8, device="cuda")
     wq[:, k:] = 0
     ws = (torch.rand((n, kp // 128), device="cuda") * 2e-3 + 1e-4).half()
-    qweight = torch.cat([pack_bitplanes(wq[i : i + 2048]) for i in range(0, n, 2048)])
+    qweight = torch.cat([pack_weight(wq[i : i + 2048]) for i in range(0, n, 2048)])  # whole 16-row groups
     w16 = (wq[:, :k].float() * ws.float().repeat_interleave(128, 1)[:, :k]).half()
     return wq, ws, qweight, w16
 

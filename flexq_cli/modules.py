@@ -15,7 +15,7 @@ from .dispatch import choose_kernel
 from .errors import BackendUnavailable, NonFiniteError
 from .int8_kernel import int8_linear
 from .norm_kernel import rms_norm_cuda, silu_mul_cuda
-from .packing import pack_bitplanes, packed_words, unpack_bitplanes
+from .packing import pack_weight, packed_words, unpack_weight
 from .primitives import (BLOCK_K, block_rotate, dequantize, fake_quantize_activation, pad_k, padded_k, quantize_weight,
                          rms_norm)
 from .reference import reference_linear
@@ -31,7 +31,7 @@ class QuantLinear(nn.Module):
     """Linear layer with packed INT6 weights and dynamically quantized 6- or 8-bit activations.
 
     Buffers (the state dict, as saved in a quantized model directory):
-      qweight: (N, Kp / 128 * 24) int32 bit-plane words (layout: packing.py)
+      qweight: (N, Kp / 128 * 24) int32 bit-plane words in 16-row groups (layout: packing.py)
       scales:  (N, Kp / weight_group_size) float16, or (N, 1) per output channel
       bias:    (N,) in the model's 16-bit dtype, when the source linear had one
       rotation: (128, 128) float32, with ``rotate_input``: the input is multiplied by diag(rotation, ...) before
@@ -80,7 +80,7 @@ class QuantLinear(nn.Module):
                     weight_group_size=config.weight_group_size, act_group_size=config.act_group_size,
                     dtype=dtype, device=w.device, rotate_input=rotation is not None)
         q, scales = _codes_and_scales(linear, layer.padded_in, config, codes, scales)
-        layer.qweight.copy_(pack_bitplanes(q))
+        layer.qweight.copy_(pack_weight(q))
         layer.scales.copy_(scales)
         if rotation is not None:
             layer.rotation.copy_(rotation)
@@ -91,7 +91,7 @@ class QuantLinear(nn.Module):
     def codes(self) -> torch.Tensor:
         """(N, Kp) int8 weight codes, unpacked once and cached (the packed buffer stays the source of truth)."""
         if self._codes is None or self._codes.device != self.qweight.device:
-            self._codes = unpack_bitplanes(self.qweight, self.padded_in)
+            self._codes = unpack_weight(self.qweight, self.padded_in)
         return self._codes
 
     def dequantized_weight(self) -> torch.Tensor:

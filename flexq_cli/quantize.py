@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from . import packing
 from .analyze import load_plan
 from .arch import linear_names, spec_for_config
 from .artifacts import Manifest, atomic_output_dir, check_manifest, load_tensors, read_manifest, save_artifact
@@ -159,7 +160,7 @@ def quantize(model_name: str, out: Path, *, preset: str | None = None, plan: Pat
             return Manifest(stage="quantized", source={"model": ref.model_id, "fingerprint": fp},
                             config={"quant": config.to_dict()},
                             extra={"origin": origin, "keep_dtype": str(keep).removeprefix("torch."),
-                                   "layers": names, "algorithms": algorithms})
+                                   "layers": names, "algorithms": algorithms, "qweight_layout": packing.LAYOUT})
 
         if stream:
             from .streaming import quantize_streamed
@@ -257,6 +258,18 @@ def _shard_files(folder: Path) -> list[Path]:
     return [folder / SINGLE_FILE]
 
 
+def _to_current_layout(state: dict[str, torch.Tensor], layout: str | None, path: Path) -> None:
+    """Directories written before the 16-row groups (no ``qweight_layout``) hold each row's records in turn: the
+    same bytes in another order, regrouped here once (packing.group_rows)."""
+    if layout == packing.LAYOUT:
+        return
+    if layout is not None:
+        raise ArtifactError(f"{path}: qweight layout {layout!r} is unknown to this flexq (it reads {packing.LAYOUT!r})",
+                            "re-create the directory with this version (flexq quantize)")
+    for key in [k for k in state if k.endswith(".qweight")]:
+        state[key] = packing.group_rows(state[key])
+
+
 def load_quantized(path: Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32, backend: str = "auto"):
     """(model, tokenizer, manifest) of a quantized directory; compute dtype ``dtype`` for unquantized layers."""
     from transformers import AutoConfig, AutoTokenizer
@@ -273,6 +286,7 @@ def load_quantized(path: Path, *, device: str = "cpu", dtype: torch.dtype = torc
     state = {}
     for f, m in zip(files, manifests):
         state.update(load_tensors(f, m, device=device))
+    _to_current_layout(state, manifest.extra.get("qweight_layout"), path)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not (k == "lm_head.weight" and hf_config.tie_word_embeddings)]
     if missing or unexpected:

@@ -36,9 +36,10 @@ from .arch import decoder_layers, layer_index, linear_names, spec_for_config
 from .artifacts import Manifest, tensor_digest
 from .errors import FlexQError
 from .loading import ModelRef, gguf_converted_dir
+from .packing import ROW_GROUP
 
 READ_CHUNK_BYTES = 64 << 20  # checkpoint bytes per read: bounds the mapped pages and the cast's temporaries
-ROW_CHUNK_ELEMENTS = 1 << 22  # weights per packing chunk: pack_bitplanes holds ~48 bytes of temporaries each
+ROW_CHUNK_ELEMENTS = 1 << 22  # weights per packing chunk: pack_weight holds ~48 bytes of temporaries each
 HEADER_RESERVE = 1 << 16  # bytes kept in each shard header for the manifest, written last
 
 
@@ -268,7 +269,7 @@ def collect_stats_streamed(sm: StreamedModel, input_ids: torch.Tensor,
 # --- quantize -----------------------------------------------------------------------------------------------
 
 def _row_chunks(n_rows: int, k: int):
-    step = max(1, ROW_CHUNK_ELEMENTS // max(k, 1))
+    step = max(1, ROW_CHUNK_ELEMENTS // max(k, 1) // ROW_GROUP) * ROW_GROUP  # whole groups of the packed layout
     return [(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
 
 

@@ -26,7 +26,8 @@
 //
 // ---- Layouts -------------------------------------------------------------------------------------------------
 // qweight (N, NB*24) uint32: one 96-byte record per (row, block): plane p (0..5) at bytes 16p..16p+15, bit k%32
-//   of word (k%128)/32 (flexq_cli/packing.py). Weights are the MMA's A operand (16 rows of N per MMA).
+//   of word (k%128)/32, records in groups of 16 rows, block-major (rec_index, common.cuh; flexq_cli/packing.py).
+//   Weights are the MMA's A operand (16 rows of N per MMA).
 // xpack (Mp, NB, A, 4) uint32: the same per-token record with A planes (A*16 bytes); Mp = M rounded up to 8,
 //   padded tokens are zero. Activations are the MMA's B operand (8 tokens per MMA), so M <= 8 is one column
 //   tile. sx (Mp, NB) float32: the activation scale of the group each block lies in (expanded per block, so the
@@ -212,7 +213,7 @@ struct Steps<kSched.n> {
 // ================================================================ the GEMM
 // Kernel parameters, gathered in one struct inside the kernel (CuPy passes plain scalars and pointers).
 struct Args {
-    const uint4* qweight;  // (N, NB*24) uint32 as (N, NB*6) 16-byte chunks
+    const uint4* qweight;  // (N, NB*24) uint32 as 16-byte chunks, 6 per record (rec_index)
     const u16* w_scales;   // (N, ws_cols) float16
     const uint4* xpack;    // (Mp, NB, A, 4) uint32 as (Mp, NB*A) 16-byte chunks
     const float* sx;       // (Mp, NB) float32
@@ -231,10 +232,10 @@ __device__ __forceinline__ void load_stage_w(const Args& a, char* st, int n0, in
     const int nkb = min(BTC_KB, kb_end - b);  // blocks of this stage inside the split's K range
     constexpr int WCH = BTC_KB * 6;           // 16-byte chunks per row in a full stage
     for (int c = threadIdx.x; c < ROWS * WCH; c += THREADS) {
-        const int row = c / WCH, w = c % WCH;
-        if (w < nkb * 6 && n0 + row < a.N)
-            cp_async16(smem_addr(st + row * W_STRIDE + w * 16), a.qweight + ((size_t)(n0 + row) * a.NB + b) * 6 + w,
-                       policy);
+        const int row = c / WCH, w = c % WCH, bi = w / 6;  // chunk w % 6 of the row's record of block b + bi
+        if (bi < nkb && n0 + row < a.N)
+            cp_async16(smem_addr(st + row * W_STRIDE + w * 16),
+                       a.qweight + rec_index(n0 + row, b + bi, a.NB) * 6 + (w - 6 * bi), policy);
     }
 }
 __device__ __forceinline__ void load_stage_x(const Args& a, char* st, int m0, int Mp, int b, int kb_end) {

@@ -6,6 +6,15 @@
 typedef unsigned int u32;
 typedef unsigned short u16;
 
+// ---------------------------------------------------------------- the weight layout (flexq_cli/packing.py)
+// qweight holds one 96-byte record (six bit planes of 128 K) per (row, K block), ordered by groups of 16 rows and
+// block-major inside a group, so that the 16 rows of one MMA tile are 1,536 contiguous bytes per block.
+// The index of the record of (row, block b) among NB blocks per row (N % 16 == 0); block b + 1 is 16 records on.
+#define REC_GROUP 16
+__device__ __forceinline__ size_t rec_index(int row, int b, int NB) {
+    return ((size_t)(row >> 4) * NB + b) * REC_GROUP + (row & (REC_GROUP - 1));
+}
+
 // ---------------------------------------------------------------- 16-bit float conversions (no cuda_fp16.h)
 __device__ __forceinline__ float to_float(u16 h) {
 #if FQ_BF16

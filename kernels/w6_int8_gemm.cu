@@ -21,7 +21,8 @@
 //
 // ---- Layouts -------------------------------------------------------------------------------------------------
 // qweight (N, NB*24) uint32: one 96-byte record per (row, block), plane j (0..5) at bytes 16j..16j+15, bit k%32 of
-//   word (k%128)/32 (flexq_cli/packing.py). Weights are the MMA's B operand (8 rows of N per MMA).
+//   word (k%128)/32, records in groups of 16 rows, block-major (rec_index, common.cuh; flexq_cli/packing.py).
+//   Weights are the MMA's B operand (8 rows of N per MMA).
 // xq (M, NB*128) int8 activation codes, K permuted as above inside each 32-wide step; sx (M, NB) float32 (the
 //   scale of each block's group). Activations are the MMA's A operand (16 tokens per MMA).
 // CTA tile: I8_BM tokens x I8_BN weight rows, I8_WM x I8_WN warps, each I8_BM/I8_WM x I8_BN/I8_WN. A cp.async
@@ -121,7 +122,7 @@ __device__ __forceinline__ void cp_async16_zfill(u32 dst, const void* src, bool 
 }
 
 struct Args {
-    const uint4* qweight;     // (N, NB*6) 16-byte chunks
+    const uint4* qweight;     // 16-byte chunks, 6 per record (rec_index)
     const u16* w_scales;      // (N, ws_cols) float16
     const signed char* xq;    // (M, NB*128)
     const float* sx;          // (M, NB)
@@ -150,7 +151,7 @@ __device__ __forceinline__ void load_weights(const Args& a, char* st, int n0, in
         const int row = c / 6, w = c % 6;
         if (n0 + row < a.N)
             cp_async16(smem_addr(st + STAGE_WP + row * WP_STRIDE + w * 16),
-                       a.qweight + ((size_t)(n0 + row) * a.NB + b) * 6 + w);
+                       a.qweight + rec_index(n0 + row, b, a.NB) * 6 + w);
     }
     for (int row = threadIdx.x; row < I8_BN; row += THREADS)
         if (n0 + row < a.N) {
@@ -417,7 +418,7 @@ __device__ __forceinline__ void wgmma_m64n128k32(int (&d)[64], unsigned long lon
 #define W_CPT (6 / W_TPR)
 static_assert(WTHREADS == 2 * I8_BM && (W_TPR == 1 || W_TPR == 2), "wgmma copy plan");
 struct WgCopies {
-    const uint4* w;          // the thread's first weight chunk of block 0 (records are 6 chunks apart per block)
+    const uint4* w;          // the thread's first weight chunk of block 0 (a row's records are 16 * 6 chunks apart)
     const signed char* x;    // its first activation chunk of block 0 (blocks are 128 bytes apart)
     const u16* ws;           // weight scale row, or null
     const float* sx;         // activation scale row, or null
@@ -429,7 +430,7 @@ __device__ __forceinline__ WgCopies wg_copies(const Args& a, int m0, int n0) {
     WgCopies c;
     const int tid = threadIdx.x, row = tid / W_TPR, first = (tid % W_TPR) * W_CPT;
     c.w_live = n0 + row < a.N;
-    c.w = a.qweight + (size_t)(c.w_live ? n0 + row : 0) * a.NB * 6 + first;
+    c.w = a.qweight + rec_index(c.w_live ? n0 + row : 0, 0, a.NB) * 6 + first;
     c.w_dst = W_STAGE_WP + row * WP_STRIDE + first * 16;
     const int tok = tid >> 1, live = m0 + tok < a.M;
     c.x = a.xq + (size_t)(live ? m0 + tok : 0) * a.NB * 128 + (tid & 1) * 64;
@@ -443,7 +444,7 @@ __device__ __forceinline__ WgCopies wg_copies(const Args& a, int m0, int n0) {
 __device__ __forceinline__ void wg_load_weights(const Args& a, const WgCopies& c, u32 st, int b) {
     if (c.w_live) {
 #pragma unroll
-        for (int i = 0; i < W_CPT; ++i) cp_async16(st + c.w_dst + i * 16, c.w + (size_t)b * 6 + i);
+        for (int i = 0; i < W_CPT; ++i) cp_async16(st + c.w_dst + i * 16, c.w + (size_t)b * REC_GROUP * 6 + i);
     }
     if (c.ws) {
         const size_t e = (size_t)b * a.w_step;  // the row's start parity is folded in by wg_unpack

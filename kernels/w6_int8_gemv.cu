@@ -125,8 +125,8 @@ __device__ __forceinline__ void load_w(Blk& k, const u32* wrow0, const u32* wrow
 #if !GV_RING
 #pragma unroll
     for (int j = 0; j < 6; ++j) {
-        k.w[0][j] = ldg_nc(wrow0 + b * 24 + 4 * j);
-        k.w[1][j] = ldg_nc(wrow1 + b * 24 + 4 * j);
+        k.w[0][j] = ldg_nc(wrow0 + b * REC_GROUP * 24 + 4 * j);
+        k.w[1][j] = ldg_nc(wrow1 + b * REC_GROUP * 24 + 4 * j);
     }
 #endif
     k.sw[0] = srow0[b * w_step];
@@ -159,7 +159,7 @@ __device__ __forceinline__ void ring_issue(const RingCopy& c, u32 stage, int b, 
 #pragma unroll
         for (int i = 0; i < 3; ++i)
             asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;\n"
-                         ::"r"(stage + c.dst[i]), "l"(c.src[i] + (size_t)b * 96));
+                         ::"r"(stage + c.dst[i]), "l"(c.src[i] + (size_t)b * REC_GROUP * 96));
     }
     cp_async_commit();
 }
@@ -172,8 +172,9 @@ __device__ __forceinline__ void ring_read(u32 stage, const u32 (&off)[3], u32 (&
 }
 #endif
 
-// qweight (N, NB*24) packed records; w_scales (N, ws_cols) float16; xq (M, NB*128) and sx (M, NB) from i8_act_quant;
-// bias (N,) float32 (bias_f32) or the output dtype, or null; y (M, N) output dtype, debug: (NB, M, N) int32 block
+// qweight (N, NB*24) packed records (rec_index: 16-row groups, block-major: a warp's 16 rows of one block are 1,536
+// contiguous bytes); w_scales (N, ws_cols) float16; xq (M, NB*128) and sx (M, NB) from i8_act_quant; bias (N,)
+// float32 (bias_f32) or the output dtype, or null; y (M, N) output dtype, debug: (NB, M, N) int32 block
 // accumulators. w_step: 1 for weight groups of 128, 0 for one scale per row.
 extern "C" __global__ void __launch_bounds__(THREADS, GV_MINB)
 i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const float* sx, const void* bias, void* y,
@@ -191,8 +192,8 @@ i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const fl
     const int b_lo = c_lo * GV_CHUNK, b_hi = live ? min(c_hi * GV_CHUNK, NB) : b_lo;
 
     const int row0 = min(n0 + g, N - 1), row1 = min(n0 + g + 8, N - 1);
-    const u32* wrow0 = qweight + (size_t)row0 * NB * 24 + t;
-    const u32* wrow1 = qweight + (size_t)row1 * NB * 24 + t;
+    const u32* wrow0 = qweight + rec_index(row0, 0, NB) * 24 + t;
+    const u32* wrow1 = qweight + rec_index(row1, 0, NB) * 24 + t;
     const u16* srow0 = w_scales + (size_t)row0 * ws_cols;
     const u16* srow1 = w_scales + (size_t)row1 * ws_cols;
     int xtok[GV_MT], stok[GV_MT][2];
@@ -209,7 +210,7 @@ i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const fl
 #pragma unroll
     for (int i = 0; i < 3; ++i) {
         const int c = lane + 32 * i, r = c / 6, p = c % 6;
-        rc.src[i] = (const char*)qweight + (size_t)min(n0 + r, N - 1) * NB * 96 + 16 * p;
+        rc.src[i] = (const char*)qweight + rec_index(min(n0 + r, N - 1), 0, NB) * 96 + 16 * p;
         rc.dst[i] = r * RING_ROW + 16 * p;
     }
     const u32 mi = lane >> 3, ri = lane & 7;  // this lane's ldmatrix row address: matrix mi, row ri

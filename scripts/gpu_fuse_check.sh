@@ -13,10 +13,10 @@ grep -E "passed|failed" "$OUT/tests.txt" | tail -2
 cat > /tmp/fused_call.py <<'PY'
 import torch
 from flexq_cli import btc
-from flexq_cli.packing import pack_bitplanes
+from flexq_cli.packing import pack_weight
 n, k = 1088, 4224
 wq = torch.randint(-32, 32, (n, k), device="cuda", dtype=torch.int8)
-qw = pack_bitplanes(wq); ws = torch.full((n, k // 128), 1e-3, dtype=torch.float16, device="cuda")
+qw = pack_weight(wq); ws = torch.full((n, k // 128), 1e-3, dtype=torch.float16, device="cuda")
 for cfg in (btc.TileConfig(warps=4, kb=4, stages=3, splits=5, pct=2, fuse=True),
             btc.TileConfig(warps=8, kb=4, stages=2, splits=1, pct=1, fuse=True)):
     for m in range(1, cfg.pct + 1):

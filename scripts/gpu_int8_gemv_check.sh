@@ -13,7 +13,7 @@ cat > /tmp/san_gemv.py <<'PYEOF'
 import torch
 from flexq_cli import int8_kernel
 from flexq_cli.int8_kernel import GemvConfig
-from flexq_cli.packing import pack_bitplanes
+from flexq_cli.packing import pack_weight
 for n, k, m, cfg in [(1104, 4224, 3, GemvConfig(kw=8)), (1104, 576, 16, GemvConfig(kw=16, mt=2)),
                      (1104, 4224, 9, GemvConfig(kw=4, rt=2, mt=2, depth=4)), (4096, 4096, 1, None),
                      (192, 576, 16, GemvConfig(kw=2, rt=4, mt=2)), (1104, 4224, 5, GemvConfig(kw=8, ring=4)),
@@ -23,8 +23,8 @@ for n, k, m, cfg in [(1104, 4224, 3, GemvConfig(kw=8)), (1104, 576, 16, GemvConf
     ws = torch.rand((n, wq.shape[1] // 128), device="cuda").half()
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
     assert cfg is not None or isinstance(int8_kernel.default_config(m, n, wq.shape[1]), GemvConfig)
-    int8_kernel.int8_linear(x, pack_bitplanes(wq), ws, act_bits=8, config=cfg)
-    int8_kernel.int8_block_accumulators(x, pack_bitplanes(wq), act_bits=8, config=cfg)
+    int8_kernel.int8_linear(x, pack_weight(wq), ws, act_bits=8, config=cfg)
+    int8_kernel.int8_block_accumulators(x, pack_weight(wq), act_bits=8, config=cfg)
 torch.cuda.synchronize(); print("sanitizer workload done")
 PYEOF
 source scripts/sanitize_common.sh

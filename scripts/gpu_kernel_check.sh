@@ -44,15 +44,15 @@ if [[ $MODE == quick || $MODE == full || $MODE == iter || $MODE == test ]]; then
   cat > /tmp/san.py <<'PYEOF'
 import torch
 from flexq_cli import btc
-from flexq_cli.packing import pack_bitplanes
+from flexq_cli.packing import pack_weight
 for n, k, m, a, cfg in [(192, 576, 3, 6, None), (1536, 576, 1, 8, None), (576, 1536, 2, 6, None),
                         (576, 1536, 17, 8, btc.TileConfig(splits=3)),
                         (1536, 576, 9, 8, btc.TileConfig(mt=16, splits=2))]:
     wq = torch.randint(-32, 32, (n, -(-k // 128) * 128), dtype=torch.int8, device="cuda")
     ws = torch.rand((n, wq.shape[1] // 128), device="cuda").half()
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-    btc.btc_linear(x, pack_bitplanes(wq), ws, act_bits=a, config=cfg)
-    btc.btc_block_accumulators(x, pack_bitplanes(wq), act_bits=a, config=cfg)
+    btc.btc_linear(x, pack_weight(wq), ws, act_bits=a, config=cfg)
+    btc.btc_block_accumulators(x, pack_weight(wq), act_bits=a, config=cfg)
 torch.cuda.synchronize(); print("sanitizer workload done")
 PYEOF
   sanitize /tmp/san.py

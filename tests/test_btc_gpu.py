@@ -18,7 +18,7 @@ import functools
 import pytest
 import torch
 
-from flexq_cli.packing import pack_bitplanes
+from flexq_cli.packing import pack_bitplanes, pack_weight
 from flexq_cli.primitives import BLOCK_K, pad_k, quantize_activation
 from flexq_cli.reference import block_int_gemm, block_scales, reference_linear
 
@@ -53,7 +53,7 @@ def _layer(n: int, k: int, wgroup: int = 128, seed: int = 0):
     wq[:, k:] = 0
     cols = 1 if wgroup == -1 else kp // wgroup
     ws = (torch.rand((n, cols), generator=g, device=DEV) * 2e-3 + 1e-4).to(torch.float16)
-    qweight = torch.cat([pack_bitplanes(wq[i : i + 2048]) for i in range(0, n, 2048)])
+    qweight = torch.cat([pack_weight(wq[i : i + 2048]) for i in range(0, n, 2048)])
     return wq, ws, qweight
 
 

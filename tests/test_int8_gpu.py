@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexq_cli.packing import unpack_bitplanes
+from flexq_cli.packing import unpack_weight
 from flexq_cli.primitives import BLOCK_K
 from flexq_cli.reference import block_int_gemm, block_scales
 
@@ -165,10 +165,10 @@ def test_weight_unpack_order():
     wq = torch.zeros((n, k), dtype=torch.int8, device=DEV)
     for row, col, val in [(0, 0, -32), (3, 37, 31), (17, 129, -1), (63, 255, 5)]:
         wq[row, col] = val
-    from flexq_cli.packing import pack_bitplanes
+    from flexq_cli.packing import pack_weight
 
-    qweight = pack_bitplanes(wq)
-    assert torch.equal(unpack_bitplanes(qweight, k), wq)
+    qweight = pack_weight(wq)
+    assert torch.equal(unpack_weight(qweight, k), wq)
     x = _x(m, k)
     acc = int8_kernel.int8_block_accumulators(x, qweight, act_bits=8)
     xq, _ = _quantize(x, k, 8, 128)

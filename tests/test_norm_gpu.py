@@ -134,9 +134,9 @@ def test_bad_arguments_are_value_errors():
         rms_norm_cuda(x, w, 1e-6, pack="btc", padded_in=200)
     with pytest.raises(ValueError, match="pack must be"):
         rms_norm_cuda(x, w, 1e-6, pack="fp8")
-    from flexq_cli.packing import pack_bitplanes
+    from flexq_cli.packing import pack_weight
 
-    qweight = pack_bitplanes(torch.zeros(64, 256, dtype=torch.int8, device=DEV))
+    qweight = pack_weight(torch.zeros(64, 256, dtype=torch.int8, device=DEV))
     scales = torch.ones(64, 2, dtype=torch.float16, device=DEV)
     _, packed = rms_norm_cuda(x, w, 1e-6, pack="btc", act_bits=8, padded_in=256)
     with pytest.raises(ValueError, match="packed activations must be"):

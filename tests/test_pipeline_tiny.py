@@ -79,6 +79,32 @@ def test_reload_gives_bit_identical_logits(chain):
     assert torch.equal(la, lb) and torch.isfinite(la).all()
 
 
+def test_row_major_records_of_an_older_directory_are_regrouped_on_load(chain, tmp_path):
+    """Directories written before the 16-row groups (no extra.qweight_layout) load as the same weights."""
+    import dataclasses
+    import shutil
+
+    from flexq_cli.artifacts import load_tensors, read_manifest, save_artifact
+    from flexq_cli.errors import ArtifactError
+    from flexq_cli.packing import ungroup_rows
+
+    old = tmp_path / "old"
+    shutil.copytree(chain / "q", old)
+    manifest = read_manifest(old / "model.safetensors")
+    tensors = load_tensors(old / "model.safetensors", manifest)
+    rows = {k: ungroup_rows(v) if k.endswith(".qweight") else v for k, v in tensors.items()}
+    assert any(not torch.equal(rows[k], tensors[k]) for k in tensors if k.endswith(".qweight"))
+    extra = {k: v for k, v in manifest.extra.items() if k != "qweight_layout"}
+    save_artifact(old / "model.safetensors", rows, dataclasses.replace(manifest, extra=extra))
+    a, _, _ = load_quantized(chain / "q")
+    b, _, _ = load_quantized(old)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    unknown = dataclasses.replace(manifest, extra={**extra, "qweight_layout": "x"})
+    save_artifact(old / "model.safetensors", rows, unknown)
+    with pytest.raises(ArtifactError, match="qweight layout 'x' is unknown"):
+        load_quantized(old)
+
+
 def test_quantized_model_tracks_the_float_model(chain, tiny_llama):
     from transformers import AutoModelForCausalLM
 

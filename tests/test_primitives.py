@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from flexq_cli.packing import pack_bitplanes, packed_words, unpack_bitplanes
+from flexq_cli.packing import group_rows, pack_bitplanes, pack_weight, packed_words, unpack_bitplanes, unpack_weight
+from flexq_cli.packing import ungroup_rows
 from flexq_cli.primitives import (dequantize, fake_quantize_activation, pad_k, padded_k, qrange, quantize_activation, quantize_weight)
 from flexq_cli.primitives import EPILOGUE_CHUNK_BLOCKS
 from flexq_cli.reference import block_int_gemm, reference_linear, scaled_sum
@@ -35,6 +36,42 @@ def test_packing_layout_matches_the_documented_word_order():
     words = pack_bitplanes(q).to(torch.int64) & 0xFFFFFFFF
     assert words[1, 1 * 24 + 3 * 4 + 1] == 1 << 5 and words[1].count_nonzero() == 1
     assert words[0, 0 * 24 + 5 * 4 + 0] == 1 << 7 and words[0].count_nonzero() == 1
+
+
+@pytest.mark.parametrize("n", [16, 48, 7, 37])
+def test_weight_layout_is_sixteen_row_groups_block_major(n):
+    """qweight's records: (row, block) of a group starting at row g0 with `size` rows sits at record
+    g0 * NB + block * size + row - g0 (kernels/common.cuh rec_index for whole groups)."""
+    nb = 3
+    q = torch.randint(-32, 32, (n, nb * 128), dtype=torch.int8)
+    packed = pack_weight(q)
+    assert packed.shape == (n, packed_words(nb * 128)) and torch.equal(unpack_weight(packed, nb * 128), q)
+    records, flat = pack_bitplanes(q).reshape(n, nb, 24), packed.reshape(-1, 24)
+    for row in range(n):
+        g0 = row // 16 * 16
+        size = min(16, n - g0)
+        for b in range(nb):
+            assert torch.equal(flat[g0 * nb + b * size + row - g0], records[row, b])
+    assert torch.equal(ungroup_rows(packed), pack_bitplanes(q)) and torch.equal(group_rows(pack_bitplanes(q)), packed)
+    whole = n // 16 * 16
+    if whole:  # slicing at whole groups keeps the layout
+        assert torch.equal(packed[:whole], pack_weight(q[:whole]))
+    if 0 < whole < n:
+        assert torch.equal(packed[whole:], pack_weight(q[whole:]))
+
+
+def test_fused_rows_keep_the_layout_with_partial_groups():
+    """q/k/v fusion concatenates qweights; a member whose rows end inside a 16-row group is regrouped instead."""
+    from flexq_cli.config import QuantConfig
+    from flexq_cli.fusion import FusedQuantLinear
+    from flexq_cli.modules import QuantLinear
+
+    torch.manual_seed(0)
+    for sizes in ((32, 16, 48), (24, 40, 8)):
+        members = [QuantLinear.from_linear(torch.nn.Linear(256, n, bias=False), 6, QuantConfig()) for n in sizes]
+        fused = FusedQuantLinear.concat(members)
+        assert torch.equal(fused.codes(), torch.cat([m.codes() for m in members]))
+        assert torch.equal(fused.qweight, pack_weight(torch.cat([m.codes() for m in members])))
 
 
 def test_pack_rejects_unpadded_k():
