@@ -15,23 +15,24 @@ Both kernels give the same bits (the format's canonical epilogue), so the choice
 
 from __future__ import annotations
 
-# H100 80GB HBM3, 2026-11-23 01:53-02:00 UTC (torch 2.11.0+cu130, CuPy 14.2.0): kernel_bench.crossovers() of the bench
-# at M = 1, 2, 4 ... 128, 20 repeats, with the INT8 side's register-fed kernel up to 16 tokens (int8_kernel.gemv_config;
-# before it BTC ran up to M = 16-32 on most shapes); the "fused" shapes are what decoding runs after q/k/v and gate/up
-# fusion. BTC keeps M = 1 (and 2-3) only on wide layers with K = 4096, and 14336 x 4096 up to 15 tokens.
+# H100 80GB HBM3, 2026-11-23 07:20-07:25 UTC (torch 2.11.0+cu130, CuPy 14.2.0, fifteenth session, weights in 16-row
+# groups: packing.py): kernel_bench.crossovers() of the bench at M = 1, 2, 4 ... 128 (and 512, 2048 for the 7B and 70B
+# shapes), 20 repeats; the "fused" shapes are what decoding runs after q/k/v and gate/up fusion. The register-fed INT8
+# kernel is now the faster one from one token on every shape but LLaMA-3-8B's 14336 x 4096 (BTC up to 3 tokens), the
+# A6 SmolLM2 down_proj and the fused 28672 x 4096 A6 (BTC at one token).
 CROSSOVER: dict[tuple[int, int, int], int] = {
     (4096, 4096, 8): 1,
     (4096, 4096, 6): 1,
-    (12288, 4096, 8): 1,  # in the decode step, not alone: see below the table
+    (12288, 4096, 8): 1,
     (12288, 4096, 6): 1,
-    (11008, 4096, 8): 2,
-    (11008, 4096, 6): 2,
+    (11008, 4096, 8): 1,
+    (11008, 4096, 6): 1,
     (4096, 11008, 8): 1,
     (4096, 11008, 6): 1,
-    (22016, 4096, 8): 1,  # in the decode step, as q/k/v
+    (22016, 4096, 8): 1,  # in the decode step, not alone: see below the table
     (22016, 4096, 6): 1,
-    (28672, 4096, 8): 4,
-    (28672, 4096, 6): 4,
+    (28672, 4096, 8): 1,
+    (28672, 4096, 6): 2,
     (57344, 8192, 8): 1,
     (57344, 8192, 6): 1,
     (960, 640, 8): 1,
@@ -43,31 +44,31 @@ CROSSOVER: dict[tuple[int, int, int], int] = {
     (192, 640, 8): 1,
     (192, 640, 6): 1,
     (1536, 640, 8): 1,
-    (1536, 640, 6): 2,
+    (1536, 640, 6): 1,
     (576, 1536, 8): 1,
-    (576, 1536, 6): 1,
+    (576, 1536, 6): 2,
     (8192, 8192, 8): 1,
-    (8192, 8192, 6): 2,
-    (10240, 8192, 8): 2,
-    (10240, 8192, 6): 2,
+    (8192, 8192, 6): 1,
+    (10240, 8192, 8): 1,
+    (10240, 8192, 6): 1,
     (28672, 8192, 8): 1,
-    (28672, 8192, 6): 1,  # 2026-11-23 03:26 UTC, after the ring (int8_kernel.GEMV_TUNED): M = 1 81.9 us vs BTC's 84.8
+    (28672, 8192, 6): 1,
     (8192, 28672, 8): 1,
     (8192, 28672, 6): 1,
     (6144, 4096, 8): 1,
     (6144, 4096, 6): 1,
-    (14336, 4096, 8): 16,
-    (14336, 4096, 6): 16,
+    (14336, 4096, 8): 4,
+    (14336, 4096, 6): 4,
     (4096, 14336, 8): 1,
     (4096, 14336, 6): 1,
 }
-# 12288 x 4096 (LLaMA-2-7B's fused q/k/v) from one token is measured inside the CUDA-graph decode step, where it runs
-# behind the RMSNorm that packs its input (scripts/gpu_step_configs.py llama-2-7b 1 2, H100, 2026-11-23, two rounds,
-# step us, BTC at one token -> INT8): W6A8 3030-3038 -> 2976-2978, W6A6 3045-3054 -> 2985; the layer 22.0-22.5 ->
-# 20.7-20.8 us. Alone and L2-flushed BTC is the faster one at M = 1 (kernel_bench: 25.5 against 27.8 us; the bench's
-# thresholds were 2 for A8 and 4 for A6), so `flexq bench --kernel` shows this cell dispatched to the slower kernel.
-# 22016 x 4096 (the fused gate/up) likewise, after the 16-row weight groups (packing.py): W6A8 step 2849-2854 ->
-# 2837-2838 us, the layer 31.8-32.0 -> 31.1 (same script, 2026-11-23, fifteenth session; the bench's threshold was 4).
+# 22016 x 4096 (LLaMA-2-7B's fused gate/up) from one token is measured inside the CUDA-graph decode step, where it runs
+# behind the RMSNorm that packs its input (scripts/gpu_step_configs.py llama-2-7b 1 2, H100, 2026-11-23, fifteenth
+# session, two rounds, step us, BTC at one token -> INT8): W6A8 2849-2854 -> 2837-2838, W6A6 2867 -> 2827-2834;
+# the layer 31.8-32.0 -> 31.1 us. Alone and L2-flushed BTC is the faster one at M = 1 (kernel_bench: 37.3 against 39.7
+# us; back to back 30.4 against 28.6; the bench's threshold is 2), so `flexq bench --kernel` shows this one cell
+# dispatched to the slower kernel. (12288 x 4096, the fused q/k/v, was such a cell before the 16-row groups; the bench
+# now agrees with the step there: 25.8 against 26.3 us.)
 DEFAULT_CROSSOVER = {6: 1, 8: 1}  # the median of the table's thresholds for those activation bits
 
 

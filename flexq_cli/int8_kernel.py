@@ -187,7 +187,7 @@ GEMV_MAX_M = 16
 # 16 (scripts/gpu_step_configs.py, the layer's GEMM in us, two rounds), which is where they run. H100, 2026-11-23.
 # With the 16-row weight groups (packing.py) the rule's kw 2 without a ring beat the entries 12288 x 4096 had (4, 1,
 # 2: 22.6-22.7 against 24.0-24.1 us) and 22016 x 4096 (4, 1, 4: 37.8-37.9 against 43.3-43.4): step 4045-4047 against
-# 4256-4264 us. The other entries predate the groups.
+# 4256-4264 us. The other entries (the 70B shapes) predate the groups and were not re-swept.
 # (N, Kp, token tiles) -> (kw, rt, ring).
 GEMV_TUNED: dict[tuple[int, int, int], tuple[int, int, int]] = {
     (28672, 8192, 1): (8, 1, 4),  # 81.8-82.3 us at M = 1, 85.1-85.3 at M = 8 against 86.6-87.2, 92.3-93.1 without
