@@ -187,13 +187,14 @@ GEMV_MAX_M = 16
 # 16 (scripts/gpu_step_configs.py, the layer's GEMM in us, two rounds), which is where they run. H100, 2026-11-23.
 # With the 16-row weight groups (packing.py) the rule's kw 2 without a ring beat the entries 12288 x 4096 had (4, 1,
 # 2: 22.6-22.7 against 24.0-24.1 us) and 22016 x 4096 (4, 1, 4: 37.8-37.9 against 43.3-43.4): step 4045-4047 against
-# 4256-4264 us. The other entries (the 70B shapes) predate the groups and were not re-swept.
+# 4256-4264 us. The 70B entries were re-swept on the groups (scripts/gpu_int8_gemv.py 1,8,16, L2 flushed, 20 repeats,
+# same day): the rings lost to plain register loads on three of the four.
 # (N, Kp, token tiles) -> (kw, rt, ring).
 GEMV_TUNED: dict[tuple[int, int, int], tuple[int, int, int]] = {
-    (28672, 8192, 1): (8, 1, 4),  # 81.8-82.3 us at M = 1, 85.1-85.3 at M = 8 against 86.6-87.2, 92.3-93.1 without
-    (28672, 8192, 2): (4, 1, 4),  # 108.3-108.7 us at M = 16 against 114.9-115.1 without the ring
-    (8192, 8192, 2): (2, 1, 4),  # 40.1 against 47.7 (kw 8, the rule)
-    (8192, 28672, 2): (16, 1, 2),  # 110.5-110.9 against 117.8-118.2 (kw 8, the rule)
+    (28672, 8192, 1): (8, 1, 0),  # 77.8 us at M = 1, 80.0 at M = 8 against 83.0, 85.6 with a ring of 4, 85.2, 88.5 kw 2
+    (28672, 8192, 2): (4, 1, 0),  # 96.7 us at M = 16 against 111.5 with a ring of 4
+    (8192, 8192, 2): (2, 1, 4),  # 40.2 against 44.5 (kw 8, the rule)
+    (8192, 28672, 2): (4, 1, 0),  # 107.5 against 114.2 (16, 1, 2), 110.0 (kw 8, the rule)
     (4096, 4096, 2): (4, 1, 4),  # in the step 10.5 against 11.5-11.6 (2 row tiles of 4 warps, the rule)
     (4096, 11008, 2): (4, 1, 4),  # in the step 22.1-22.2 against 25.1-25.2 (2 row tiles of 4 warps)
 }
