@@ -8,6 +8,8 @@ import functools
 import torch
 from torch import nn
 
+from . import attn_kernel
+from .attn_kernel import decode_attention_cuda
 from .btc import btc_linear
 from .config import QuantConfig
 from .cuda_launch import ACTIVATION_DTYPES, available
@@ -252,8 +254,9 @@ class KernelAttention(nn.Module):
     """A LLaMA-family attention block (q/k/v fused into one layer by fusion.py, rotary position embedding, KV cache,
     attention, o_proj) whose rotary embedding and cache write are one CUDA launch (rope_kernel.rope_cache_cuda)
     where the cache is generation's static one (``generate.StaticKV``: it has ``layer_buffers``). q and the cache
-    then hold transformers' bits exactly, so the attention function (transformers' own, called as its forward
-    calls it) and everything after give the same bits. Everywhere else (the CPU, other caches, backend 'reference')
+    then hold transformers' bits exactly. The attention is transformers' own function, called as its forward calls
+    it, except in decode steps where attn_kernel's decode kernel pays (``_decode_kernel``): float32 numerics, not
+    SDPA's bits; it also hands o_proj its INT8 pack. Everywhere else (the CPU, other caches, backend 'reference')
     transformers' forward runs unchanged."""
 
     def __init__(self, attn: nn.Module, qkv: nn.Module, backend: str = "auto"):
@@ -275,11 +278,33 @@ class KernelAttention(nn.Module):
         cos, sin = (t.contiguous() for t in position_embeddings)
         q = rope_cache_cuda(qkv, cos, sin, slots, keys, values, heads=self.heads, kv_heads=self.kv_heads)
         keys, values = past_key_values.visible(keys, values)  # the prefix this step's mask covers
+        consumer = self.o_proj if isinstance(self.o_proj, QuantLinear) else None
+        fuse = q.shape[-1] == BLOCK_K and _pack_for(consumer, q.reshape(q.shape[0], 1, -1)) == "int8"
+        if self._decode_kernel(q, attention_mask, fuse):
+            out, packed = decode_attention_cuda(q.transpose(1, 2), keys, values, attention_mask, attn.scaling,
+                                                quant_bits=consumer.act_bits if fuse else None)
+            if packed is not None:
+                consumer.handed_over = (out, "int8", packed)
+            return self.o_proj(out), None
         out, weights = _attention_function(attn)(
             attn, q.transpose(1, 2), keys, values, attention_mask,
             dropout=attn.attention_dropout if attn.training else 0.0, scaling=attn.scaling,
             sliding_window=_sliding_window(attn), **kwargs)
         return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
+
+    def _decode_kernel(self, q: torch.Tensor, mask, fuse: bool) -> bool:
+        """Whether this step's attention runs attn_kernel's decode kernel: one query token, a supported head size,
+        no sliding window or dropout, an additive (B, 1, 1, L) mask or none; and it either makes o_proj's INT8 pack
+        too (``fuse``) or has a CTA per (sequence, head) (attn_kernel.faster_alone). Otherwise transformers' attention
+        function (cuDNN's SDPA) is the faster one (docs/generation.md)."""
+        attn = self.attn[0]
+        if not attn_kernel.DECODE_KERNEL or q.shape[1] != 1 or q.shape[-1] not in attn_kernel.HEAD_DIMS:
+            return False
+        if _sliding_window(attn) is not None or (attn.training and attn.attention_dropout):
+            return False
+        if not (fuse or attn_kernel.faster_alone(q.shape[0] * q.shape[2])):
+            return False
+        return mask is None or (mask.dim() == 4 and mask.dtype == q.dtype and mask.shape[1:3] == (1, 1))
 
     def _runs_kernel(self, x: torch.Tensor, position_embeddings, cache) -> bool:
         if not x.is_cuda or x.dtype not in ACTIVATION_DTYPES or not hasattr(cache, "layer_buffers"):

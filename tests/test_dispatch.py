@@ -1,6 +1,9 @@
-"""The BTC/INT8 dispatch rule and the crossover it is tuned from (pure Python: runs without a GPU)."""
+"""The BTC/INT8 dispatch rule and the crossover it is tuned from, and the decode attention's split of the keys (pure
+Python: runs without a GPU)."""
 
 from __future__ import annotations
+
+import pytest
 
 from flexq_cli import dispatch
 from flexq_cli.kernel_bench import crossovers
@@ -136,3 +139,19 @@ def test_int8_wgmma_configs():
                 dict(bm=128, bn=128, wm=2, wn=2), dict(bm=128, bn=128, wm=2, wn=1, stages=2)):
         with pytest.raises(ValueError, match="unsupported int8 tile config"):
             Int8Config(**bad, wgmma=True)
+
+
+@pytest.mark.parametrize("pairs", [1, 32, 512, 4096])
+@pytest.mark.parametrize("keys", [1, 17, 384, 40000])
+def test_decode_attention_split_covers_the_keys(pairs, keys):
+    """attn_kernel.split: every key in exactly one CTA's chunk, chunks within the kernel's shared-memory bound, and
+    more CTAs per (sequence, head) only while the pairs alone leave SMs idle."""
+    from flexq_cli import attn_kernel
+
+    s, chunk = attn_kernel.split(pairs, keys)
+    assert s >= 1 and 1 <= chunk <= attn_kernel.MAX_CHUNK
+    assert (s - 1) * chunk < keys <= s * chunk
+    if pairs >= attn_kernel.TARGET_CTAS and keys <= attn_kernel.MAX_CHUNK:
+        assert s == 1 and attn_kernel.faster_alone(pairs)
+    if s > 1 and chunk < attn_kernel.MAX_CHUNK:
+        assert pairs * (s - 1) < attn_kernel.TARGET_CTAS

@@ -124,3 +124,18 @@ def test_rope_variants_compile_without_spills(bf16, tmp_path):
 
     log = _nvcc(_pasted(tmp_path, "rope.cu"), f"-DROPE_BF16={int(bf16)}", f"-DROPE_THREADS={THREADS}")
     _assert_no_spills(log)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+def test_decode_attention_variants_compile(tmp_path):
+    from flexq_cli import attn_kernel
+
+    src = _pasted(tmp_path, attn_kernel.KERNEL_FILE)
+    for d in attn_kernel.HEAD_DIMS:
+        for bf16 in (0, 1):
+            for quant, qmax in ((0, 127), (1, 127), (1, 31)):
+                if quant and d != 128:
+                    continue
+                log = _nvcc(src, f"-DAT_D={d}", f"-DAT_BF16={bf16}", f"-DAT_QUANT={quant}", f"-DAT_QMAX={qmax}",
+                            f"-DAT_MAX_CHUNK={attn_kernel.MAX_CHUNK}")
+                _assert_no_spills(log)

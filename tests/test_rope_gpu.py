@@ -82,9 +82,13 @@ def test_rope_cache_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("quantized", [False, True])
-def test_kernel_attention_equals_transformers_forward(quantized):
-    """Prefill of 7 tokens, then one decode step, through transformers' attention and through KernelAttention,
-    each writing its own static cache: the same output bits and the same cache contents."""
+def test_kernel_attention_equals_transformers_forward(quantized, monkeypatch):
+    """Prefill of 7 tokens, then one decode step, through transformers' attention and through KernelAttention with
+    transformers' attention function (the decode kernel is tests/test_attention_gpu.py's), each writing its own
+    static cache: the same output bits and the same cache contents."""
+    from flexq_cli import attn_kernel
+
+    monkeypatch.setattr(attn_kernel, "DECODE_KERNEL", False)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from flexq_cli.arch import spec_for_config
