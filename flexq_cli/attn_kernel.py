@@ -26,6 +26,9 @@ HEAD_DIMS = (64, 128)
 DECODE_KERNEL = True  # modules.KernelAttention runs decode steps here (False: transformers' attention function)
 
 _workspace: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (partials float32, counters int32)
+# Buffers replaced by larger ones stay allocated: a CUDA graph captured with them still writes there when replayed
+# (generation captures one graph per view length, and longer views may split the keys over more CTAs).
+_retired: list[tuple[torch.Tensor, torch.Tensor]] = []
 
 
 def faster_alone(pairs: int) -> bool:
@@ -44,13 +47,16 @@ def split(pairs: int, keys: int) -> tuple[int, int]:
 
 def _buffers(device: torch.device, part: int, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The split partials and arrival counters (zero between launches: the last CTA of a pair resets its own), grown
-    as needed outside graph capture; during a capture the buffers of the eager warm-up step are reused."""
+    as needed outside graph capture (the old ones kept: ``_retired``); during a capture the buffers of the eager
+    warm-up step are reused."""
     have = _workspace.get(device.index)
     if have is None or have[0].numel() < part or have[1].numel() < pairs:
-        if torch.cuda.is_current_stream_capturing():
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("decode attention needs larger split buffers inside a CUDA graph capture: run the same "
                                "step once eagerly before capturing it")
         old = (0, 0) if have is None else (have[0].numel(), have[1].numel())
+        if have is not None:
+            _retired.append(have)
         have = (torch.empty(max(part, old[0]), dtype=torch.float32, device=device),
                 torch.zeros(max(pairs, old[1]), dtype=torch.int32, device=device))
         _workspace[device.index] = have

@@ -155,3 +155,19 @@ def test_decode_attention_split_covers_the_keys(pairs, keys):
         assert s == 1 and attn_kernel.faster_alone(pairs)
     if s > 1 and chunk < attn_kernel.MAX_CHUNK:
         assert pairs * (s - 1) < attn_kernel.TARGET_CTAS
+
+
+def test_decode_attention_buffers_grow_without_freeing_the_old_ones(monkeypatch):
+    """A graph captured with the smaller buffers still writes into them when replayed: growing keeps them alive."""
+    import torch
+
+    from flexq_cli import attn_kernel
+
+    monkeypatch.setattr(attn_kernel, "_workspace", {})
+    monkeypatch.setattr(attn_kernel, "_retired", [])
+    cpu = torch.device("cpu")
+    first = attn_kernel._buffers(cpu, 100, 4)
+    assert attn_kernel._buffers(cpu, 50, 2) is first  # large enough: reused
+    second = attn_kernel._buffers(cpu, 300, 4)
+    assert second[0].numel() == 300 and second[1].numel() == 4 and not second[1].any()
+    assert len(attn_kernel._retired) == 1 and attn_kernel._retired[0] is first
