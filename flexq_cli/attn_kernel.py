@@ -18,7 +18,7 @@ import torch
 from . import cuda_launch as cl
 
 KERNEL_FILE = "attention.cu"
-THREADS = 128  # AT_WARPS x 32
+WARPS = 4  # AT_WARPS: warps per CTA
 MAX_CHUNK = 512  # AT_MAX_CHUNK: keys per CTA at most
 TARGET_CTAS = 264  # two per SM of an H100: the keys of few (sequence, head) pairs are split over CTAs up to this
 MIN_CHUNK = 16  # keys per CTA at least
@@ -107,9 +107,9 @@ def decode_attention_cuda(q: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     if quant_bits is not None:
         packed = (torch.empty((b, h * d), dtype=torch.int8, device=dev),
                   torch.empty((b, h), dtype=torch.float32, device=dev))
-    if b * h == 0 or n == 0:
-        if n == 0 and b * h:
-            raise ValueError("attention over zero keys")
+    if n == 0 and b * h:
+        raise ValueError("attention over zero keys")
+    if b * h == 0:
         return out, packed
     s, chunk = split(b * h, n)
     part, counters = _buffers(dev, b * h * s * (d + 2) if s > 1 else 0, b * h)
@@ -118,8 +118,9 @@ def decode_attention_cuda(q: torch.Tensor, keys: torch.Tensor, values: torch.Ten
             cl.ptr(packed[0] if packed else None), cl.ptr(packed[1] if packed else None),
             np.int32(h), np.int32(hkv), np.int32(n), np.int32(chunk), np.uint64(keys.stride(0)),
             np.uint64(keys.stride(1)), np.uint64(mask_b), np.float32(scale))
-    opts = (f"-DAT_D={d}", f"-DAT_BF16={int(q.dtype == torch.bfloat16)}", f"-DAT_QUANT={int(packed is not None)}",
+    opts = (f"-DAT_D={d}", f"-DAT_WARPS={WARPS}", f"-DAT_BF16={int(q.dtype == torch.bfloat16)}",
+            f"-DAT_QUANT={int(packed is not None)}",
             f"-DAT_QMAX={(1 << (quant_bits - 1)) - 1 if quant_bits else 127}", f"-DAT_MAX_CHUNK={MAX_CHUNK}")
     fn = cl.function(dev.index, KERNEL_FILE, opts, "fq_decode_attn", 0)
-    cl.launch(fn, (b * h, s, 1), (THREADS, 1, 1), args, 0, dev.index)
+    cl.launch(fn, (b * h, s, 1), (32 * WARPS, 1, 1), args, 0, dev.index)
     return out, packed

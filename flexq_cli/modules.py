@@ -255,7 +255,7 @@ class KernelAttention(nn.Module):
     attention, o_proj) whose rotary embedding and cache write are one CUDA launch (rope_kernel.rope_cache_cuda)
     where the cache is generation's static one (``generate.StaticKV``: it has ``layer_buffers``). q and the cache
     then hold transformers' bits exactly. The attention is transformers' own function, called as its forward calls
-    it, except in decode steps where attn_kernel's decode kernel pays (``_decode_kernel``): float32 numerics, not
+    it, except in decode steps where attn_kernel's decode kernel pays (``_decode_plan``): float32 numerics, not
     SDPA's bits; it also hands o_proj its INT8 pack. Everywhere else (the CPU, other caches, backend 'reference')
     transformers' forward runs unchanged."""
 
@@ -278,13 +278,12 @@ class KernelAttention(nn.Module):
         cos, sin = (t.contiguous() for t in position_embeddings)
         q = rope_cache_cuda(qkv, cos, sin, slots, keys, values, heads=self.heads, kv_heads=self.kv_heads)
         keys, values = past_key_values.visible(keys, values)  # the prefix this step's mask covers
-        consumer = self.o_proj if isinstance(self.o_proj, QuantLinear) else None
-        fuse = q.shape[-1] == BLOCK_K and _pack_for(consumer, q.reshape(q.shape[0], 1, -1)) == "int8"
-        if self._decode_kernel(q, attention_mask, fuse):
+        run, packs_for = self._decode_plan(q, attention_mask)
+        if run:
             out, packed = decode_attention_cuda(q.transpose(1, 2), keys, values, attention_mask, attn.scaling,
-                                                quant_bits=consumer.act_bits if fuse else None)
+                                                quant_bits=packs_for.act_bits if packs_for else None)
             if packed is not None:
-                consumer.handed_over = (out, "int8", packed)
+                packs_for.handed_over = (out, "int8", packed)
             return self.o_proj(out), None
         out, weights = _attention_function(attn)(
             attn, q.transpose(1, 2), keys, values, attention_mask,
@@ -292,19 +291,22 @@ class KernelAttention(nn.Module):
             sliding_window=_sliding_window(attn), **kwargs)
         return self.o_proj(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), weights
 
-    def _decode_kernel(self, q: torch.Tensor, mask, fuse: bool) -> bool:
-        """Whether this step's attention runs attn_kernel's decode kernel: one query token, a supported head size,
-        no sliding window or dropout, an additive (B, 1, 1, L) mask or none; and it either makes o_proj's INT8 pack
-        too (``fuse``) or has a CTA per (sequence, head) (attn_kernel.faster_alone). Otherwise transformers' attention
-        function (cuDNN's SDPA) is the faster one (docs/generation.md)."""
+    def _decode_plan(self, q: torch.Tensor, mask) -> tuple[bool, QuantLinear | None]:
+        """(whether this step's attention runs attn_kernel's decode kernel, the o_proj that launch also packs for or
+        None), for q (B, T, H, D). The kernel needs one query token, a supported head size, no sliding window or
+        dropout, and an additive (B, 1, 1, L) mask or none; it runs where it also makes o_proj's INT8 pack (head size
+        128: a head is one act group) or has a CTA per (sequence, head) (attn_kernel.faster_alone). Otherwise
+        transformers' attention function (cuDNN's SDPA) is the faster one (docs/generation.md)."""
         attn = self.attn[0]
         if not attn_kernel.DECODE_KERNEL or q.shape[1] != 1 or q.shape[-1] not in attn_kernel.HEAD_DIMS:
-            return False
+            return False, None
         if _sliding_window(attn) is not None or (attn.training and attn.attention_dropout):
-            return False
-        if not (fuse or attn_kernel.faster_alone(q.shape[0] * q.shape[2])):
-            return False
-        return mask is None or (mask.dim() == 4 and mask.dtype == q.dtype and mask.shape[1:3] == (1, 1))
+            return False, None
+        if mask is not None and (mask.dim() != 4 or mask.dtype != q.dtype or mask.shape[1:3] != (1, 1)):
+            return False, None
+        consumer = self.o_proj if isinstance(self.o_proj, QuantLinear) else None
+        fuse = q.shape[-1] == BLOCK_K and _pack_for(consumer, q.reshape(q.shape[0], 1, -1)) == "int8"
+        return fuse or attn_kernel.faster_alone(q.shape[0] * q.shape[2]), consumer if fuse else None
 
     def _runs_kernel(self, x: torch.Tensor, position_embeddings, cache) -> bool:
         if not x.is_cuda or x.dtype not in ACTIVATION_DTYPES or not hasattr(cache, "layer_buffers"):

@@ -38,13 +38,30 @@
 #include "common.cuh"
 
 #define NEG_INF __int_as_float(0xff800000u)
-#define AT_WARPS 4
+#ifndef AT_WARPS
+#define AT_WARPS 4  // attn_kernel.WARPS (attn_kernel.py always passes it)
+#endif
 #define AT_THREADS (32 * AT_WARPS)
 #define LPK 8              // lanes per key in q.k
 #define DPL (AT_D / LPK)   // dimensions per lane in q.k: 16 or 8
 #define VPL (AT_D / 32)    // dimensions per lane in p.v: 4 or 2
 static_assert(AT_D == 64 || AT_D == 128, "head dim 64 or 128");
 static_assert(!AT_QUANT || AT_D == 128, "the fused quantize needs one head per act group of 128");
+static_assert(AT_THREADS >= AT_D, "a thread per output dimension");
+
+// The sum (or max) of one value per warp, in warp order
+__device__ __forceinline__ float warps_sum(const float* v, int stride) {
+    float r = v[0];
+#pragma unroll
+    for (int w = 1; w < AT_WARPS; ++w) r += v[w * stride];
+    return r;
+}
+__device__ __forceinline__ float warps_max(const float* v) {
+    float r = v[0];
+#pragma unroll
+    for (int w = 1; w < AT_WARPS; ++w) r = fmaxf(r, v[w]);
+    return r;
+}
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
@@ -132,7 +149,7 @@ fq_decode_attn(const u16* __restrict__ q, const u16* __restrict__ keys, const u1
     mloc = warp_max(mloc);
     if (lane == 0) wred[warp] = mloc;
     __syncthreads();
-    const float m = fmaxf(fmaxf(wred[0], wred[1]), fmaxf(wred[2], wred[3]));
+    const float m = warps_max(wred);
     float lsum = 0.f;
     for (int j = threadIdx.x; j < n; j += AT_THREADS) {
         const float p = m == NEG_INF ? 0.f : __expf(sc[j] - m);
@@ -157,9 +174,9 @@ fq_decode_attn(const u16* __restrict__ q, const u16* __restrict__ keys, const u1
 #pragma unroll
     for (int d = 0; d < VPL; ++d) red[warp][lane * VPL + d] = acc[d];
     __syncthreads();
-    const float l = wred[0] + wred[1] + wred[2] + wred[3];
+    const float l = warps_sum(wred, 1);
     float o = 0.f;  // thread d < D: this chunk's (unnormalised) output dimension d
-    if (threadIdx.x < AT_D) o = red[0][threadIdx.x] + red[1][threadIdx.x] + red[2][threadIdx.x] + red[3][threadIdx.x];
+    if (threadIdx.x < AT_D) o = warps_sum(&red[0][threadIdx.x], AT_D);
 
     float* fin = red[0];  // the final outputs, for the quantize (reused: every read of red is above)
     if (S == 1) {
