@@ -19,7 +19,7 @@ from __future__ import annotations
 # groups: packing.py): kernel_bench.crossovers() of the bench at M = 1, 2, 4 ... 128 (and 512, 2048 for the 7B and 70B
 # shapes), 20 repeats; the "fused" shapes are what decoding runs after q/k/v and gate/up fusion. The register-fed INT8
 # kernel is now the faster one from one token on every shape but LLaMA-3-8B's 14336 x 4096 (BTC up to 3 tokens), the
-# A6 SmolLM2 down_proj and the fused 28672 x 4096 A6 (BTC at one token).
+# A6 SmolLM2 down_proj and the fused 28672 x 4096 A6 and 22016 x 4096 (BTC at one token; see below the table).
 CROSSOVER: dict[tuple[int, int, int], int] = {
     (4096, 4096, 8): 1,
     (4096, 4096, 6): 1,
@@ -64,7 +64,7 @@ CROSSOVER: dict[tuple[int, int, int], int] = {
 }
 # 22016 x 4096 (LLaMA-2-7B's fused gate/up) from one token is measured inside the CUDA-graph decode step, where it runs
 # behind the RMSNorm that packs its input (scripts/gpu_step_configs.py llama-2-7b 1 2, H100, 2026-11-23, fifteenth
-# session, two rounds, step us, BTC at one token -> INT8): W6A8 2849-2854 -> 2837-2838, W6A6 2867 -> 2827-2834;
+# session, two rounds, step us, BTC at one token -> INT8): W6A8 2849-2854 -> 2837-2839, W6A6 2867 -> 2827-2834;
 # the layer 31.8-32.0 -> 31.1 us. Alone and L2-flushed BTC is the faster one at M = 1 (kernel_bench: 37.3 against 39.7
 # us; back to back 30.4 against 28.6; the bench's threshold is 2), so `flexq bench --kernel` shows this one cell
 # dispatched to the slower kernel. (12288 x 4096, the fused q/k/v, was such a cell before the 16-row groups; the bench

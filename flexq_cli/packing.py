@@ -15,7 +15,7 @@ A weight's ``qweight`` (``pack_weight``) orders those records by groups of ROW_G
 a group: (N, Kp / 128 * 24) int32 where rows 16g .. 16g + 15 of the tensor hold weight rows 16g .. 16g + 15 (so
 slicing or concatenating at multiples of 16 rows keeps the layout), as (block, row % 16, 24 words). The 16 x 96 =
 1,536 bytes one warp's MMA tile needs per K block are then contiguous: on the H100 the register-fed INT8 GEMMs of
-the LLaMA-2-7B decode step got 6-10% faster than with each row's records in turn, the batch-4 step 3,135 -> 2,890
+the LLaMA-2-7B decode step got 5-10% faster than with each row's records in turn, the batch-4 step 3,135 -> 2,890
 us (docs/kernel.md). A last group of N % 16 rows has the same order with fewer rows (the GPU kernels need N % 16 == 0
 anyway).
 """
