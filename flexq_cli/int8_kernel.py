@@ -47,10 +47,13 @@ class Int8Config:
     wn: int = 4
     stages: int = 4
     wgmma: bool = False  # the Hopper mainloop (sm_90a): wm warpgroups of 64 tokens x 128 rows, wn = 1
+    ws: bool = False  # with wgmma: warp-specialized and persistent (a producer warpgroup, 128 x 128, 5 stages)
 
     def __post_init__(self):
         tm, tn = self.bm // max(1, self.wm), self.bn // max(1, self.wn)
-        if self.wgmma:
+        if self.ws:
+            bad = not self.wgmma or (self.bm, self.bn, self.wm, self.wn, self.stages) != (128, 128, 2, 1, 5)
+        elif self.wgmma:
             bad = self.bn != 128 or self.wn != 1 or self.wm not in (1, 2) or self.bm != 64 * self.wm \
                 or self.smem_bytes() > SMEM_LIMIT
         else:
@@ -61,11 +64,13 @@ class Int8Config:
 
     @property
     def threads(self) -> int:
+        if self.ws:
+            return 128 * (self.wm + 1)  # the producer warpgroup, then the consumers
         return 128 * self.wm if self.wgmma else 32 * self.wm * self.wn
 
     @property
     def kernel(self) -> str:
-        return "i8_gemm_wgmma" if self.wgmma else "i8_gemm"
+        return "i8_gemm_ws" if self.ws else "i8_gemm_wgmma" if self.wgmma else "i8_gemm"
 
     def defines(self, act_bits: int, bf16: bool, debug: bool = False) -> tuple[str, ...]:
         """-D options for the .cu; a wgmma config also names sm_90a (wgmma is an sm_90a feature, not sm_90)."""
@@ -73,13 +78,18 @@ class Int8Config:
             f"-DI8_ACT_BITS={act_bits}", f"-DI8_BM={self.bm}", f"-DI8_BN={self.bn}", f"-DI8_WM={self.wm}",
             f"-DI8_WN={self.wn}", f"-DI8_STAGES={self.stages}", f"-DI8_BF16={int(bf16)}",
             f"-DI8_DEBUG_ACC={int(debug)}", f"-DI8_QUANT_WARPS={QUANT_WARPS}", f"-DI8_CHUNK={EPILOGUE_CHUNK_BLOCKS}",
-            f"-DI8_WGMMA={int(self.wgmma)}", *(("-arch=sm_90a",) if self.wgmma else ()),
+            f"-DI8_WGMMA={2 if self.ws else int(self.wgmma)}", *(("-arch=sm_90a",) if self.wgmma else ()),
         )
 
     def smem_bytes(self) -> int:
         """mma.sync: stages x (activation tile + packed weight records + scales), plus two unpacked int8 weight
         tiles. wgmma: two swizzled unpacked tiles and their float scales, then the stages, each rounded up to the
-        1024 bytes of a swizzle atom, plus 1024 to align the base (.cu, W_HEAD and W_STAGE_BYTES)."""
+        1024 bytes of a swizzle atom, plus 1024 to align the base (.cu, W_HEAD and W_STAGE_BYTES). ws: the stages
+        (activation and unpacked weight tiles, both scales), the ring of packed records and their scale words, the
+        mbarriers (.cu, S_BARS)."""
+        if self.ws:
+            return 1024 + self.stages * _round_up(2 * 128 * 128 + 2 * 128 * 4, 1024) + 4 * (128 * 96 + 128 * 4) \
+                + (2 * self.stages + 4) * 8
         if self.wgmma:
             head = _round_up(2 * self.bn * 128 + 2 * self.bn * 4, 1024)
             stage = _round_up(self.bm * 128 + self.bn * 112 + self.bm * 4 + self.bn * 4, 1024)
@@ -158,6 +168,16 @@ def _round_up(v: int, m: int) -> int:
 # The Hopper mainloop's tile: two warpgroups, 128 tokens x 128 rows. Exact, but not faster than the mma.sync tile
 # (0.97-1.01x on the H100 at M = 512..4096, docs/kernel.md), so default_config does not pick it: ask for it.
 WGMMA_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=4, wgmma=True)
+# The warp-specialized persistent wgmma kernel (i8_gemm_ws): a producer warpgroup copies (bulk copies of the tiled
+# activations) and unpacks, two consumer warpgroups multiply and run the epilogue, mbarriers between. Exact, but
+# 0.89-0.98x the mma.sync tile on the H100 at M = 512..4096 (docs/kernel.md): opt-in, as WGMMA_TILE.
+WS_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=5, wgmma=True, ws=True)
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: int) -> int:
+    """Multiprocessors of the device: the persistent kernel's grid."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @functools.lru_cache(maxsize=None)
@@ -234,14 +254,19 @@ def default_config(m: int, n: int, kp: int) -> Int8Config | GemvConfig:
     return Int8Config(bm=32, bn=64, wm=2, wn=2, stages=4)
 
 
-def quant_layout(m: int, nb: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Shapes of the quantized activations of M = m tokens, NB blocks: (M, NB*128) int8 codes, (M, NB) scales."""
+def quant_layout(m: int, nb: int, tiled: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of the quantized activations of M = m tokens, NB blocks: (M, NB*128) int8 codes, (M, NB) scales; tiled
+    (the warp-specialized kernel's, kernels/w6_int8_gemm.cu, i8_act_quant): (Mt, NB, 128, 128) and (Mt, NB, 128) for
+    Mt token tiles of 128."""
+    if tiled:
+        mt = -(-m // 128)
+        return (mt, nb, 128, BLOCK_K), (mt, nb, 128)
     return (m, nb * BLOCK_K), (m, nb)
 
 
-def empty_quant(m: int, nb: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def empty_quant(m: int, nb: int, device, tiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Uninitialised buffers of ``quant_layout``'s shapes, for i8_act_quant or the RMSNorm kernel to fill."""
-    codes, scales = quant_layout(m, nb)
+    codes, scales = quant_layout(m, nb, tiled)
     return (torch.empty(codes, dtype=torch.int8, device=device),
             torch.empty(scales, dtype=torch.float32, device=device))
 
@@ -251,16 +276,18 @@ def empty_quant(m: int, nb: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 _QUANT_MODULE_CONFIG = Int8Config()
 
 
-def quantize_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: int):
+def quantize_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_size: int, tiled: bool = False):
     """(M, K) fp16/bf16 -> ``quant_layout``'s (int8 codes in the kernel's K order, float32 block scales)."""
     import numpy as np
 
     m, k = x2.shape
     dev = x2.device.index
-    xq, sx = empty_quant(m, nb, x2.device)
+    xq, sx = empty_quant(m, nb, x2.device, tiled)
     whole = act_group_size == -1
-    grid = (m, 1 if whole else -(-nb // QUANT_WARPS), 1)
-    args = (cl.ptr(x2), cl.ptr(xq), cl.ptr(sx), np.int32(m), np.int32(k), np.int32(nb), np.int32(whole))
+    rows = xq.shape[0] * 128 if tiled else m  # the tiled layout's padding tokens get zeros
+    grid = (rows, 1 if whole else -(-nb // QUANT_WARPS), 1)
+    args = (cl.ptr(x2), cl.ptr(xq), cl.ptr(sx), np.int32(m), np.int32(k), np.int32(nb), np.int32(whole),
+            np.int32(tiled))
     opts = _QUANT_MODULE_CONFIG.defines(act_bits, x2.dtype == torch.bfloat16)
     cl.launch(cl.function(dev, KERNEL_FILE, opts, "i8_act_quant", 0), grid, (32 * QUANT_WARPS, 1, 1), args, 0, dev)
     return xq, sx
@@ -271,13 +298,16 @@ def _gemm(x2, xq, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_size
     import numpy as np
 
     m, n, dev = x2.shape[0], qweight.shape[0], x2.device.index
-    nb = xq.shape[1] // BLOCK_K
+    nb = xq.shape[1] if xq.dim() == 4 else xq.shape[1] // BLOCK_K
     if isinstance(cfg, GemvConfig):
         file, grid, smem = GEMV_FILE, (-(-n // (16 * cfg.rt)), 1, 1), cfg.smem_bytes(nb, debug)
         if smem > SMEM_LIMIT:
             raise ValueError(f"int8 gemv config {cfg} needs {smem} bytes of shared memory for K = {nb * BLOCK_K} "
                              f"(at most {SMEM_LIMIT}): use more warps per row tile (kw), fewer token tiles (mt) "
                              "or a shorter ring")
+    elif cfg.ws:  # persistent: one CTA per SM at most, each walks its share of the tiles
+        file, smem = KERNEL_FILE, cfg.smem_bytes()
+        grid = (min(-(-n // cfg.bn) * -(-m // cfg.bm), sm_count(dev)), 1, 1)
     else:
         file, grid, smem = KERNEL_FILE, (-(-n // cfg.bn), -(-m // cfg.bm), 1), cfg.smem_bytes()
         if grid[1] > 65535:
@@ -327,11 +357,15 @@ def int8_linear(
     if x2.shape[0] == 0:
         return out
     cfg = _config(config, x2.shape[0], qweight.shape[0], kp, x.device)
+    tiled = isinstance(cfg, Int8Config) and cfg.ws
     if packed is not None:
+        if tiled:
+            raise ValueError(f"int8 tile config {cfg} reads the tiled activation layout; a pack in the row layout "
+                             "cannot feed it: pass packed=None or another config")
         check_packed(packed, quant_layout(x2.shape[0], kp // BLOCK_K), torch.int8, x.device, act_group_size)
         xq, sx = packed
     else:
-        xq, sx = quantize_activations(x2, kp // BLOCK_K, act_bits, act_group_size)
+        xq, sx = quantize_activations(x2, kp // BLOCK_K, act_bits, act_group_size, tiled)
     _gemm(x2, xq, sx, qweight, w_scales, bias, out, act_bits=act_bits, weight_group_size=weight_group_size,
           cfg=cfg, debug=False)
     return out
@@ -344,6 +378,6 @@ def int8_block_accumulators(x: torch.Tensor, qweight: torch.Tensor, *, act_bits:
     if x2.shape[0] == 0:
         return acc
     cfg = _config(config, x2.shape[0], qweight.shape[0], acc.shape[0] * BLOCK_K, x.device)
-    xq, sx = quantize_activations(x2, acc.shape[0], act_bits, act_group_size)
+    xq, sx = quantize_activations(x2, acc.shape[0], act_bits, act_group_size, isinstance(cfg, Int8Config) and cfg.ws)
     _gemm(x2, xq, sx, qweight, scales, None, acc, act_bits=act_bits, weight_group_size=128, cfg=cfg, debug=True)
     return acc

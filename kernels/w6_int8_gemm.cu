@@ -59,7 +59,7 @@
 #define I8_CHUNK 2  // primitives.EPILOGUE_CHUNK_BLOCKS (int8_kernel.py always passes it)
 #endif
 #ifndef I8_WGMMA
-#define I8_WGMMA 0  // 1: the Hopper mainloop (wgmma, sm_90a) instead of mma.sync; see the end of the file
+#define I8_WGMMA 0  // 1: the Hopper mainloop (wgmma, sm_90a) instead of mma.sync; 2: it warp-specialized (the end)
 #endif
 
 #define FQ_BF16 I8_BF16
@@ -93,22 +93,36 @@ static_assert(STAGE_BYTES % 16 == 0, "stages must stay 16-byte aligned");
 // x (M, K) fp16/bf16 -> xq (M, NB*128) int8 codes in the permuted order, sx (M, NB) float32. One warp per
 // (token, block) as btc_act_pack: lane l holds physical k = 32e + l of the block, codes from quantize_block.
 // whole_row != 0: one scale per token (act_group_size -1); then grid.y must be 1.
+// tiled != 0 (the warp-specialized GEMM's layout, one bulk copy per tile and block): xq (Mt, NB, 128, 128), the 128
+// tokens of token tile mt and block b as 128-byte rows, 16-byte chunk c of row r at chunk c ^ (r % 8) (wgmma's
+// 128-byte swizzle), and sx (Mt, NB, 128); the grid covers Mt * 128 tokens, those past M get codes and scales 0.
 extern "C" __global__ void __launch_bounds__(32 * I8_QUANT_WARPS)
 i8_act_quant(const u16* __restrict__ x, signed char* __restrict__ xq, float* __restrict__ sx, int M, int K, int NB,
-             int whole_row) {
+             int whole_row, int tiled) {
     pdl_wait();     // x is the previous kernel's output; xq/sx may still be read by the previous GEMM
     pdl_trigger();
     const int tok = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u16* xr = x + (size_t)tok * K;
-    const float row_scale = whole_row ? cta_row_scale<I8_QUANT_WARPS>(xr, K, true, QMAX) : 0.f;
+    const bool live = tok < M;
+    const u16* xr = x + (size_t)(live ? tok : 0) * K;
+    const float row_scale = whole_row ? cta_row_scale<I8_QUANT_WARPS>(xr, K, live, QMAX) : 0.f;
     const int kk = i8_code_pos(lane);  // this lane's logical position in each 32-wide step
     for (int b = blockIdx.y * I8_QUANT_WARPS + warp; b < NB; b += gridDim.y * I8_QUANT_WARPS) {
         int q[4];
-        const float s = quantize_block(xr, K, true, b, whole_row, row_scale, QMAX, q);
-        signed char* out = xq + (size_t)tok * NB * 128 + b * 128 + kk;
+        const float s = quantize_block(xr, K, live, b, whole_row, row_scale, QMAX, q);
+        if (tiled) {
+            const size_t row = ((size_t)(tok >> 7) * NB + b) * 128 + (tok & 127);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) out[32 * e] = (signed char)q[e];
-        if (lane == 0) sx[(size_t)tok * NB + b] = s;
+            for (int e = 0; e < 4; ++e) {
+                const int byte = 32 * e + kk;
+                xq[row * 128 + ((((byte >> 4) ^ (tok & 7)) << 4) | (byte & 15))] = (signed char)q[e];
+            }
+            if (lane == 0) sx[row] = s;
+        } else {
+            signed char* out = xq + (size_t)tok * NB * 128 + b * 128 + kk;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) out[32 * e] = (signed char)q[e];
+            if (lane == 0) sx[(size_t)tok * NB + b] = s;
+        }
     }
 }
 
@@ -374,6 +388,7 @@ i8_gemm(const uint4* qweight, const u16* w_scales, const signed char* xq, const 
 static_assert(I8_BM % 64 == 0 && WGS >= 1 && WGS <= 2, "wgmma: one or two warpgroups of 64 tokens");
 static_assert(I8_BN == 128, "wgmma: the instruction, the epilogue and the register budget are for 128 rows");
 static_assert((I8_BN * 4) % WTHREADS == 0 && I8_STAGES >= 3, "wgmma tile");
+static_assert(I8_WGMMA == 1 || (I8_BM == 128 && I8_STAGES == 5), "warp-specialized: 128 x 128 tiles, 5 stages");
 
 __device__ __forceinline__ unsigned long long wg_desc(u32 saddr) {
     // start address >> 4 (bits 0-13), leading offset 1 (unused by a swizzled K-major operand), stride offset
@@ -478,6 +493,7 @@ __device__ __forceinline__ void wg_unpack(const Args& a, const char* st, char* w
     }
 }
 
+#if I8_WGMMA == 1
 extern "C" __global__ void __launch_bounds__(WTHREADS, 1)
 i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, const float* sx, const void* bias,
               void* y, int M, int N, int NB, int ws_cols, int w_step, int bias_f32) {
@@ -582,4 +598,321 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
     }
 #endif
 }
+#endif  // I8_WGMMA == 1
+
+#if I8_WGMMA == 2
+// ================================================================ the warp-specialized wgmma GEMM (sm_90a)
+// Opt-in (int8_kernel.WS_TILE): exact, but on the H100 0.89-0.98x the mma.sync loop at M = 512..4096 (docs/kernel.md,
+// with the time of each side measured alone: the producer's unpack binds first, then the consumers' epilogue).
+// The mainloops above run one 255-register CTA of 8 warps per SM that copies, unpacks, multiplies and does the
+// epilogue in turn, CTA barriers between; they are latency-bound. Here three warpgroups split the work and meet at
+// mbarriers only:
+// - warpgroup 0, the producer (setmaxnreg: S_PRODUCER_REGS registers): thread 0 issues bulk copies (the copy engine)
+//   of each block's packed weight records (into a ring of S_PRING slots, S_AHEAD blocks ahead; `landed` barriers) and
+//   of its activation codes and scales, which i8_act_quant wrote tiled and swizzled for this kernel (straight into a
+//   stage, S_AHEAD_A blocks ahead, completing on the stage's `full` barrier); every thread copies one weight-scale
+//   word (cp.async), unpacks its share of the records into the stage's swizzled int8 tile (wg_unpack's transpose),
+//   fences its stores to the async proxy and arrives on `full`;
+// - warpgroups 1 and 2, the consumers (S_CONSUMER_REGS registers), 64 tokens x 128 rows each: a chunk's two blocks'
+//   wgmma into two register accumulators, the second issued before the first's epilogue (which then overlaps it),
+//   each stage released (`empty`, one arrival per consumer thread) after its epilogue has read its scales.
+// Persistent: grid = min(tiles, SMs); a CTA takes tiles blockIdx.x, + gridDim.x, ..., token tiles fastest (the CTAs
+// in flight share weight tiles and read the activations from L2). The stage ring runs on across tiles, so the
+// producer fills the next tile's stages while the consumers finish and store the last one.
+// Same numerics and records as the kernels above (the accumulator starts from 0; its exact conversion to float is
+// the int-to-float of a |value| < 2^24).
+#define S_STAGES I8_STAGES
+#define S_PRING 4
+#define S_AHEAD 3    // records copied this many blocks ahead: < S_PRING, refilled once everybody has unpacked it
+#define S_AHEAD_A 2  // activations: this many ahead (<= S_AHEAD; the stage must have been released)
+#ifndef I8_WS_DIAG
+#define I8_WS_DIAG 0  // timing experiments only (wrong results): 1 no unpack, 2 consumers skip MMAs and epilogue
+#endif
+#define S_PTHREADS 128  // one producer warpgroup (two, with 216-register consumers: no faster on the H100)
+#define S_THREADS (S_PTHREADS + 256)
+#define S_PRODUCER_REGS 40
+#define S_CONSUMER_REGS 232
+#define S_A 0                      // 128 token rows of 128 B, swizzled (one bulk copy of the tiled codes)
+#define S_W (128 * 128)            // 128 unpacked weight rows of 128 B, swizzled
+#define S_SX (2 * 128 * 128)       // 128 float activation scales (one bulk copy)
+#define S_SWF (S_SX + 128 * 4)     // 128 float weight scales
+#define S_STAGE_BYTES ((S_SWF + 128 * 4 + 1023) / 1024 * 1024)
+#define S_P_REC 0                  // a ring slot: 128 packed records as in qweight (8 groups of 16 rows, 1536 B each)
+#define S_P_SW (128 * 96)          // and the 4-byte words holding the 128 fp16 weight scales
+#define S_P_BYTES (S_P_SW + 128 * 4)
+#define S_RING (S_STAGES * S_STAGE_BYTES)
+#define S_BARS (S_RING + S_PRING * S_P_BYTES)  // full[S_STAGES], empty[S_STAGES], landed[S_PRING]: 8-byte mbarriers
+static_assert(S_AHEAD < S_PRING && S_AHEAD_A <= S_AHEAD && S_AHEAD_A >= 1, "ws copy plan");
+// setmaxnreg moves registers within the CTA's launch allocation (384 threads x 168 = 64,512)
+static_assert(S_PTHREADS * S_PRODUCER_REGS + 256 * S_CONSUMER_REGS <= 384 * 168, "ws register plan");
+static_assert(I8_CHUNK == 2, "ws: the consumers pair a chunk's blocks");
+
+// d = A(64 x 32 s8) . B(128 x 32 s8)^T, a block's first k32 step: d is written only (scale-d false), so the
+// accumulator is not live before it and the compiler may reuse its registers in between.
+__device__ __forceinline__ void wgmma_m64n128k32_first(int (&d)[64], unsigned long long desc_a,
+                                                       unsigned long long desc_b) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p;\n}\n"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]), "=r"(d[4]), "=r"(d[5]), "=r"(d[6]), "=r"(d[7]),
+          "=r"(d[8]), "=r"(d[9]), "=r"(d[10]), "=r"(d[11]), "=r"(d[12]), "=r"(d[13]), "=r"(d[14]), "=r"(d[15]),
+          "=r"(d[16]), "=r"(d[17]), "=r"(d[18]), "=r"(d[19]), "=r"(d[20]), "=r"(d[21]), "=r"(d[22]), "=r"(d[23]),
+          "=r"(d[24]), "=r"(d[25]), "=r"(d[26]), "=r"(d[27]), "=r"(d[28]), "=r"(d[29]), "=r"(d[30]), "=r"(d[31]),
+          "=r"(d[32]), "=r"(d[33]), "=r"(d[34]), "=r"(d[35]), "=r"(d[36]), "=r"(d[37]), "=r"(d[38]), "=r"(d[39]),
+          "=r"(d[40]), "=r"(d[41]), "=r"(d[42]), "=r"(d[43]), "=r"(d[44]), "=r"(d[45]), "=r"(d[46]), "=r"(d[47]),
+          "=r"(d[48]), "=r"(d[49]), "=r"(d[50]), "=r"(d[51]), "=r"(d[52]), "=r"(d[53]), "=r"(d[54]), "=r"(d[55]),
+          "=r"(d[56]), "=r"(d[57]), "=r"(d[58]), "=r"(d[59]), "=r"(d[60]), "=r"(d[61]), "=r"(d[62]), "=r"(d[63])
+        : "l"(desc_a), "l"(desc_b));
+}
+// A block's four k32 steps into d, operands at stage offsets a_off (64 token rows) and b_off (128 weight rows).
+__device__ __forceinline__ void ws_block_mma(int (&d)[64], u32 a_off, u32 b_off) {
+    wgmma_m64n128k32_first(d, wg_desc(a_off), wg_desc(b_off));
+#pragma unroll
+    for (int ks = 1; ks < 4; ++ks) wgmma_m64n128k32(d, wg_desc(a_off + 32 * ks), wg_desc(b_off + 32 * ks), 1);
+}
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Returns once the barrier's phase of this parity has completed (a fresh barrier: parity 1 at once).
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    asm volatile(
+        "{\n.reg .pred p;\nWAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra WAIT;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(S_PTHREADS) : "memory"); }
+// One arrival that also expects `bytes` more of bulk-copy transactions before the phase can complete.
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// A bulk copy (the copy engine; 16-byte aligned, a multiple of 16 bytes) that completes its bytes on `bar`.
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                 ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
+
+// The producer's copies. Thread 0 issues the bulk copies: block b's packed records of rows n0.. (whole 16-row
+// groups, 1536 contiguous bytes each in qweight) into a ring slot, completing on `landed`; block b's tiled activation
+// codes and scales of token tile mt (i8_act_quant's tiled layout: 16 KB and 512 B) into a stage, completing on
+// `full`. Every thread p copies the word holding row n0 + p's weight scale (cp.async: the scales are strided).
+__device__ __forceinline__ void ws_copy_records(const Args& a, u32 slot, u32 landed, int n0, int b) {
+    if (threadIdx.x == 0) {
+        const int groups = min(8, (a.N - n0) >> 4);
+        fence_proxy_async();  // the slot's last reads (the unpack, generic proxy) before the copy engine's writes
+        mbar_expect_tx(landed, groups * 1536);
+        for (int g = 0; g < groups; ++g)
+            bulk_copy(slot + S_P_REC + g * 1536, a.qweight + rec_index(n0 + 16 * g, b, a.NB) * 6, 1536, landed);
+    }
+    const int p = threadIdx.x;
+    if (p < 128 && n0 + p < a.N) {
+        const size_t e = (size_t)(n0 + p) * a.ws_cols + (size_t)b * a.w_step;
+        cp_async4(slot + S_P_SW + p * 4, a.w_scales + (e & ~(size_t)1));
+    }
+}
+__device__ __forceinline__ void ws_copy_acts(const Args& a, u32 st, u32 full, int mt, int b) {
+    const size_t tb = (size_t)mt * a.NB + b;
+    mbar_expect_tx(full, 128 * 128 + 128 * 4);
+    bulk_copy(st + S_A, a.xq + tb * 128 * 128, 128 * 128, full);
+    bulk_copy(st + S_SX, a.sx + tb * 128, 128 * 4, full);
+}
+
+// A walk over this CTA's (tile, block) pairs in order: tiles blockIdx.x, + gridDim.x, ..., token tiles fastest.
+struct BlockWalk {
+    int tile, b;
+    __device__ void next(int nb) {
+        if (++b == nb) b = 0, tile += gridDim.x;
+    }
+};
+
+// Ring slot -> the stage's swizzled int8 weight tile and float weight scales (wg_unpack's work, 128 threads).
+__device__ __forceinline__ void ws_unpack(const Args& a, const char* slot, char* st, int n0, int b) {
+    const int p = threadIdx.x;
+#pragma unroll 1  // the producer has 40 registers (unrolled by 4: 9% slower on the H100, 4096^2 x 2048)
+    for (int it = 0; it < 512 / S_PTHREADS; ++it) {
+        const int item = p + S_PTHREADS * it, row = item >> 2, w = item & 3;
+        u32 r[8];
+        unpack_step((const u32*)(slot + S_P_REC + row * 96) + w, r);
+        char* dst = st + S_W + row * 128;
+        *(uint4*)(dst + (((2 * w) ^ (row & 7)) << 4)) = make_uint4(r[0], r[2], r[4], r[6]);
+        *(uint4*)(dst + (((2 * w + 1) ^ (row & 7)) << 4)) = make_uint4(r[1], r[3], r[5], r[7]);
+    }
+    if (p < 128) {
+        const u32 word = *(const u32*)(slot + S_P_SW + p * 4);
+        const size_t e = (size_t)(n0 + p) * a.ws_cols + (size_t)b * a.w_step;  // which half of the word
+        ((float*)(st + S_SWF))[p] = half_to_float((u16)((e & 1) ? word >> 16 : word));
+    }
+}
+
+// One block's epilogue for a consumer thread: its 64 accumulators (tokens 16 wq + g (+ 8), rows 8j + 2t (+ 1) of
+// its warpgroup's 64 x 128) into the chunk sum, from the stage's scales; or, debug, the accumulators to y.
+__device__ __forceinline__ void ws_epilogue(const Args& a, const int (&acc)[64], float (&csum)[64], const char* st,
+                                            int cw, int m0, int n0, int b, int kb) {
+    const int lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+#if I8_DEBUG_ACC
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+        const int tok = m0 + cw * 64 + 16 * wq + g + 8 * ((i >> 1) & 1), row = n0 + 8 * (i >> 2) + 2 * t + (i & 1);
+        if (tok < a.M && row < a.N) ((int*)a.y)[((size_t)b * a.M + tok) * a.N + row] = acc[i];
+    }
+#else
+    const float* sxs = (const float*)(st + S_SX) + cw * 64 + 16 * wq + g;
+    const float sxv[2] = {sxs[0], sxs[8]};
+    const float2* swp = (const float2*)(st + S_SWF) + t;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        const float2 sw = swp[4 * j];  // rows 8j + 2t and 8j + 2t + 1
+#pragma unroll
+        for (int i = 4 * j; i < 4 * j + 4; ++i) {
+            const float term = fmul_ieee((float)acc[i], fmul_ieee(sxv[(i >> 1) & 1], (i & 1) ? sw.y : sw.x));
+            csum[i] = kb == 0 ? term : fadd_ieee(csum[i], term);
+        }
+    }
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(S_THREADS, 1)
+i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, const float* sx, const void* bias,
+           void* y, int M, int N, int NB, int ws_cols, int w_step, int bias_f32) {
+    const Args a{qweight, w_scales, xq, sx, bias, y, M, N, NB, ws_cols, w_step, bias_f32};
+    extern __shared__ __align__(1024) char smem_raw[];
+    char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);  // swizzle atoms need 1024 alignment
+    const u32 base = smem_addr(smem), full = base + S_BARS, empty = full + 8 * S_STAGES;
+    const u32 landed = empty + 8 * S_STAGES;
+    const int wg = threadIdx.x >> 7;
+    const int m_tiles = (M + 127) >> 7, tiles = m_tiles * ((N + 127) >> 7);
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < S_STAGES; ++s) {
+            mbar_init(full + 8 * s, S_PTHREADS + 1);  // the producers' unpacks, thread 0's bulk copy
+            mbar_init(empty + 8 * s, 256);     // the consumers
+        }
+        for (int s = 0; s < S_PRING; ++s) mbar_init(landed + 8 * s, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    pdl_wait();  // xq and sx are the quantize kernel's output; y may still be read by the kernel before
+
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(S_PRODUCER_REGS));
+        // Blocks are numbered on across this CTA's tiles: block q is stage q % S_STAGES and ring slot q % S_PRING.
+        // Iteration q unpacks block q, then copies the records of block q + S_AHEAD (into the slot of block q - 1,
+        // which everybody has unpacked) and the activations of block q + S_AHEAD_A (into its stage, once the
+        // consumers have released it), and commits one cp.async group (the weight-scale words).
+        BlockWalk wr{(int)blockIdx.x, 0}, wa = wr;  // the next block to copy: records, activations
+        int q = 0;                                   // the block being unpacked
+        auto copy = [&](bool records, bool acts) {
+            if (records && wr.tile < tiles) {
+                const int slot = (q + S_AHEAD) % S_PRING;
+                ws_copy_records(a, base + S_RING + slot * S_P_BYTES, landed + 8 * slot, (wr.tile / m_tiles) * 128,
+                                wr.b);
+                wr.next(NB);
+            }
+            if (acts && wa.tile < tiles) {
+                if (threadIdx.x == 0) {
+                    const int qa = q + S_AHEAD_A, s = qa % S_STAGES;
+                    mbar_wait(empty + 8 * s, ((qa / S_STAGES) & 1) ^ 1);  // its last use has been released
+                    ws_copy_acts(a, base + s * S_STAGE_BYTES, full + 8 * s, wa.tile % m_tiles, wa.b);
+                }
+                wa.next(NB);
+            }
+            cp_async_commit();
+        };
+        for (q = -S_AHEAD; q < 0; ++q) copy(true, false);  // the records of blocks 0 .. S_AHEAD - 1
+        for (q = -S_AHEAD_A; q < 0; ++q) copy(false, true);  // the activations of blocks 0 .. S_AHEAD_A - 1
+        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+            const int n0 = (tile / m_tiles) * 128;
+            for (int b = 0; b < NB; ++b, ++q) {
+                const int slot = q % S_PRING, s = q % S_STAGES;
+                cp_async_wait<S_AHEAD - 1>();  // this thread's weight-scale word of block q has landed
+                producer_sync();  // everybody has unpacked block q - 1; thread 0 has seen block q's stage released
+                mbar_wait(landed + 8 * slot, (q / S_PRING) & 1);  // the records of block q
+#if I8_WS_DIAG != 1
+                ws_unpack(a, smem + S_RING + slot * S_P_BYTES, smem + s * S_STAGE_BYTES, n0, b);
+#endif
+                fence_proxy_async();  // this thread's unpacked rows, to the MMAs (the async proxy)
+                mbar_arrive(full + 8 * s);
+                copy(true, true);
+            }
+        }
+        cp_async_wait<0>();
+        pdl_trigger();
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(S_CONSUMER_REGS));
+        const int cw = wg - 1, lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+        int q = 0;
+        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+            const int m0 = (tile % m_tiles) * 128, n0 = (tile / m_tiles) * 128;
+#if I8_WS_DIAG == 2
+            for (int b = 0; b < NB; ++b, ++q) {
+                mbar_wait(full + 8 * (q % S_STAGES), (q / S_STAGES) & 1);
+                mbar_arrive(empty + 8 * (q % S_STAGES));
+            }
+            continue;
+#endif
+            int acc0[64], acc1[64];
+            float csum[64], yacc[64];
+#pragma unroll
+            for (int i = 0; i < 64; ++i) yacc[i] = -0.f;
+            // Whole chunks (I8_CHUNK == 2): block c0 + 1's MMAs run during block c0's epilogue. One straight path
+            // per chunk: with the odd last block inside the loop, ptxas saw a path leaving an MMA in flight and
+            // injected a wait (C7517).
+            int c0 = 0;
+            for (; c0 + 1 < NB; c0 += 2, q += 2) {
+                const int s0 = q % S_STAGES, s1 = (q + 1) % S_STAGES;
+                const u32 st0 = base + s0 * S_STAGE_BYTES, st1 = base + s1 * S_STAGE_BYTES;
+                mbar_wait(full + 8 * s0, (q / S_STAGES) & 1);
+                wgmma_fence();
+                ws_block_mma(acc0, st0 + S_A + cw * 64 * 128, st0 + S_W);
+                wgmma_commit();
+                mbar_wait(full + 8 * s1, ((q + 1) / S_STAGES) & 1);
+                wgmma_fence();
+                ws_block_mma(acc1, st1 + S_A + cw * 64 * 128, st1 + S_W);
+                wgmma_commit();
+                asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+                ws_epilogue(a, acc0, csum, smem + s0 * S_STAGE_BYTES, cw, m0, n0, c0, 0);
+                mbar_arrive(empty + 8 * s0);
+                wgmma_wait0();
+                ws_epilogue(a, acc1, csum, smem + s1 * S_STAGE_BYTES, cw, m0, n0, c0 + 1, 1);
+                mbar_arrive(empty + 8 * s1);
+#if !I8_DEBUG_ACC
+#pragma unroll
+                for (int i = 0; i < 64; ++i) yacc[i] = fadd_ieee(yacc[i], csum[i]);  // the chunk, in chunk order
+#endif
+            }
+            if (c0 < NB) {  // an odd block count: the last chunk is one block
+                const int s0 = q % S_STAGES;
+                const u32 st0 = base + s0 * S_STAGE_BYTES;
+                mbar_wait(full + 8 * s0, (q / S_STAGES) & 1);
+                wgmma_fence();
+                ws_block_mma(acc0, st0 + S_A + cw * 64 * 128, st0 + S_W);
+                wgmma_commit();
+                wgmma_wait0();
+                ws_epilogue(a, acc0, csum, smem + s0 * S_STAGE_BYTES, cw, m0, n0, c0, 0);
+                mbar_arrive(empty + 8 * s0);
+                ++q;
+#if !I8_DEBUG_ACC
+#pragma unroll
+                for (int i = 0; i < 64; ++i) yacc[i] = fadd_ieee(yacc[i], csum[i]);
+#endif
+            }
+            if (tile + (int)gridDim.x >= tiles) pdl_trigger();  // this CTA's last tile: its stores remain
+#if !I8_DEBUG_ACC
+#pragma unroll
+            for (int i = 0; i < 64; i += 2) {
+                const int tok = m0 + cw * 64 + 16 * wq + g + 8 * ((i >> 1) & 1), row = n0 + 8 * (i >> 2) + 2 * t;
+                if (tok < a.M && row < a.N) store_pair(a, tok, row, yacc[i], yacc[i + 1]);
+            }
+#endif
+        }
+    }
+}
+#endif  // I8_WGMMA == 2
 #endif  // I8_WGMMA

@@ -85,7 +85,9 @@ CONFIGS = [int8_kernel.Int8Config(), int8_kernel.Int8Config(bm=64, bn=128, wm=1,
            int8_kernel.Int8Config(bm=32, bn=32, wm=2, wn=1, stages=6),
            # the Hopper mainloop (opt-in): two warpgroups, one, pipeline depths
            int8_kernel.WGMMA_TILE, int8_kernel.Int8Config(bm=64, bn=128, wm=1, wn=1, stages=3, wgmma=True),
-           int8_kernel.Int8Config(bm=128, bn=128, wm=2, wn=1, stages=5, wgmma=True)]
+           int8_kernel.Int8Config(bm=128, bn=128, wm=2, wn=1, stages=5, wgmma=True),
+           # warp-specialized, persistent
+           int8_kernel.WS_TILE]
 HOPPER = int8_kernel.wgmma_capable(torch.cuda.current_device())
 
 
@@ -134,6 +136,25 @@ def test_gemv_errors():
     with pytest.raises(ValueError, match="bytes of shared memory"):
         int8_kernel.int8_linear(_x(16, 128 * 1800), qweight, ws, act_bits=8,
                                 config=int8_kernel.GemvConfig(kw=2, rt=4, mt=2))
+
+
+@pytest.mark.parametrize("m,k,agroup", [(11, 576, 128), (300, 4100, 128), (300, 576, -1)])
+def test_quantize_tiled_layout(m, k, agroup):
+    """The warp-specialized kernel's tiled layout holds the row layout's codes and scales (byte for byte, after
+    undoing the tiles and the 128-byte swizzle), and zeros for the padding tokens of the last tile."""
+    kp = -(-k // BLOCK_K) * BLOCK_K
+    nb, mt = kp // BLOCK_K, -(-m // 128)
+    x = _x(m, k)
+    xq, sx = int8_kernel.quantize_activations(x, nb, 8, agroup)
+    tq, ts = int8_kernel.quantize_activations(x, nb, 8, agroup, tiled=True)
+    assert tq.shape == (mt, nb, 128, 128) and ts.shape == (mt, nb, 128)
+    r = torch.arange(128, device=DEV)
+    chunk = torch.arange(8, device=DEV)[None, :] ^ (r[:, None] % 8)  # where logical chunk c of row r is stored
+    rows = tq.reshape(mt, nb, 128, 8, 16).gather(3, chunk[None, None, :, :, None].expand(mt, nb, 128, 8, 16))
+    rows = rows.reshape(mt, nb, 128, 128).permute(0, 2, 1, 3).reshape(mt * 128, nb * 128)
+    assert torch.equal(rows[:m], xq) and not rows[m:].any()
+    scales = ts.permute(0, 2, 1).reshape(mt * 128, nb)
+    assert torch.equal(scales[:m], sx) and not scales[m:].any()
 
 
 def _unpermute(xq: torch.Tensor) -> torch.Tensor:
@@ -213,11 +234,38 @@ WG_CASES = [(s, m) for s in SMALL_SHAPES + SHAPES_7B for m in (1, 17, 128, 512)]
 
 
 @pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+@pytest.mark.parametrize("cfg", [int8_kernel.WGMMA_TILE, int8_kernel.WS_TILE], ids=["wgmma", "ws"])
 @pytest.mark.parametrize("act_bits", [6, 8])
 @pytest.mark.parametrize("shape,m", WG_CASES, ids=[f"{n}x{k}-m{m}" for (n, k), m in WG_CASES])
-def test_wgmma_matches_reference(shape, m, act_bits):
-    """The opt-in Hopper mainloop on the model shapes (default_config never picks it, so CASES do not reach it)."""
-    _check_case(shape, m, act_bits, int8_kernel.WGMMA_TILE)
+def test_wgmma_matches_reference(shape, m, act_bits, cfg):
+    """Both Hopper mainloops forced, on the model shapes."""
+    _check_case(shape, m, act_bits, cfg)
+
+
+@pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
+@pytest.mark.parametrize("dtype,agroup,wgroup,bias", [(torch.float16, 128, 128, None),
+                                                      (torch.bfloat16, -1, 128, torch.float32),
+                                                      (torch.float16, 128, -1, "x"), (torch.bfloat16, -1, -1, "x")])
+def test_ws_persistent(dtype, agroup, wgroup, bias):
+    """The warp-specialized kernel walks several tiles per CTA (33 x 33 tiles, more than an H100's 132 SMs), with
+    an odd block count (K = 4224: 33 blocks, a one-block last chunk), partial last tiles in M (4100) and N (4160),
+    the group sizes and biases: accumulators torch.equal, outputs bit for bit."""
+    n, k, m = 4160, 4224, 4100
+    wq, ws, qweight = _layer(n, k, wgroup, seed=7)
+    b = None if bias is None else torch.randn(n, device=DEV).to(dtype if bias == "x" else bias)
+    x = _x(m, k, dtype)
+    cfg = int8_kernel.WS_TILE
+    assert -(-n // 128) * -(-m // 128) > 8 * int8_kernel.sm_count(torch.cuda.current_device())
+    for act_bits in (6, 8):
+        if agroup == 128 and wgroup == 128:
+            acc = int8_kernel.int8_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
+            xq, _ = _quantize(x, wq.shape[1], act_bits, 128)
+            assert torch.equal(acc, block_int_gemm(xq, wq))
+            del acc
+        out = torch.full((m, n), float("nan"), dtype=dtype, device=DEV)
+        y = int8_kernel.int8_linear(x, qweight, ws, act_bits=act_bits, act_group_size=agroup,
+                                    weight_group_size=wgroup, bias=b, out=out, config=cfg)
+        _check_output(y, x, wq, ws, act_bits, agroup, wgroup, b)
 
 
 def test_wgmma_config_needs_hopper(monkeypatch):

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from flexq_cli.btc import TileConfig
-from flexq_cli.int8_kernel import WGMMA_TILE, GemvConfig, Int8Config, default_config
+from flexq_cli.int8_kernel import WGMMA_TILE, WS_TILE, GemvConfig, Int8Config, default_config
 from flexq_cli.resources import kernel_source, kernels_dir
 
 NVCC = shutil.which("nvcc")
@@ -90,16 +90,17 @@ def test_int8_gemv_variants_compile_without_spills(bf16, debug, tmp_path):
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 @pytest.mark.parametrize("act_bits,bf16,debug", VARIANTS)
 def test_int8_wgmma_variants_compile_without_spills(act_bits, bf16, debug, tmp_path):
-    """The Hopper mainloop, for sm_90a, one and two warpgroups: no spills, and ptxas keeps the wgmma asynchronous.
+    """The Hopper mainloops, for sm_90a, one and two warpgroups and warp-specialized (whose setmaxnreg ptxas would
+    ignore with a C75xx advisory): no spills, and ptxas keeps the wgmma asynchronous.
     When it cannot, it says so in a C75xx advisory (e.g. "(C7517) warpgroup.wait is injected ... to allow use of
     registers defined by GMMA", seen with nvcc 13.0 on a kernel that reads an accumulator in flight) or serializes
     the wgmma ("serialized")."""
     src = _pasted(tmp_path, "w6_int8_gemm.cu")
-    for cfg in (WGMMA_TILE, Int8Config(bm=64, bn=128, wm=1, wn=1, stages=5, wgmma=True)):
+    for cfg in (WGMMA_TILE, Int8Config(bm=64, bn=128, wm=1, wn=1, stages=5, wgmma=True), WS_TILE):
         defines = cfg.defines(act_bits, bf16, debug)
         assert "-arch=sm_90a" in defines
         log = _nvcc(src, *defines)
-        assert "i8_gemm_wgmma" in log and "serializ" not in log.lower(), log
+        assert cfg.kernel in log and "serializ" not in log.lower(), log
         assert "(C75" not in log, log
         _assert_no_spills(log)
 
