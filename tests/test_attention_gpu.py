@@ -103,6 +103,40 @@ def test_graph_replay_equals_eager():
     assert torch.equal(out, eager) and torch.equal(codes, packed[0]) and torch.equal(scales, packed[1])
 
 
+def test_graph_keeps_its_buffers_when_a_longer_view_grows_them():
+    """Generation captures one graph per view length, shortest first. A graph captured on small split buffers must
+    still replay correctly after a longer view (more keys, more CTAs per pair) replaced them with larger ones: the
+    old buffers stay allocated (attn_kernel._retired) and its writes land there, not in freed memory."""
+    g = torch.Generator(device=DEV).manual_seed(11)
+    old = attn_kernel._workspace.pop(torch.cuda.current_device(), None)  # start from buffers for the short view
+    if old is not None:
+        attn_kernel._retired.append(old)
+    short = _case(1, 4, 4, 128, 40, torch.float16, g)
+    long = _case(1, 4, 4, 128, 1300, torch.float16, g)
+    assert attn_kernel.split(4, 40)[0] < attn_kernel.split(4, 1300)[0]
+    eager, _ = decode_attention_cuda(*short, 0.1)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        decode_attention_cuda(*short, 0.1)  # warm-up on the capturing stream
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            out, _ = decode_attention_cuda(*short, 0.1)
+    torch.cuda.current_stream().wait_stream(stream)
+    small = attn_kernel._workspace[torch.cuda.current_device()]
+    long_out, _ = decode_attention_cuda(*long, 0.1)  # grows the buffers
+    assert attn_kernel._workspace[torch.cuda.current_device()][0].numel() > small[0].numel()
+    assert any(r[0] is small[0] for r in attn_kernel._retired)
+    filler = torch.full((1 << 24,), 7.0, device=DEV)  # allocations that would take freed memory
+    for _ in range(2):
+        out.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager)
+    again, _ = decode_attention_cuda(*long, 0.1)
+    assert torch.equal(again, long_out) and (filler == 7.0).all()
+
+
 def test_rejects_bad_arguments():
     g = torch.Generator(device=DEV).manual_seed(0)
     q, keys, values, mask = _case(2, 8, 4, 128, 40, torch.float16, g)
