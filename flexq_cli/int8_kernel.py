@@ -321,6 +321,11 @@ def _gemm(x2, xq, sx, qweight, w_scales, bias, y, *, act_bits, weight_group_size
     cl.launch(cl.function(dev, file, opts, cfg.kernel, smem), grid, (cfg.threads, 1, 1), args, smem, dev)
 
 
+def _tiled_acts(cfg: Int8Config | GemvConfig) -> bool:
+    """Whether the kernel of ``cfg`` reads ``quant_layout``'s tiled activations (the warp-specialized one)."""
+    return isinstance(cfg, Int8Config) and cfg.ws
+
+
 def _config(config: Int8Config | GemvConfig | None, m: int, n: int, kp: int, device: torch.device):
     if isinstance(config, GemvConfig) and m > config.max_tokens:
         raise ValueError(f"int8 gemv config {config} takes at most {config.max_tokens} tokens, got M={m}: "
@@ -357,7 +362,7 @@ def int8_linear(
     if x2.shape[0] == 0:
         return out
     cfg = _config(config, x2.shape[0], qweight.shape[0], kp, x.device)
-    tiled = isinstance(cfg, Int8Config) and cfg.ws
+    tiled = _tiled_acts(cfg)
     if packed is not None:
         if tiled:
             raise ValueError(f"int8 tile config {cfg} reads the tiled activation layout; a pack in the row layout "
@@ -378,6 +383,6 @@ def int8_block_accumulators(x: torch.Tensor, qweight: torch.Tensor, *, act_bits:
     if x2.shape[0] == 0:
         return acc
     cfg = _config(config, x2.shape[0], qweight.shape[0], acc.shape[0] * BLOCK_K, x.device)
-    xq, sx = quantize_activations(x2, acc.shape[0], act_bits, act_group_size, isinstance(cfg, Int8Config) and cfg.ws)
+    xq, sx = quantize_activations(x2, acc.shape[0], act_bits, act_group_size, _tiled_acts(cfg))
     _gemm(x2, xq, sx, qweight, scales, None, acc, act_bits=act_bits, weight_group_size=128, cfg=cfg, debug=True)
     return acc

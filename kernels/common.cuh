@@ -205,11 +205,14 @@ __device__ __forceinline__ void imma_first(int (&d)[4], const u32 (&a)[4], u32 b
 
 // One 128-K block's term of the canonical epilogue (reference.py) into its chunk's running sum: (float)acc from the
 // accumulator's MAGIC-biased bits (exact), times fp32(sx * sw), each multiply rounded; the chunk's first block
-// (kb == 0) starts the sum. The three INT8 mainloops (mma.sync, wgmma, the register-fed gemv) all end a block here.
-__device__ __forceinline__ void chunk_add_term(float& csum, int biased_acc, float sx, float sw, int kb) {
-    const float f = fadd_ieee(__int_as_float(biased_acc), -MAGIC_F);  // exact (float)acc
-    const float term = fmul_ieee(f, fmul_ieee(sx, sw));
+// (kb == 0) starts the sum. The INT8 mainloops all end a block here (chunk_add_term; the warp-specialized kernel,
+// whose accumulator starts from 0, converts it itself and calls chunk_add).
+__device__ __forceinline__ void chunk_add(float& csum, float acc, float sx, float sw, int kb) {
+    const float term = fmul_ieee(acc, fmul_ieee(sx, sw));
     csum = kb == 0 ? term : fadd_ieee(csum, term);
+}
+__device__ __forceinline__ void chunk_add_term(float& csum, int biased_acc, float sx, float sw, int kb) {
+    chunk_add(csum, fadd_ieee(__int_as_float(biased_acc), -MAGIC_F), sx, sw, kb);  // exact (float)acc
 }
 
 // The per-token scale (act_group_size -1) of row `xr`, reduced over the whole CTA of WARPS warps (all must call).

@@ -402,25 +402,32 @@ __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.s
 // that wgmma reads through; each thread fences its own writes before the barrier that publishes them.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
+// The 64 accumulator registers of an m64n128 wgmma: the PTX operand list %0..%63 and the asm operands d[0..63] with
+// constraint c ("+r": read and written, "=r": written only). Both wrappers below use them.
+#define WG_D64_PTX \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define WG_D64_OPERANDS(c) \
+    c(d[0]), c(d[1]), c(d[2]), c(d[3]), c(d[4]), c(d[5]), c(d[6]), c(d[7]), \
+    c(d[8]), c(d[9]), c(d[10]), c(d[11]), c(d[12]), c(d[13]), c(d[14]), c(d[15]), \
+    c(d[16]), c(d[17]), c(d[18]), c(d[19]), c(d[20]), c(d[21]), c(d[22]), c(d[23]), \
+    c(d[24]), c(d[25]), c(d[26]), c(d[27]), c(d[28]), c(d[29]), c(d[30]), c(d[31]), \
+    c(d[32]), c(d[33]), c(d[34]), c(d[35]), c(d[36]), c(d[37]), c(d[38]), c(d[39]), \
+    c(d[40]), c(d[41]), c(d[42]), c(d[43]), c(d[44]), c(d[45]), c(d[46]), c(d[47]), \
+    c(d[48]), c(d[49]), c(d[50]), c(d[51]), c(d[52]), c(d[53]), c(d[54]), c(d[55]), \
+    c(d[56]), c(d[57]), c(d[58]), c(d[59]), c(d[60]), c(d[61]), c(d[62]), c(d[63])
+
 // d (+)= A(64 x 32 s8) . B(128 x 32 s8)^T; scale_d == 0 starts from zero (a block's first k32 step).
 __device__ __forceinline__ void wgmma_m64n128k32(int (&d)[64], unsigned long long desc_a, unsigned long long desc_b,
                                                  int scale_d) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        WG_D64_PTX
         "}, %64, %65, p;\n}\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
-          "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
-          "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
-          "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
-          "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
-          "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
-          "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
-          "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+        : WG_D64_OPERANDS("+r")
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
@@ -474,6 +481,18 @@ __device__ __forceinline__ void wg_load_acts(const WgCopies& c, u32 st, int b) {
         cp_async16_zfill(st + c.x_dst + (((half + i) ^ (c.x_sw & 7)) << 4), c.x + (size_t)b * 128 + i * 16, live);
     if (c.sx) cp_async4(st + W_STAGE_SX + (threadIdx.x - (WTHREADS - I8_BM)) * 4, c.sx + b);
 }
+// One unpacked step of a weight row (unpack_step's registers for 32-K word w) into the row's 128 bytes of a swizzled
+// tile: logical 16-byte chunk c at chunk c ^ (row % 8) (wg_desc's 128-byte swizzle).
+__device__ __forceinline__ void store_swizzled_step(char* dst_row, int row, int w, const u32 (&r)[8]) {
+    *(uint4*)(dst_row + (((2 * w) ^ (row & 7)) << 4)) = make_uint4(r[0], r[2], r[4], r[6]);
+    *(uint4*)(dst_row + (((2 * w + 1) ^ (row & 7)) << 4)) = make_uint4(r[1], r[3], r[5], r[7]);
+}
+// The fp16 weight scale of (row, block b), from the aligned 4-byte word the copies brought, as float.
+__device__ __forceinline__ float weight_scale_of(const Args& a, u32 word, int row, int b) {
+    const size_t e = (size_t)row * a.ws_cols + (size_t)b * a.w_step;  // which half of the word
+    return half_to_float((u16)((e & 1) ? word >> 16 : word));
+}
+
 // Block b's packed records -> the swizzled int8 tile (same transpose as unpack_weights), and its weight scales as
 // floats (the epilogue then reads two rows' scales with one 8-byte load). Rows past N hold stale bits: never stored.
 __device__ __forceinline__ void wg_unpack(const Args& a, const char* st, char* wu, float* swf, int n0, int b) {
@@ -482,15 +501,10 @@ __device__ __forceinline__ void wg_unpack(const Args& a, const char* st, char* w
         const int item = threadIdx.x + it * WTHREADS, row = item >> 2, w = item & 3;
         u32 r[8];
         unpack_step((const u32*)(st + W_STAGE_WP + row * WP_STRIDE) + w, r);
-        char* dst = wu + row * 128;
-        *(uint4*)(dst + (((2 * w) ^ (row & 7)) << 4)) = make_uint4(r[0], r[2], r[4], r[6]);
-        *(uint4*)(dst + (((2 * w + 1) ^ (row & 7)) << 4)) = make_uint4(r[1], r[3], r[5], r[7]);
+        store_swizzled_step(wu + row * 128, row, w, r);
     }
-    for (int row = threadIdx.x; row < I8_BN; row += WTHREADS) {
-        const u32 word = *(const u32*)(st + W_STAGE_SW + row * 4);
-        const size_t e = (size_t)(n0 + row) * a.ws_cols + (size_t)b * a.w_step;  // which half of the word
-        swf[row] = half_to_float((u16)((e & 1) ? word >> 16 : word));
-    }
+    for (int row = threadIdx.x; row < I8_BN; row += WTHREADS)
+        swf[row] = weight_scale_of(a, *(const u32*)(st + W_STAGE_SW + row * 4), n0 + row, b);
 }
 
 #if I8_WGMMA == 1
@@ -628,7 +642,7 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 #ifndef I8_WS_DIAG
 #define I8_WS_DIAG 0  // timing experiments only (wrong results): 1 no unpack, 2 consumers skip MMAs and epilogue
 #endif
-#define S_PTHREADS 128  // one producer warpgroup (two, with 216-register consumers: no faster on the H100)
+#define S_PTHREADS 128  // one producer warpgroup, thread p doing row p's scale (two warpgroups: no faster, docs)
 #define S_THREADS (S_PTHREADS + 256)
 #define S_PRODUCER_REGS 40
 #define S_CONSUMER_REGS 232
@@ -654,19 +668,9 @@ __device__ __forceinline__ void wgmma_m64n128k32_first(int (&d)[64], unsigned lo
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        WG_D64_PTX
         "}, %64, %65, p;\n}\n"
-        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]), "=r"(d[4]), "=r"(d[5]), "=r"(d[6]), "=r"(d[7]),
-          "=r"(d[8]), "=r"(d[9]), "=r"(d[10]), "=r"(d[11]), "=r"(d[12]), "=r"(d[13]), "=r"(d[14]), "=r"(d[15]),
-          "=r"(d[16]), "=r"(d[17]), "=r"(d[18]), "=r"(d[19]), "=r"(d[20]), "=r"(d[21]), "=r"(d[22]), "=r"(d[23]),
-          "=r"(d[24]), "=r"(d[25]), "=r"(d[26]), "=r"(d[27]), "=r"(d[28]), "=r"(d[29]), "=r"(d[30]), "=r"(d[31]),
-          "=r"(d[32]), "=r"(d[33]), "=r"(d[34]), "=r"(d[35]), "=r"(d[36]), "=r"(d[37]), "=r"(d[38]), "=r"(d[39]),
-          "=r"(d[40]), "=r"(d[41]), "=r"(d[42]), "=r"(d[43]), "=r"(d[44]), "=r"(d[45]), "=r"(d[46]), "=r"(d[47]),
-          "=r"(d[48]), "=r"(d[49]), "=r"(d[50]), "=r"(d[51]), "=r"(d[52]), "=r"(d[53]), "=r"(d[54]), "=r"(d[55]),
-          "=r"(d[56]), "=r"(d[57]), "=r"(d[58]), "=r"(d[59]), "=r"(d[60]), "=r"(d[61]), "=r"(d[62]), "=r"(d[63])
+        : WG_D64_OPERANDS("=r")
         : "l"(desc_a), "l"(desc_b));
 }
 // A block's four k32 steps into d, operands at stage offsets a_off (64 token rows) and b_off (128 weight rows).
@@ -713,7 +717,7 @@ __device__ __forceinline__ void ws_copy_records(const Args& a, u32 slot, u32 lan
             bulk_copy(slot + S_P_REC + g * 1536, a.qweight + rec_index(n0 + 16 * g, b, a.NB) * 6, 1536, landed);
     }
     const int p = threadIdx.x;
-    if (p < 128 && n0 + p < a.N) {
+    if (n0 + p < a.N) {
         const size_t e = (size_t)(n0 + p) * a.ws_cols + (size_t)b * a.w_step;
         cp_async4(slot + S_P_SW + p * 4, a.w_scales + (e & ~(size_t)1));
     }
@@ -737,19 +741,13 @@ struct BlockWalk {
 __device__ __forceinline__ void ws_unpack(const Args& a, const char* slot, char* st, int n0, int b) {
     const int p = threadIdx.x;
 #pragma unroll 1  // the producer has 40 registers (unrolled by 4: 9% slower on the H100, 4096^2 x 2048)
-    for (int it = 0; it < 512 / S_PTHREADS; ++it) {
-        const int item = p + S_PTHREADS * it, row = item >> 2, w = item & 3;
+    for (int it = 0; it < 4; ++it) {
+        const int item = p + 128 * it, row = item >> 2, w = item & 3;
         u32 r[8];
         unpack_step((const u32*)(slot + S_P_REC + row * 96) + w, r);
-        char* dst = st + S_W + row * 128;
-        *(uint4*)(dst + (((2 * w) ^ (row & 7)) << 4)) = make_uint4(r[0], r[2], r[4], r[6]);
-        *(uint4*)(dst + (((2 * w + 1) ^ (row & 7)) << 4)) = make_uint4(r[1], r[3], r[5], r[7]);
+        store_swizzled_step(st + S_W + row * 128, row, w, r);
     }
-    if (p < 128) {
-        const u32 word = *(const u32*)(slot + S_P_SW + p * 4);
-        const size_t e = (size_t)(n0 + p) * a.ws_cols + (size_t)b * a.w_step;  // which half of the word
-        ((float*)(st + S_SWF))[p] = half_to_float((u16)((e & 1) ? word >> 16 : word));
-    }
+    ((float*)(st + S_SWF))[p] = weight_scale_of(a, *(const u32*)(slot + S_P_SW + p * 4), n0 + p, b);
 }
 
 // One block's epilogue for a consumer thread: its 64 accumulators (tokens 16 wq + g (+ 8), rows 8j + 2t (+ 1) of
@@ -771,10 +769,8 @@ __device__ __forceinline__ void ws_epilogue(const Args& a, const int (&acc)[64],
     for (int j = 0; j < 16; ++j) {
         const float2 sw = swp[4 * j];  // rows 8j + 2t and 8j + 2t + 1
 #pragma unroll
-        for (int i = 4 * j; i < 4 * j + 4; ++i) {
-            const float term = fmul_ieee((float)acc[i], fmul_ieee(sxv[(i >> 1) & 1], (i & 1) ? sw.y : sw.x));
-            csum[i] = kb == 0 ? term : fadd_ieee(csum[i], term);
-        }
+        for (int i = 4 * j; i < 4 * j + 4; ++i)  // (float)acc is exact: |acc| < 2^24
+            chunk_add(csum[i], (float)acc[i], sxv[(i >> 1) & 1], (i & 1) ? sw.y : sw.x, kb);
     }
 #endif
 }
@@ -846,7 +842,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
         pdl_trigger();
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(S_CONSUMER_REGS));
-        const int cw = wg - 1, lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+        const int cw = wg - 1;
         int q = 0;
         for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
             const int m0 = (tile % m_tiles) * 128, n0 = (tile / m_tiles) * 128;
@@ -858,9 +854,12 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
             continue;
 #endif
             int acc0[64], acc1[64];
-            float csum[64], yacc[64];
+            float csum[64];
+#if !I8_DEBUG_ACC
+            float yacc[64];
 #pragma unroll
             for (int i = 0; i < 64; ++i) yacc[i] = -0.f;
+#endif
             // Whole chunks (I8_CHUNK == 2): block c0 + 1's MMAs run during block c0's epilogue. One straight path
             // per chunk: with the odd last block inside the loop, ptxas saw a path leaving an MMA in flight and
             // injected a wait (C7517).
@@ -905,6 +904,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
             }
             if (tile + (int)gridDim.x >= tiles) pdl_trigger();  // this CTA's last tile: its stores remain
 #if !I8_DEBUG_ACC
+            const int lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
 #pragma unroll
             for (int i = 0; i < 64; i += 2) {
                 const int tok = m0 + cw * 64 + 16 * wq + g + 8 * ((i >> 1) & 1), row = n0 + 8 * (i >> 2) + 2 * t;
