@@ -5,8 +5,18 @@ fp16 out, activation quantize-and-pack included) on both kernels (BTC and INT8, 
 marked), cuBLAS fp16 (``torch.matmul``), cuBLAS int8
 (``torch._int_mm``, B column-major) and fp8 (``torch._scaled_mm``). Every op is validated against its reference
 before it is timed. Timing: each op is captured once in a CUDA graph (so host overhead stays out), warmed up,
-then replayed ``repeats`` times between CUDA events with L2 flushed before each (a 256 MB write); the median
-is reported with the achieved weight bandwidth next to a measured device-to-device copy bandwidth.
+then replayed between CUDA events with L2 flushed before each replay by reading a 256 MB buffer; the ops of one
+(shape, M) take turns, ``WARMUP_ROUNDS`` untimed rounds and then ``repeats`` timed ones, so that each sees the same
+clocks and memory state; the median is reported with the achieved weight bandwidth next to a measured
+device-to-device copy bandwidth.
+
+Why the flush reads (since 2026-11-23; it wrote the buffer before): a write leaves L2 full of dirty lines (up to its
+50 MB on the H100), and whatever op runs next writes them back to HBM while it streams its weights: about as many
+bytes as it reads, up to L2's size. On the H100 that charged a timed op time it does not cost (1.5 us on a 12 MB
+weight matrix, 7-10 us from 50 MB up: up to a fifth of a 70B layer's time at M = 1), and a decode step never pays
+it: before a GEMM, L2 holds the clean weight lines of the layers before it. A read evicts the weights as well (the
+times equal those after a 1 GB read, docs/kernel.md) and leaves clean lines. ``FLUSH_WRITES`` brings the old flush
+back for comparison.
 ``back_to_back`` adds FlexQ's method for M <= 16: 200 calls back to back on the same buffers, no flush, mean per
 call.
 """
@@ -29,6 +39,8 @@ from .reference import block_int_gemm, reference_linear
 
 OPS = ("W6A8/btc", "W6A8/int8", "W6A6/btc", "W6A6/int8", "fp16", "int8", "fp8")
 FLUSH_BYTES = 256 << 20
+FLUSH_WRITES = False  # True: flush by writing the buffer (the harness before 2026-11-23), for A/B runs only
+WARMUP_ROUNDS = 3
 B2B_CALLS = 200
 B2B_MAX_M = 16  # back-to-back timing is FlexQ's decode method: not worth 200 calls at prefill sizes
 
@@ -49,20 +61,36 @@ def _graph(fn, calls: int = 1) -> torch.cuda.CUDAGraph:
     return g
 
 
-def time_us(fn, repeats: int, flush: torch.Tensor | None) -> float:
-    """Median microseconds of one call, graph-replayed, L2 flushed before each repeat when ``flush`` is given."""
-    g = _graph(fn)
+def flush_l2(buf: torch.Tensor) -> None:
+    """Evict L2 by reading ``buf`` (FLUSH_BYTES, several times L2), leaving it clean (see the module docstring)."""
+    if FLUSH_WRITES:
+        buf.zero_()
+    else:
+        buf.view(torch.int64).sum()
+
+
+def time_ops(fns: dict, repeats: int, flush: torch.Tensor | None) -> dict:
+    """Median microseconds of one call of each op in ``fns`` (name -> fn), graph-replayed, L2 flushed before each
+    replay when ``flush`` is given. The ops take turns: WARMUP_ROUNDS untimed rounds, then ``repeats`` timed ones."""
+    graphs = {name: _graph(fn) for name, fn in fns.items()}
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeats):
-        if flush is not None:
-            flush.zero_()
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for r in range(WARMUP_ROUNDS + repeats):
+        for name, g in graphs.items():
+            if flush is not None:
+                flush_l2(flush)
+            start.record()
+            g.replay()
+            end.record()
+            end.synchronize()
+            if r >= WARMUP_ROUNDS:
+                times[name].append(start.elapsed_time(end) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def time_us(fn, repeats: int, flush: torch.Tensor | None) -> float:
+    """Median microseconds of one call, as ``time_ops`` times each of its ops."""
+    return time_ops({"op": fn}, repeats, flush)["op"]
 
 
 def time_back_to_back_us(fn) -> float:
@@ -170,7 +198,7 @@ def _bench_shape(n, k, ms, repeats, flush, back_to_back):
         ops = {f"W6A{a}/{kern}": (_kernel_op(kern, x, qweight, ws, wq, a), btc.weight_bytes(n, k))
                for a in (8, 6) for kern in KERNEL_OPS}
         ops.update(_baselines(x, w16))
-        times = {op: time_us(fn, repeats, flush) for op, (fn, _) in ops.items()}
+        times = time_ops({op: fn for op, (fn, _) in ops.items()}, repeats, flush)
         for op, (fn, nbytes) in ops.items():
             row = {"N": n, "K": k, "M": m, "op": op, "median_us": round(times[op], 2),
                    "weight_GBps": round(nbytes / times[op] / 1e3, 1),
@@ -199,6 +227,7 @@ def run_kernel_bench(shapes: list[tuple[int, int]], ms: list[int], *, repeats: i
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "device": torch.cuda.get_device_name(), "versions": _versions(),
               "copy_bandwidth_GBps": round(copy_bandwidth_GBps(), 1), "repeats": repeats, "flush_l2": flush_l2,
+              "flush": ("write" if FLUSH_WRITES else "read") if flush_l2 else "none",
               "rows": []}
     for n, k in shapes:
         result["rows"] += _bench_shape(n, k, ms, repeats, flush, back_to_back)

@@ -32,7 +32,7 @@ def command(
     models: Annotated[str, typer.Option(help="Comma-separated shape sets: llama2-7b, llama2-70b, llama3-8b, smollm2, all.")] = "llama2-7b,llama2-70b",
     m: Annotated[str, typer.Option("--m", help="Token counts M, comma-separated.")] = "1,2,4,8,16,32,64,128,256,512,1024,2048,4096",
     repeats: Annotated[int, typer.Option(help="Timed repeats per op (median reported).")] = 50,
-    flush_l2: Annotated[bool, typer.Option(help="Flush L2 between repeats (weights come from HBM, as in decode).")] = True,
+    flush_l2: Annotated[bool, typer.Option(help="Flush L2 before each timed run by reading a 256 MB buffer (weights come from HBM, as in decode).")] = True,
     back_to_back: Annotated[bool, typer.Option(help="Also time back-to-back runs on the same buffers (FlexQ's method).")] = False,
     json_out: JsonOut = None,
 ):
