@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Nsight Compute on the INT8 GEMM at prefill sizes, for each mainloop: one process per (config, shape) runs
 # int8_linear a few times, ncu reads the last GEMM launch (clocks left alone). Key lines to stdout, reports in $OUT.
-# Usage: scripts/gpu_int8_ncu.sh [M] [N:K ...]   (default M = 4096 on 4096 x 4096); CONFIGS="mma wgmma" (gemv: the
+# Usage: scripts/gpu_int8_ncu.sh [M] [N:K ...]   (default M = 4096 on 4096 x 4096); CONFIGS="mma wgmma" (ws: the
+# warp-specialized kernel, its activations quantized in the tiled layout; gemv: the
 # default config of the M, the register-fed kernel up to 16 tokens);
 # SOURCE=1 adds a --set full report per run and prints its stall samples by reason and the top SASS sites.
 set -uo pipefail
@@ -18,7 +19,8 @@ import sys, torch
 from flexq_cli import int8_kernel
 from flexq_cli.kernel_bench import _layer
 n, k, m = map(int, sys.argv[1:4])
-cfg = {"wgmma": int8_kernel.WGMMA_TILE, "mma": int8_kernel.Int8Config(), "gemv": None}[sys.argv[4]]
+cfg = {"wgmma": int8_kernel.WGMMA_TILE, "mma": int8_kernel.Int8Config(), "ws": int8_kernel.WS_TILE,
+       "gemv": None}[sys.argv[4]]
 wq, ws, qweight, w16 = _layer(n, k)
 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
 for _ in range(5):
