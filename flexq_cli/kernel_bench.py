@@ -8,12 +8,14 @@ before it is timed. Timing: each op is captured once in a CUDA graph (so host ov
 then replayed between CUDA events with L2 flushed before each replay by reading a 256 MB buffer; the ops of one
 (shape, M) take turns, ``WARMUP_ROUNDS`` untimed rounds and then ``repeats`` timed ones, so that each sees the same
 clocks and memory state; the median is reported with the achieved weight bandwidth next to a measured
-device-to-device copy bandwidth.
+device-to-device copy bandwidth. Taking turns spreads a slow stretch of the GPU (tens of milliseconds in which every
+op ran 10-60% slower, seen on the H100) over all the ops of a point instead of whichever op it was timing; a point
+it falls on is still off, and a rerun shows it.
 
 Why the flush reads (since 2026-11-23; it wrote the buffer before): a write leaves L2 full of dirty lines (up to its
 50 MB on the H100), and whatever op runs next writes them back to HBM while it streams its weights: about as many
-bytes as it reads, up to L2's size. On the H100 that charged a timed op time it does not cost (1.5 us on a 12 MB
-weight matrix, 7-10 us from 50 MB up: up to a fifth of a 70B layer's time at M = 1), and a decode step never pays
+bytes as it reads, up to L2's size. On the H100 that charged a timed op time it does not cost (1.9 us on a 12.6 MB
+weight matrix, 6.5-12 us from 50 MB up: up to a fifth of a 70B layer's time at M = 1), and a decode step never pays
 it: before a GEMM, L2 holds the clean weight lines of the layers before it. A read evicts the weights as well (the
 times equal those after a 1 GB read, docs/kernel.md) and leaves clean lines. ``FLUSH_WRITES`` brings the old flush
 back for comparison.
