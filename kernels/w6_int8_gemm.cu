@@ -617,8 +617,8 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 #if I8_WGMMA == 2
 // ================================================================ the warp-specialized wgmma GEMM (sm_90a)
 // Opt-in (int8_kernel.WS_TILE): exact, but on the H100 0.89-0.98x the mma.sync loop at M = 512..4096 (docs/kernel.md
-// times each side alone and profiles it: the consumers starve waiting on the producer's unpack and its per-block
-// barrier, while L2 runs at under a fifth of its bandwidth).
+// times each side alone and profiles it: the consumers starve waiting on the producer's unpack, while L2 runs at
+// under a fifth of its bandwidth).
 // The mainloops above run one 255-register CTA of 8 warps per SM that copies, unpacks, multiplies and does the
 // epilogue in turn, CTA barriers between; they are latency-bound. Here three warpgroups split the work and meet at
 // mbarriers only:
