@@ -169,8 +169,9 @@ def _round_up(v: int, m: int) -> int:
 # (0.97-1.01x on the H100 at M = 512..4096, docs/kernel.md), so default_config does not pick it: ask for it.
 WGMMA_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=4, wgmma=True)
 # The warp-specialized persistent wgmma kernel (i8_gemm_ws): a producer warpgroup copies (bulk copies of the tiled
-# activations) and unpacks, two consumer warpgroups multiply and run the epilogue, mbarriers between. Exact, but
-# 0.89-0.98x the mma.sync tile on the H100 at M = 512..4096 (docs/kernel.md): opt-in, as WGMMA_TILE.
+# activations) and unpacks, two consumer warpgroups multiply and run the epilogue, mbarriers between. Exact, and
+# 0.99-1.10x the mma.sync tile on the H100 at M = 512..4096 (docs/kernel.md), but opt-in, as WGMMA_TILE: it reads the
+# tiled activation layout, which the RMSNorm kernel's pack (handed to the next linear) does not write yet.
 WS_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=5, wgmma=True, ws=True)
 
 

@@ -616,9 +616,9 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 
 #if I8_WGMMA == 2
 // ================================================================ the warp-specialized wgmma GEMM (sm_90a)
-// Opt-in (int8_kernel.WS_TILE): exact, but on the H100 0.89-0.98x the mma.sync loop at M = 512..4096 (docs/kernel.md
-// times each side alone and profiles it: the consumers starve waiting on the producer's unpack, while L2 runs at
-// under a fifth of its bandwidth).
+// Opt-in (int8_kernel.WS_TILE): exact; on the H100 0.99-1.10x the mma.sync loop at M = 512..4096 since its record
+// copies are issued by eight lanes (docs/kernel.md times each side alone and profiles it: the consumers wait on the
+// producer, while L2 runs at under a fifth of its bandwidth).
 // The mainloops above run one 255-register CTA of 8 warps per SM that copies, unpacks, multiplies and does the
 // epilogue in turn, CTA barriers between; they are latency-bound. Here three warpgroups split the work and meet at
 // mbarriers only:
@@ -705,17 +705,18 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
                  ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
 }
 
-// The producer's copies. Thread 0 issues the bulk copies: block b's packed records of rows n0.. (whole 16-row
-// groups, 1536 contiguous bytes each in qweight) into a ring slot, completing on `landed`; block b's tiled activation
+// The producer's copies. Lane g of the first producer warp bulk-copies block b's packed records of rows n0 + 16g ..
+// (a whole 16-row group, 1536 contiguous bytes in qweight) into a ring slot, completing on `landed`: issued by one
+// thread, the eight copies and their address arithmetic held the whole producer up at its per-block barrier (ncu
+// stall samples; 9-13% of the kernel's time on the H100, docs/kernel.md). Thread 0 copies block b's tiled activation
 // codes and scales of token tile mt (i8_act_quant's tiled layout: 16 KB and 512 B) into a stage, completing on
 // `full`. Every thread p copies the word holding row n0 + p's weight scale (cp.async: the scales are strided).
 __device__ __forceinline__ void ws_copy_records(const Args& a, u32 slot, u32 landed, int n0, int b) {
-    if (threadIdx.x == 0) {
-        const int groups = min(8, (a.N - n0) >> 4);
+    const int groups = min(8, (a.N - n0) >> 4), g = threadIdx.x;
+    if (g == 0) mbar_expect_tx(landed, groups * 1536);
+    if (g < groups) {  // lane g copies group g (a complete_tx may come before the expect_tx: the arrival holds it)
         fence_proxy_async();  // the slot's last reads (the unpack, generic proxy) before the copy engine's writes
-        mbar_expect_tx(landed, groups * 1536);
-        for (int g = 0; g < groups; ++g)
-            bulk_copy(slot + S_P_REC + g * 1536, a.qweight + rec_index(n0 + 16 * g, b, a.NB) * 6, 1536, landed);
+        bulk_copy(slot + S_P_REC + g * 1536, a.qweight + rec_index(n0 + 16 * g, b, a.NB) * 6, 1536, landed);
     }
     const int p = threadIdx.x;
     if (n0 + p < a.N) {
