@@ -708,9 +708,10 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
 // The producer's copies. Lane g of the first producer warp bulk-copies block b's packed records of rows n0 + 16g ..
 // (a whole 16-row group, 1536 contiguous bytes in qweight) into a ring slot, completing on `landed`: issued by one
 // thread, the eight copies and their address arithmetic held the whole producer up at its per-block barrier (ncu
-// stall samples; 9-13% of the kernel's time on the H100, docs/kernel.md). Thread 0 copies block b's tiled activation
-// codes and scales of token tile mt (i8_act_quant's tiled layout: 16 KB and 512 B) into a stage, completing on
-// `full`. Every thread p copies the word holding row n0 + p's weight scale (cp.async: the scales are strided).
+// stall samples; spread over eight lanes the kernel ran 1.09-1.13x faster on the H100, docs/kernel.md). Thread 0
+// copies block b's tiled activation codes and scales of token tile mt (i8_act_quant's tiled layout: 16 KB and 512 B)
+// into a stage, completing on `full`. Every thread p copies the word holding row n0 + p's weight scale (cp.async:
+// the scales are strided).
 __device__ __forceinline__ void ws_copy_records(const Args& a, u32 slot, u32 landed, int n0, int b) {
     const int groups = min(8, (a.N - n0) >> 4), g = threadIdx.x;
     if (g == 0) mbar_expect_tx(landed, groups * 1536);
