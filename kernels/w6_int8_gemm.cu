@@ -622,12 +622,12 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 // The mainloops above run one 255-register CTA of 8 warps per SM that copies, unpacks, multiplies and does the
 // epilogue in turn, CTA barriers between; they are latency-bound. Here three warpgroups split the work and meet at
 // mbarriers only:
-// - warpgroup 0, the producer (setmaxnreg: S_PRODUCER_REGS registers): thread 0 issues bulk copies (the copy engine)
-//   of each block's packed weight records (into a ring of S_PRING slots, S_AHEAD blocks ahead; `landed` barriers) and
-//   of its activation codes and scales, which i8_act_quant wrote tiled and swizzled for this kernel (straight into a
-//   stage, S_AHEAD_A blocks ahead, completing on the stage's `full` barrier); every thread copies one weight-scale
-//   word (cp.async), unpacks its share of the records into the stage's swizzled int8 tile (wg_unpack's transpose),
-//   fences its stores to the async proxy and arrives on `full`;
+// - warpgroup 0, the producer (setmaxnreg: S_PRODUCER_REGS registers): its first eight lanes issue bulk copies (the
+//   copy engine) of each block's packed weight records (into a ring of S_PRING slots, S_AHEAD blocks ahead; `landed`
+//   barriers), thread 0 those of its activation codes and scales, which i8_act_quant wrote tiled and swizzled for
+//   this kernel (straight into a stage, S_AHEAD_A blocks ahead, completing on the stage's `full` barrier); every
+//   thread copies one weight-scale word (cp.async), unpacks its share of the records into the stage's swizzled int8
+//   tile (wg_unpack's transpose), fences its stores to the async proxy and arrives on `full`;
 // - warpgroups 1 and 2, the consumers (S_CONSUMER_REGS registers), 64 tokens x 128 rows each: a chunk's two blocks'
 //   wgmma into two register accumulators, the second issued before the first's epilogue (which then overlaps it),
 //   each stage released (`empty`, one arrival per consumer thread) after its epilogue has read its scales.
