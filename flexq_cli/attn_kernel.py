@@ -102,13 +102,13 @@ def decode_attention_cuda(q: torch.Tensor, keys: torch.Tensor, values: torch.Ten
                              f"{tuple(mask.shape)}")
     if quant_bits is not None and (d != 128 or quant_bits not in (6, 8)):
         raise ValueError(f"the fused quantize needs D = 128 and 6 or 8 bits, got D = {d}, {quant_bits} bits")
+    if n == 0 and b * h:
+        raise ValueError("attention over zero keys")
     out = torch.empty((b, 1, h * d), dtype=q.dtype, device=dev)
     packed = None
     if quant_bits is not None:
         packed = (torch.empty((b, h * d), dtype=torch.int8, device=dev),
                   torch.empty((b, h), dtype=torch.float32, device=dev))
-    if n == 0 and b * h:
-        raise ValueError("attention over zero keys")
     if b * h == 0:
         return out, packed
     s, chunk = split(b * h, n)

@@ -166,7 +166,7 @@ def _round_up(v: int, m: int) -> int:
 
 
 # The Hopper mainloop's tile: two warpgroups, 128 tokens x 128 rows. Exact; against the mma.sync tile on the H100 at
-# M = 512..4096 0.97-1.01x in the tenth session's runs, 1.00-1.10x in the seventeenth's (docs/kernel.md).
+# M = 512..4096 0.97-1.01x in the tenth session's runs, 1.01-1.11x in the seventeenth's (docs/kernel.md).
 # default_config does not pick it: ask for it.
 WGMMA_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=4, wgmma=True)
 # The warp-specialized persistent wgmma kernel (i8_gemm_ws): a producer warpgroup copies (bulk copies of the tiled
