@@ -159,8 +159,8 @@ def test_rejects_bad_arguments():
 @pytest.mark.parametrize("quantized", [None, "w6a8"])
 def test_decode_step_tracks_transformers_attention(quantized, monkeypatch):
     """A left-padded batch decoded (the same tokens fed) through KernelAttention with the decode kernel and with
-    transformers' attention function: logits within the stated bound, and in the quantized model o_proj takes the kernel's pack (so its
-    output is what o_proj gives on the kernel's attention output alone)."""
+    transformers' attention function: logits within the stated bound, and in the quantized model o_proj takes the
+    kernel's pack (so its output is what o_proj gives on the kernel's attention output alone)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from flexq_cli.arch import spec_for_config
