@@ -89,7 +89,7 @@ class Int8Config:
         mbarriers (.cu, S_BARS)."""
         if self.ws:
             return 1024 + self.stages * _round_up(2 * 128 * 128 + 2 * 128 * 4, 1024) + 4 * (128 * 96 + 128 * 4) \
-                + (2 * self.stages + 4) * 8
+                + (2 * self.stages + 2 * 4) * 8
         if self.wgmma:
             head = _round_up(2 * self.bn * 128 + 2 * self.bn * 4, 1024)
             stage = _round_up(self.bm * 128 + self.bn * 112 + self.bm * 4 + self.bn * 4, 1024)

@@ -493,6 +493,26 @@ __device__ __forceinline__ float weight_scale_of(const Args& a, u32 word, int ro
     return half_to_float((u16)((e & 1) ? word >> 16 : word));
 }
 
+// A warpgroup's m64n128 fragment, 64 registers per thread: register i holds token 16 wq + g + 8 ((i >> 1) & 1) of the
+// warpgroup's 64 tokens (from tok0) and row 8 (i >> 2) + 2t + (i & 1) of its 128 rows (from n0); wq is the warp in
+// the warpgroup, g and t the lane's quad and place in it. Both wgmma kernels store their tiles through these.
+__device__ __forceinline__ void wg_store_acc(const Args& a, const int (&acc)[64], int tok0, int n0, int b) {
+    const int lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {  // debug: block b's int32 accumulators
+        const int tok = tok0 + 16 * wq + g + 8 * ((i >> 1) & 1), row = n0 + 8 * (i >> 2) + 2 * t + (i & 1);
+        if (tok < a.M && row < a.N) ((int*)a.y)[((size_t)b * a.M + tok) * a.N + row] = acc[i];
+    }
+}
+__device__ __forceinline__ void wg_store_out(const Args& a, const float (&yacc)[64], int tok0, int n0) {
+    const int lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 64; i += 2) {
+        const int tok = tok0 + 16 * wq + g + 8 * ((i >> 1) & 1), row = n0 + 8 * (i >> 2) + 2 * t;
+        if (tok < a.M && row < a.N) store_pair(a, tok, row, yacc[i], yacc[i + 1]);
+    }
+}
+
 // Block b's packed records -> the swizzled int8 tile (same transpose as unpack_weights), and its weight scales as
 // floats (the epilogue then reads two rows' scales with one 8-byte load). Rows past N hold stale bits: never stored.
 __device__ __forceinline__ void wg_unpack(const Args& a, const char* st, char* wu, float* swf, int n0, int b) {
@@ -517,8 +537,10 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
     char* wu_buf = smem;
     float* swf_buf = (float*)(smem + W_SWF);
     char* stages = smem + W_HEAD;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wg = warp >> 2, wq = warp & 3;
-    const int g = lane >> 2, t = lane & 3;
+    const int wg = threadIdx.x >> 7;
+#if !I8_DEBUG_ACC
+    const int lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;  // the epilogue's
+#endif
     const int m0 = blockIdx.y * I8_BM, n0 = blockIdx.x * I8_BN;
 
     const WgCopies cp = wg_copies(a, m0, n0);
@@ -575,12 +597,7 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
             }
             wgmma_wait0();
 #if I8_DEBUG_ACC
-#pragma unroll
-            for (int i = 0; i < 64; ++i) {
-                const int tok = m0 + wg * 64 + 16 * wq + g + 8 * ((i >> 1) & 1);
-                const int row = n0 + 8 * (i >> 2) + 2 * t + (i & 1);
-                if (tok < a.M && row < a.N) ((int*)a.y)[((size_t)b * a.M + tok) * a.N + row] = acc[i];
-            }
+            wg_store_acc(a, acc, m0 + wg * 64, n0, b);
 #else
             const float* sxs =
                 (const float*)(stages + (b % I8_STAGES) * W_STAGE_BYTES + W_STAGE_SX) + wg * 64 + 16 * wq + g;
@@ -605,29 +622,30 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
     pdl_trigger();
 
 #if !I8_DEBUG_ACC
-#pragma unroll
-    for (int i = 0; i < 64; i += 2) {
-        const int tok = m0 + wg * 64 + 16 * wq + g + 8 * ((i >> 1) & 1), row = n0 + 8 * (i >> 2) + 2 * t;
-        if (tok < a.M && row < a.N) store_pair(a, tok, row, yacc[i], yacc[i + 1]);
-    }
+    wg_store_out(a, yacc, m0 + wg * 64, n0);
 #endif
 }
 #endif  // I8_WGMMA == 1
 
 #if I8_WGMMA == 2
 // ================================================================ the warp-specialized wgmma GEMM (sm_90a)
-// Opt-in (int8_kernel.WS_TILE): exact; on the H100 0.99-1.10x the mma.sync loop at M = 512..4096 since its record
-// copies are issued by eight lanes (docs/kernel.md times each side alone and profiles it: the consumers wait on the
-// producer, while L2 runs at under a fifth of its bandwidth).
+// int8_kernel.WS_TILE, the default from 65 tokens on Hopper: exact; on the H100 1.35-1.68x the mma.sync loop at every
+// M from 65 to 4096 on the 7B/70B, LLaMA-3-8B and SmolLM2 linears (docs/kernel.md).
 // The mainloops above run one 255-register CTA of 8 warps per SM that copies, unpacks, multiplies and does the
 // epilogue in turn, CTA barriers between; they are latency-bound. Here three warpgroups split the work and meet at
 // mbarriers only:
-// - warpgroup 0, the producer (setmaxnreg: S_PRODUCER_REGS registers): its first eight lanes issue bulk copies (the
-//   copy engine) of each block's packed weight records (into a ring of S_PRING slots, S_AHEAD blocks ahead; `landed`
-//   barriers), thread 0 those of its activation codes and scales, which i8_act_quant wrote tiled and swizzled for
-//   this kernel (straight into a stage, S_AHEAD_A blocks ahead, completing on the stage's `full` barrier); every
-//   thread copies one weight-scale word (cp.async), unpacks its share of the records into the stage's swizzled int8
-//   tile (wg_unpack's transpose), fences its stores to the async proxy and arrives on `full`;
+// - warpgroup 0, the producer (setmaxnreg: S_PRODUCER_REGS registers), in two roles:
+//   - warp 3 only copies. For block q it waits until ring slot q % S_PRING is free (`consumed`: block q - S_PRING
+//     unpacked), bulk-copies the block's packed weight records into it (the copy engine, lane g a 16-row group) and
+//     cp.asyncs the words holding its weight scales, all completing on the slot's `landed`; then it waits until
+//     stage q % S_STAGES is released (`empty`) and bulk-copies the block's activation codes and scales, which
+//     i8_act_quant wrote tiled and swizzled for this kernel, straight into the stage,
+//     completing on its `full`. So it runs up to S_PRING blocks ahead of the unpack.
+//   - warps 0-2 (S_UNPACKERS threads) only unpack: block q's records, once landed and once its stage is released,
+//     into the stage's swizzled int8 tile (wg_unpack's transpose) and its float weight scales; each thread fences its
+//     stores to the async proxy and arrives on `full` and on `consumed`.
+//   Before, every producer thread unpacked and copied, meeting at a named barrier per block: on the H100 the
+//   kernel was 1.27-1.33x slower (docs/kernel.md).
 // - warpgroups 1 and 2, the consumers (S_CONSUMER_REGS registers), 64 tokens x 128 rows each: a chunk's two blocks'
 //   wgmma into two register accumulators, the second issued before the first's epilogue (which then overlaps it),
 //   each stage released (`empty`, one arrival per consumer thread) after its epilogue has read its scales.
@@ -638,15 +656,15 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 // the int-to-float of a |value| < 2^24).
 #define S_STAGES I8_STAGES
 #define S_PRING 4
-#define S_AHEAD 3    // records copied this many blocks ahead: < S_PRING, refilled once everybody has unpacked it
-#define S_AHEAD_A 2  // activations: this many ahead (<= S_AHEAD; the stage must have been released)
 #ifndef I8_WS_DIAG
 #define I8_WS_DIAG 0  // timing experiments only (wrong results): 1 no unpack, 2 consumers skip MMAs and epilogue
 #endif
-#define S_PTHREADS 128  // one producer warpgroup, thread p doing row p's scale (two warpgroups: no faster, docs)
+#define S_PTHREADS 128       // the producer warpgroup
+#define S_UNPACKERS 96       // its warps 0-2; warp 3 copies
+#define S_UNPACK_ITEMS 6     // (row, 32-K word) items per unpacking thread: 512 per block, the last 32 threads idle
 #define S_THREADS (S_PTHREADS + 256)
-#define S_PRODUCER_REGS 40
-#define S_CONSUMER_REGS 232
+#define S_PRODUCER_REGS 56   // all six items' registers live at once (40 and items one by one: 1.27-1.33x slower)
+#define S_CONSUMER_REGS 224
 #define S_A 0                      // 128 token rows of 128 B, swizzled (one bulk copy of the tiled codes)
 #define S_W (128 * 128)            // 128 unpacked weight rows of 128 B, swizzled
 #define S_SX (2 * 128 * 128)       // 128 float activation scales (one bulk copy)
@@ -656,8 +674,8 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 #define S_P_SW (128 * 96)          // and the 4-byte words holding the 128 fp16 weight scales
 #define S_P_BYTES (S_P_SW + 128 * 4)
 #define S_RING (S_STAGES * S_STAGE_BYTES)
-#define S_BARS (S_RING + S_PRING * S_P_BYTES)  // full[S_STAGES], empty[S_STAGES], landed[S_PRING]: 8-byte mbarriers
-static_assert(S_AHEAD < S_PRING && S_AHEAD_A <= S_AHEAD && S_AHEAD_A >= 1, "ws copy plan");
+#define S_BARS (S_RING + S_PRING * S_P_BYTES)  // full[S_STAGES], empty[S_STAGES], landed[S_PRING], consumed[S_PRING]
+static_assert(S_UNPACKERS * S_UNPACK_ITEMS >= 512 && S_UNPACKERS * (S_UNPACK_ITEMS - 1) < 512, "ws unpack plan");
 // setmaxnreg moves registers within the CTA's launch allocation (384 threads x 168 = 64,512)
 static_assert(S_PTHREADS * S_PRODUCER_REGS + 256 * S_CONSUMER_REGS <= 384 * 168, "ws register plan");
 static_assert(I8_CHUNK == 2, "ws: the consumers pair a chunk's blocks");
@@ -694,7 +712,6 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
         "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
         "@!p bra WAIT;\n}\n" ::"r"(bar), "r"(parity) : "memory");
 }
-__device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(S_PTHREADS) : "memory"); }
 // One arrival that also expects `bytes` more of bulk-copy transactions before the phase can complete.
 __device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
@@ -705,26 +722,29 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
                  ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
 }
 
-// The producer's copies. Lane g of the first producer warp bulk-copies block b's packed records of rows n0 + 16g ..
-// (a whole 16-row group, 1536 contiguous bytes in qweight) into a ring slot, completing on `landed`: issued by one
-// thread, the eight copies and their address arithmetic held the whole producer up at its per-block barrier (ncu
-// stall samples; spread over eight lanes the kernel ran 1.09-1.13x faster on the H100, docs/kernel.md). Thread 0
-// copies block b's tiled activation codes and scales of token tile mt (i8_act_quant's tiled layout: 16 KB and 512 B)
-// into a stage, completing on `full`. Every thread p copies the word holding row n0 + p's weight scale (cp.async:
-// the scales are strided).
-__device__ __forceinline__ void ws_copy_records(const Args& a, u32 slot, u32 landed, int n0, int b) {
-    const int groups = min(8, (a.N - n0) >> 4), g = threadIdx.x;
-    if (g == 0) mbar_expect_tx(landed, groups * 1536);
-    if (g < groups) {  // lane g copies group g (a complete_tx may come before the expect_tx: the arrival holds it)
-        fence_proxy_async();  // the slot's last reads (the unpack, generic proxy) before the copy engine's writes
-        bulk_copy(slot + S_P_REC + g * 1536, a.qweight + rec_index(n0 + 16 * g, b, a.NB) * 6, 1536, landed);
-    }
-    const int p = threadIdx.x;
-    if (n0 + p < a.N) {
-        const size_t e = (size_t)(n0 + p) * a.ws_cols + (size_t)b * a.w_step;
-        cp_async4(slot + S_P_SW + p * 4, a.w_scales + (e & ~(size_t)1));
-    }
+// The copy warp's copies of block b (weight rows n0 .., token tile mt). Lane g bulk-copies the packed records of rows
+// n0 + 16g .. (a whole 16-row group, 1536 contiguous bytes in qweight) into ring slot `slot`, lane 0 arriving with the
+// bytes to expect (a complete_tx may come first: the pending arrival holds the phase); every lane cp.asyncs the
+// words holding four rows' weight scales (strided in w_scales) and has `landed` count its cp.asyncs as one arrival.
+__device__ __forceinline__ void cp_async_mbar_arrive(u32 bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
+__device__ __forceinline__ void ws_copy_records(const Args& a, u32 slot, u32 landed, int n0, int b, int lane) {
+    const int groups = min(8, (a.N - n0) >> 4);
+    if (lane == 0) mbar_expect_tx(landed, groups * 1536);
+    if (lane < groups) {
+        fence_proxy_async();  // the slot's last reads (the unpack, generic proxy) before the copy engine's writes
+        bulk_copy(slot + S_P_REC + lane * 1536, a.qweight + rec_index(n0 + 16 * lane, b, a.NB) * 6, 1536, landed);
+    }
+#pragma unroll
+    for (int p = lane; p < 128; p += 32)
+        if (n0 + p < a.N) {
+            const size_t e = (size_t)(n0 + p) * a.ws_cols + (size_t)b * a.w_step;
+            cp_async4(slot + S_P_SW + p * 4, a.w_scales + (e & ~(size_t)1));
+        }
+    cp_async_mbar_arrive(landed);
+}
+// Lane 0: block b's tiled activation codes and scales of token tile mt (16 KB and 512 B) into a stage, on `full`.
 __device__ __forceinline__ void ws_copy_acts(const Args& a, u32 st, u32 full, int mt, int b) {
     const size_t tb = (size_t)mt * a.NB + b;
     mbar_expect_tx(full, 128 * 128 + 128 * 4);
@@ -732,39 +752,30 @@ __device__ __forceinline__ void ws_copy_acts(const Args& a, u32 st, u32 full, in
     bulk_copy(st + S_SX, a.sx + tb * 128, 128 * 4, full);
 }
 
-// A walk over this CTA's (tile, block) pairs in order: tiles blockIdx.x, + gridDim.x, ..., token tiles fastest.
-struct BlockWalk {
-    int tile, b;
-    __device__ void next(int nb) {
-        if (++b == nb) b = 0, tile += gridDim.x;
-    }
-};
-
-// Ring slot -> the stage's swizzled int8 weight tile and float weight scales (wg_unpack's work, 128 threads).
+// Ring slot -> the stage's swizzled int8 weight tile and float weight scales (wg_unpack's work, S_UNPACKERS threads).
 __device__ __forceinline__ void ws_unpack(const Args& a, const char* slot, char* st, int n0, int b) {
     const int p = threadIdx.x;
-#pragma unroll 1  // the producer has 40 registers (unrolled by 4: 9% slower on the H100, 4096^2 x 2048)
-    for (int it = 0; it < 4; ++it) {
-        const int item = p + 128 * it, row = item >> 2, w = item & 3;
-        u32 r[8];
-        unpack_step((const u32*)(slot + S_P_REC + row * 96) + w, r);
-        store_swizzled_step(st + S_W + row * 128, row, w, r);
+#pragma unroll
+    for (int it = 0; it < S_UNPACK_ITEMS; ++it) {
+        const int item = p + S_UNPACKERS * it, row = item >> 2, w = item & 3;
+        if (it < S_UNPACK_ITEMS - 1 || item < 512) {
+            u32 r[8];
+            unpack_step((const u32*)(slot + S_P_REC + row * 96) + w, r);
+            store_swizzled_step(st + S_W + row * 128, row, w, r);
+        }
     }
-    ((float*)(st + S_SWF))[p] = weight_scale_of(a, *(const u32*)(slot + S_P_SW + p * 4), n0 + p, b);
+    for (int r = p; r < 128; r += S_UNPACKERS)
+        ((float*)(st + S_SWF))[r] = weight_scale_of(a, *(const u32*)(slot + S_P_SW + r * 4), n0 + r, b);
 }
 
 // One block's epilogue for a consumer thread: its 64 accumulators (tokens 16 wq + g (+ 8), rows 8j + 2t (+ 1) of
 // its warpgroup's 64 x 128) into the chunk sum, from the stage's scales; or, debug, the accumulators to y.
 __device__ __forceinline__ void ws_epilogue(const Args& a, const int (&acc)[64], float (&csum)[64], const char* st,
                                             int cw, int m0, int n0, int b, int kb) {
-    const int lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
 #if I8_DEBUG_ACC
-#pragma unroll
-    for (int i = 0; i < 64; ++i) {
-        const int tok = m0 + cw * 64 + 16 * wq + g + 8 * ((i >> 1) & 1), row = n0 + 8 * (i >> 2) + 2 * t + (i & 1);
-        if (tok < a.M && row < a.N) ((int*)a.y)[((size_t)b * a.M + tok) * a.N + row] = acc[i];
-    }
+    wg_store_acc(a, acc, m0 + cw * 64, n0, b);
 #else
+    const int lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
     const float* sxs = (const float*)(st + S_SX) + cw * 64 + 16 * wq + g;
     const float sxv[2] = {sxs[0], sxs[8]};
     const float2* swp = (const float2*)(st + S_SWF) + t;
@@ -785,15 +796,18 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
     extern __shared__ __align__(1024) char smem_raw[];
     char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);  // swizzle atoms need 1024 alignment
     const u32 base = smem_addr(smem), full = base + S_BARS, empty = full + 8 * S_STAGES;
-    const u32 landed = empty + 8 * S_STAGES;
+    const u32 landed = empty + 8 * S_STAGES, consumed = landed + 8 * S_PRING;
     const int wg = threadIdx.x >> 7;
     const int m_tiles = (M + 127) >> 7, tiles = m_tiles * ((N + 127) >> 7);
     if (threadIdx.x == 0) {
         for (int s = 0; s < S_STAGES; ++s) {
-            mbar_init(full + 8 * s, S_PTHREADS + 1);  // the producers' unpacks, thread 0's bulk copy
-            mbar_init(empty + 8 * s, 256);     // the consumers
+            mbar_init(full + 8 * s, S_UNPACKERS + 1);  // the unpacks, the activations' bulk copies
+            mbar_init(empty + 8 * s, 256);              // the consumers
         }
-        for (int s = 0; s < S_PRING; ++s) mbar_init(landed + 8 * s, 1);
+        for (int s = 0; s < S_PRING; ++s) {
+            mbar_init(landed + 8 * s, 1 + 32);  // the records' bulk copies, each copy lane's cp.asyncs
+            mbar_init(consumed + 8 * s, S_UNPACKERS);
+        }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -802,46 +816,36 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(S_PRODUCER_REGS));
         // Blocks are numbered on across this CTA's tiles: block q is stage q % S_STAGES and ring slot q % S_PRING.
-        // Iteration q unpacks block q, then copies the records of block q + S_AHEAD (into the slot of block q - 1,
-        // which everybody has unpacked) and the activations of block q + S_AHEAD_A (into its stage, once the
-        // consumers have released it), and commits one cp.async group (the weight-scale words).
-        BlockWalk wr{(int)blockIdx.x, 0}, wa = wr;  // the next block to copy: records, activations
-        int q = 0;                                   // the block being unpacked
-        auto copy = [&](bool records, bool acts) {
-            if (records && wr.tile < tiles) {
-                const int slot = (q + S_AHEAD) % S_PRING;
-                ws_copy_records(a, base + S_RING + slot * S_P_BYTES, landed + 8 * slot, (wr.tile / m_tiles) * 128,
-                                wr.b);
-                wr.next(NB);
-            }
-            if (acts && wa.tile < tiles) {
-                if (threadIdx.x == 0) {
-                    const int qa = q + S_AHEAD_A, s = qa % S_STAGES;
-                    mbar_wait(empty + 8 * s, ((qa / S_STAGES) & 1) ^ 1);  // its last use has been released
-                    ws_copy_acts(a, base + s * S_STAGE_BYTES, full + 8 * s, wa.tile % m_tiles, wa.b);
+        int q = 0;
+        if (threadIdx.x >= S_UNPACKERS) {  // the copy warp
+            const int lane = threadIdx.x - S_UNPACKERS;
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                const int mt = tile % m_tiles, n0 = (tile / m_tiles) * 128;
+                for (int b = 0; b < NB; ++b, ++q) {
+                    const int slot = q % S_PRING, s = q % S_STAGES;
+                    mbar_wait(consumed + 8 * slot, ((q / S_PRING) & 1) ^ 1);  // block q - S_PRING unpacked
+                    ws_copy_records(a, base + S_RING + slot * S_P_BYTES, landed + 8 * slot, n0, b, lane);
+                    mbar_wait(empty + 8 * s, ((q / S_STAGES) & 1) ^ 1);  // block q - S_STAGES released
+                    if (lane == 0) ws_copy_acts(a, base + s * S_STAGE_BYTES, full + 8 * s, mt, b);
                 }
-                wa.next(NB);
             }
-            cp_async_commit();
-        };
-        for (q = -S_AHEAD; q < 0; ++q) copy(true, false);  // the records of blocks 0 .. S_AHEAD - 1
-        for (q = -S_AHEAD_A; q < 0; ++q) copy(false, true);  // the activations of blocks 0 .. S_AHEAD_A - 1
-        for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-            const int n0 = (tile / m_tiles) * 128;
-            for (int b = 0; b < NB; ++b, ++q) {
-                const int slot = q % S_PRING, s = q % S_STAGES;
-                cp_async_wait<S_AHEAD - 1>();  // this thread's weight-scale word of block q has landed
-                producer_sync();  // everybody has unpacked block q - 1; thread 0 has seen block q's stage released
-                mbar_wait(landed + 8 * slot, (q / S_PRING) & 1);  // the records of block q
+            cp_async_wait<0>();
+        } else {
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                const int n0 = (tile / m_tiles) * 128;
+                for (int b = 0; b < NB; ++b, ++q) {
+                    const int slot = q % S_PRING, s = q % S_STAGES;
+                    mbar_wait(landed + 8 * slot, (q / S_PRING) & 1);       // block q's records and scale words
+                    mbar_wait(empty + 8 * s, ((q / S_STAGES) & 1) ^ 1);  // its stage released
 #if I8_WS_DIAG != 1
-                ws_unpack(a, smem + S_RING + slot * S_P_BYTES, smem + s * S_STAGE_BYTES, n0, b);
+                    ws_unpack(a, smem + S_RING + slot * S_P_BYTES, smem + s * S_STAGE_BYTES, n0, b);
 #endif
-                fence_proxy_async();  // this thread's unpacked rows, to the MMAs (the async proxy)
-                mbar_arrive(full + 8 * s);
-                copy(true, true);
+                    fence_proxy_async();  // this thread's unpacked rows, to the MMAs (the async proxy)
+                    mbar_arrive(full + 8 * s);
+                    mbar_arrive(consumed + 8 * slot);
+                }
             }
         }
-        cp_async_wait<0>();
         pdl_trigger();
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(S_CONSUMER_REGS));
@@ -907,12 +911,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
             }
             if (tile + (int)gridDim.x >= tiles) pdl_trigger();  // this CTA's last tile: its stores remain
 #if !I8_DEBUG_ACC
-            const int lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
-#pragma unroll
-            for (int i = 0; i < 64; i += 2) {
-                const int tok = m0 + cw * 64 + 16 * wq + g + 8 * ((i >> 1) & 1), row = n0 + 8 * (i >> 2) + 2 * t;
-                if (tok < a.M && row < a.N) store_pair(a, tok, row, yacc[i], yacc[i + 1]);
-            }
+            wg_store_out(a, yacc, m0 + cw * 64, n0);
 #endif
         }
     }
