@@ -169,10 +169,12 @@ def _round_up(v: int, m: int) -> int:
 # M = 512..4096 0.97-1.01x in the tenth session's runs, 1.01-1.11x in the seventeenth's (docs/kernel.md).
 # default_config does not pick it: ask for it.
 WGMMA_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=4, wgmma=True)
-# The warp-specialized persistent wgmma kernel (i8_gemm_ws): a producer warpgroup copies (bulk copies of the tiled
-# activations) and unpacks, two consumer warpgroups multiply and run the epilogue, mbarriers between. Exact, and
-# 0.99-1.10x the mma.sync tile on the H100 at M = 512..4096 (docs/kernel.md), but opt-in, as WGMMA_TILE: it reads the
-# tiled activation layout, which the RMSNorm kernel's pack (handed to the next linear) does not write yet.
+# The warp-specialized persistent wgmma kernel (i8_gemm_ws): a copy warp (bulk copies of the packed records and of the
+# tiled activations), three unpacking warps, two consumer warpgroups that multiply and run the epilogue, mbarriers
+# between. Exact; on the H100 1.35-1.68x the mma.sync tile at every M from 65 to 4096 on the LLaMA-2-7B/70B,
+# LLaMA-3-8B, SmolLM2 and fused linears (eighteenth session, docs/kernel.md), so default_config picks it from 65
+# tokens on a Hopper GPU. It reads the tiled activation layout (quant_layout), which the RMSNorm and SiLU kernels do
+# not write: a layer that runs it quantizes its own input (modules._pack_for).
 WS_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=5, wgmma=True, ws=True)
 
 
@@ -239,14 +241,14 @@ def gemv_config(m: int, n: int, kp: int) -> GemvConfig:
 
 
 @functools.cache
-def default_config(m: int, n: int, kp: int) -> Int8Config | GemvConfig:
+def default_config(m: int, n: int, kp: int, wgmma: bool = False) -> Int8Config | GemvConfig:
     """The config for M tokens, N weight rows and Kp (padded) K: the register-fed kernel up to GEMV_MAX_M tokens,
-    tiles of 128 x 128 from 65 tokens, decode-sized tiles between (cached: every int8_linear call asks, an eager
-    decode once per linear)."""
+    tiles of 128 x 128 from 65 tokens (the warp-specialized kernel where the GPU has ``wgmma``), decode-sized tiles
+    between (cached: every int8_linear call asks, an eager decode once per linear)."""
     if m <= GEMV_MAX_M:
         return gemv_config(m, n, kp)
     if m > 64:
-        return Int8Config()
+        return WS_TILE if wgmma else Int8Config()
     if m > 32:  # four 16-token tiles read the weights four times: only worth it for the narrowest layers
         return _TILE_16_64 if n < NARROW_N else Int8Config(bm=64, bn=128, wm=1, wn=8)
     if n < SMALL_N:
@@ -336,7 +338,13 @@ def _config(config: Int8Config | GemvConfig | None, m: int, n: int, kp: int, dev
         name = torch.cuda.get_device_name(device)
         raise ValueError(f"int8 tile config {config} needs wgmma, an sm_90 (Hopper) feature; {name} lacks it: "
                          "use a config with wgmma=False")
-    return config or default_config(m, n, kp)
+    return config or default_config(m, n, kp, wgmma_capable(device.index))
+
+
+def reads_tiled_acts(m: int, n: int, kp: int, device: torch.device) -> bool:
+    """Whether int8_linear's default config for this problem reads the tiled activation layout, which no kernel
+    before the layer writes (modules._pack_for then hands it no pack)."""
+    return _tiled_acts(_config(None, m, n, kp, device))
 
 
 def int8_linear(

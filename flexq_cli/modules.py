@@ -15,7 +15,7 @@ from .config import QuantConfig
 from .cuda_launch import ACTIVATION_DTYPES, available
 from .dispatch import choose_kernel
 from .errors import BackendUnavailable, NonFiniteError
-from .int8_kernel import int8_linear
+from .int8_kernel import int8_linear, reads_tiled_acts
 from .norm_kernel import rms_norm_cuda, silu_mul_cuda
 from .packing import pack_weight, packed_words, unpack_weight
 from .primitives import (BLOCK_K, block_rotate, dequantize, fake_quantize_activation, pad_k, padded_k, quantize_weight,
@@ -354,10 +354,14 @@ def _run_packing(launch, consumer: QuantLinear | None, like: torch.Tensor, *args
 
 def _pack_for(consumer: QuantLinear | None, x: torch.Tensor) -> str | None:
     """'btc' or 'int8' when ``consumer`` will run that kernel on an input shaped as ``x`` and can take a pack made
-    before it (act groups of 128, no input rotation), else None."""
+    before it (act groups of 128, no input rotation, and for INT8 the row layout: not the warp-specialized kernel's
+    tiled one), else None."""
     if consumer is None or consumer.rotation is not None or consumer.act_group_size != BLOCK_K:
         return None
     kernel = consumer.kernel_for(x)
+    if kernel == "int8" and reads_tiled_acts(x.numel() // x.shape[-1], consumer.out_features, consumer.padded_in,
+                                             x.device):
+        return None
     return kernel if kernel in ("btc", "int8") else None
 
 

@@ -75,8 +75,10 @@ def test_choose_config_fuses_only_with_128_token_groups_and_follows_the_switch(m
 
 def test_int8_decode_tiles_fit_the_tokens_and_the_rows():
     """Up to 16 tokens the register-fed kernel (one or two token tiles of 8); 17..64 tokens a tile of at most 2 x M
-    rounded to 16 tokens and never more rows per CTA than N has; from 65 tokens the 128 x 128 tile."""
+    rounded to 16 tokens and never more rows per CTA than N has; from 65 tokens the 128 x 128 tile, the
+    warp-specialized one where the GPU has wgmma."""
     from flexq_cli.int8_kernel import GEMV_MAX_M, GemvConfig, Int8Config, default_config
+    from flexq_cli.int8_kernel import WS_TILE as WS
 
     for m in (1, 4, 8, 16, 17, 32, 33, 64):
         for n in (576, 4096, 12288, 14336, 28672, 57344):
@@ -87,7 +89,9 @@ def test_int8_decode_tiles_fit_the_tokens_and_the_rows():
                 assert cfg.bm <= max(16, 2 * m) and cfg.bn <= max(64, n), (m, n, cfg)
     assert default_config(65, 4096, 4096) == default_config(4096, 57344, 8192) == Int8Config()
     assert default_config(32, 14336, 4096).bn == 64 and default_config(32, 12288, 4096).bn == 32  # one wave, 32 x 32
-    assert not any(default_config(m, n, 4096).wgmma for m in (17, 64, 65, 4096) for n in (4096, 28672))  # opt-in
+    assert not any(default_config(m, n, 4096).wgmma for m in (17, 64, 65, 4096) for n in (4096, 28672))
+    assert all(default_config(m, n, 4096, wgmma=True) == WS for m in (65, 300, 4096) for n in (192, 28672))
+    assert all(default_config(m, 4096, 4096, wgmma=True) == default_config(m, 4096, 4096) for m in (1, 16, 17, 64))
 
 
 def test_gemv_configs():

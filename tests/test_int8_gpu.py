@@ -269,13 +269,20 @@ def test_ws_persistent(dtype, agroup, wgroup, bias):
 
 
 def test_wgmma_config_needs_hopper(monkeypatch):
-    """The wgmma tile runs only when asked for, and only where the GPU has wgmma: elsewhere a ValueError."""
+    """The wgmma tiles run only where the GPU has wgmma: elsewhere a ValueError when asked for, and the default from
+    65 tokens is the warp-specialized kernel on Hopper only (the mma.sync tile elsewhere)."""
     wq, ws, qweight = _layer(192, 576, seed=6)
     x = _x(300, 576)
-    assert not int8_kernel._config(None, 300, 192, 640, x.device).wgmma
+    assert int8_kernel._config(None, 300, 192, 640, x.device) == (int8_kernel.WS_TILE if HOPPER else
+                                                                     int8_kernel.Int8Config())
+    assert int8_kernel.reads_tiled_acts(300, 192, 640, x.device) == HOPPER
     if HOPPER:
         _check_output(int8_kernel.int8_linear(x, qweight, ws, act_bits=8, config=int8_kernel.WGMMA_TILE), x, wq, ws, 8)
+        rows = int8_kernel.quantize_activations(x, 5, 8, 128)  # the row layout, which the ws kernel cannot read
+        with pytest.raises(ValueError, match="reads the tiled activation layout"):
+            int8_kernel.int8_linear(x, qweight, ws, act_bits=8, packed=rows)
     monkeypatch.setattr(int8_kernel, "wgmma_capable", lambda device: False)
+    assert int8_kernel._config(None, 300, 192, 640, x.device) == int8_kernel.Int8Config()
     with pytest.raises(ValueError, match="needs wgmma"):
         int8_kernel.int8_linear(x, qweight, ws, act_bits=8, config=int8_kernel.WGMMA_TILE)
 
