@@ -663,7 +663,8 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 #define S_UNPACKERS 96       // its warps 0-2; warp 3 copies
 #define S_UNPACK_ITEMS 6     // (row, 32-K word) items per unpacking thread: 512 per block, the last 32 threads idle
 #define S_THREADS (S_PTHREADS + 256)
-#define S_PRODUCER_REGS 56   // all six items' registers live at once (40 and items one by one: 1.27-1.33x slower)
+#define S_PRODUCER_REGS 56   // all six items' registers live at once (1.01-1.07x faster than 2-3 at a time; at 40 the
+                             // copy-warp producer spills)
 #define S_CONSUMER_REGS 224
 #define S_A 0                      // 128 token rows of 128 B, swizzled (one bulk copy of the tiled codes)
 #define S_W (128 * 128)            // 128 unpacked weight rows of 128 B, swizzled
@@ -828,8 +829,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
                     mbar_wait(empty + 8 * s, ((q / S_STAGES) & 1) ^ 1);  // block q - S_STAGES released
                     if (lane == 0) ws_copy_acts(a, base + s * S_STAGE_BYTES, full + 8 * s, mt, b);
                 }
-            }
-            cp_async_wait<0>();
+            }  // no wait here: each cp.async completes on a `landed` phase the unpackers wait on before the CTA ends
         } else {
             for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
                 const int n0 = (tile / m_tiles) * 128;
