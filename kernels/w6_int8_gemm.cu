@@ -656,8 +656,15 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 // the int-to-float of a |value| < 2^24).
 #define S_STAGES I8_STAGES
 #define S_PRING 4
+// Timing diagnostics only (wrong results; scripts/gpu_int8_ws_diag.py): I8_WS_DIAG bit 0 skips the unpack, bit 1
+// makes the consumers only wait and release (so 3 leaves the copies alone); I8_WS_SKIP bit 0 skips the records' bulk
+// copies, bit 1 the weight-scale words, bit 2 the activations (with I8_WS_DIAG 1 and I8_WS_SKIP 7 the consumers run
+// alone). Every barrier still gets its arrivals.
 #ifndef I8_WS_DIAG
-#define I8_WS_DIAG 0  // timing experiments only (wrong results): 1 no unpack, 2 consumers skip MMAs and epilogue
+#define I8_WS_DIAG 0
+#endif
+#ifndef I8_WS_SKIP
+#define I8_WS_SKIP 0
 #endif
 #define S_PTHREADS 128       // the producer warpgroup
 #define S_UNPACKERS 96       // its warps 0-2; warp 3 copies
@@ -731,7 +738,7 @@ __device__ __forceinline__ void cp_async_mbar_arrive(u32 bar) {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 __device__ __forceinline__ void ws_copy_records(const Args& a, u32 slot, u32 landed, int n0, int b, int lane) {
-    const int groups = min(8, (a.N - n0) >> 4);
+    const int groups = (I8_WS_SKIP & 1) ? 0 : min(8, (a.N - n0) >> 4);
     if (lane == 0) mbar_expect_tx(landed, groups * 1536);
     if (lane < groups) {
         fence_proxy_async();  // the slot's last reads (the unpack, generic proxy) before the copy engine's writes
@@ -739,7 +746,7 @@ __device__ __forceinline__ void ws_copy_records(const Args& a, u32 slot, u32 lan
     }
 #pragma unroll
     for (int p = lane; p < 128; p += 32)
-        if (n0 + p < a.N) {
+        if (n0 + p < a.N && !(I8_WS_SKIP & 2)) {
             const size_t e = (size_t)(n0 + p) * a.ws_cols + (size_t)b * a.w_step;
             cp_async4(slot + S_P_SW + p * 4, a.w_scales + (e & ~(size_t)1));
         }
@@ -748,6 +755,7 @@ __device__ __forceinline__ void ws_copy_records(const Args& a, u32 slot, u32 lan
 // Lane 0: block b's tiled activation codes and scales of token tile mt (16 KB and 512 B) into a stage, on `full`.
 __device__ __forceinline__ void ws_copy_acts(const Args& a, u32 st, u32 full, int mt, int b) {
     const size_t tb = (size_t)mt * a.NB + b;
+    if (I8_WS_SKIP & 4) { mbar_arrive(full); return; }
     mbar_expect_tx(full, 128 * 128 + 128 * 4);
     bulk_copy(st + S_A, a.xq + tb * 128 * 128, 128 * 128, full);
     bulk_copy(st + S_SX, a.sx + tb * 128, 128 * 4, full);
@@ -837,7 +845,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
                     const int slot = q % S_PRING, s = q % S_STAGES;
                     mbar_wait(landed + 8 * slot, (q / S_PRING) & 1);       // block q's records and scale words
                     mbar_wait(empty + 8 * s, ((q / S_STAGES) & 1) ^ 1);  // its stage released
-#if I8_WS_DIAG != 1
+#if !(I8_WS_DIAG & 1)
                     ws_unpack(a, smem + S_RING + slot * S_P_BYTES, smem + s * S_STAGE_BYTES, n0, b);
 #endif
                     fence_proxy_async();  // this thread's unpacked rows, to the MMAs (the async proxy)
@@ -853,7 +861,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
         int q = 0;
         for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
             const int m0 = (tile % m_tiles) * 128, n0 = (tile / m_tiles) * 128;
-#if I8_WS_DIAG == 2
+#if I8_WS_DIAG & 2
             for (int b = 0; b < NB; ++b, ++q) {
                 mbar_wait(full + 8 * (q % S_STAGES), (q / S_STAGES) & 1);
                 mbar_arrive(empty + 8 * (q % S_STAGES));

@@ -1,48 +1,73 @@
-"""The warp-specialized INT8 kernel (WS_TILE) in variants, against the mma.sync tile and cuBLAS, on the H100:
+"""The warp-specialized INT8 kernel (WS_TILE) in variants, against the mma.sync tile and cuBLAS fp16, on the H100:
 
     PYTHONPATH=. python3 scripts/gpu_int8_ws_diag.py MS SHAPES VARIANTS
-    e.g. 2048 4096x4096,28672x8192 "plain=,producer=I8_WS_DIAG:2,nounpack=I8_WS_DIAG:1"
+    e.g. 2048 4096x4096,28672x8192 "ws=,nounpack=I8_WS_DIAG:1,copies=I8_WS_DIAG:3,consumers=I8_WS_DIAG:1+I8_WS_SKIP:7"
 
-VARIANTS: name=A:v+B:v,...; A an I8_* macro: an extra -D option (the I8_WS_DIAG builds time one side alone and give
-wrong results, so they are not validated); otherwise an Int8Config field. Variants without -D options are validated
-bit for bit before timing. Microseconds, L2 flushed, median of 10, W6A8.
+VARIANTS: name=A:v+B:v,...; each A:v an extra -D option for the .cu (I8_WS_DIAG and I8_WS_SKIP, kernels/w6_int8_gemm.cu:
+timing builds that leave parts of the work out; or an S_* constant). Variants without a diagnostic option are
+validated bit for bit against the reference before timing; the diagnostic builds give wrong results by design and
+are only timed. All ops of a shape take turns in one process (kernel_bench.time_ops): L2 flushed, median of
+REPEATS (default 10), W6A8, microseconds; two rounds, so drift shows.
 """
-import dataclasses
+import os
 import sys
-import torch
-from flexq_cli import int8_kernel
-from flexq_cli.kernel_bench import FLUSH_BYTES, _baselines, _kernel_op, _layer, time_us
+from dataclasses import dataclass
 
-ms = [int(v) for v in sys.argv[1].split(",")]
-shapes = [tuple(int(d) for d in s.split("x")) for s in sys.argv[2].split(",")]
-variants = {}
-for spec in sys.argv[3].split(","):
-    name, _, defs = spec.partition("=")
-    extra, fields = [], {}
-    for d in filter(None, defs.split("+")):
-        key, val = d.split(":")
-        if key.startswith("I8_"):
-            extra.append(f"-D{key}={val}")
+import torch
+
+from flexq_cli import int8_kernel
+from flexq_cli.kernel_bench import FLUSH_BYTES, _kernel_op, _layer, time_ops
+
+
+@dataclass(frozen=True)
+class Variant(int8_kernel.Int8Config):
+    """WS_TILE built with extra -D options."""
+
+    extra: tuple = ()
+
+    def defines(self, act_bits: int, bf16: bool, debug: bool = False) -> tuple[str, ...]:
+        return (*super().defines(act_bits, bf16, debug), *self.extra)
+
+
+def parse(spec: str) -> dict:
+    fields = {f: getattr(int8_kernel.WS_TILE, f) for f in ("bm", "bn", "wm", "wn", "stages", "wgmma", "ws")}
+    variants = {}
+    for item in spec.split(","):
+        name, _, defs = item.partition("=")
+        extra = tuple(f"-D{key}={val}" for key, val in (d.split(":") for d in filter(None, defs.split("+"))))
+        variants[name] = Variant(**fields, extra=extra)
+    return variants
+
+
+def ops_for(x, layer, variants: dict) -> dict:
+    """The ops of one problem: the mma.sync tile, each variant, cuBLAS fp16."""
+    wq, ws, qweight, w16 = layer
+    ops = {"mma": _kernel_op("int8", x, qweight, ws, wq, 8, int8_kernel.Int8Config())}
+    for name, cfg in variants.items():
+        if any("_DIAG" in d or "_SKIP" in d for d in cfg.extra):  # timing only
+            ops[name] = lambda cfg=cfg: int8_kernel.int8_linear(x, qweight, ws, act_bits=8, config=cfg)
         else:
-            fields[key] = int(val)
-    variants[name] = (tuple(extra), dataclasses.replace(int8_kernel.WS_TILE, **fields))
-orig = int8_kernel.Int8Config.defines
-cur = {"extra": ()}
-int8_kernel.Int8Config.defines = lambda self, *a, **k: orig(self, *a, **k) + (cur["extra"] if self.ws else ())
-flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
-for n, k in shapes:
-    wq, ws, qweight, w16 = _layer(n, k)
-    for m in ms:
-        x = (torch.randn((m, k), device="cuda") * 2).half()
-        res = {"mma": time_us(_kernel_op("int8", x, qweight, ws, wq, 8, int8_kernel.Int8Config()), 10, flush)}
-        for name, (extra, cfg) in variants.items():
-            cur["extra"] = extra
-            if not extra:
-                fn = _kernel_op("int8", x, qweight, ws, wq, 8, cfg)
-            else:
-                fn = lambda cfg=cfg: int8_kernel.int8_linear(x, qweight, ws, act_bits=8, config=cfg)
-            res[name] = time_us(fn, 10, flush)
-        cur["extra"] = ()
-        for name, (fn, _) in _baselines(x, w16).items():
-            res[name] = time_us(fn, 10, flush)
-        print(f"{n}x{k} M={m}: " + " ".join(f"{kk} {v:.1f}" for kk, v in res.items()), flush=True)
+            ops[name] = _kernel_op("int8", x, qweight, ws, wq, 8, cfg)
+    ops["fp16"] = lambda: torch.matmul(x, w16.T)
+    return ops
+
+
+def main() -> None:
+    ms = [int(v) for v in sys.argv[1].split(",")]
+    shapes = [tuple(int(d) for d in s.split("x")) for s in sys.argv[2].split(",")]
+    variants = parse(sys.argv[3])
+    repeats = int(os.environ.get("REPEATS", "10"))
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+    for n, k in shapes:
+        layer = _layer(n, k)
+        for m in ms:
+            ops = ops_for((torch.randn((m, k), device="cuda") * 2).half(), layer, variants)
+            for rnd in range(2):
+                res = time_ops(ops, repeats, flush)
+                print(f"{n}x{k} M={m} round {rnd}: " + " ".join(f"{o} {v:.1f}" for o, v in res.items()), flush=True)
+        del layer, ops
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
