@@ -173,8 +173,8 @@ WGMMA_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=4, wgmma=True)
 # tiled activations), three unpacking warps, two consumer warpgroups that multiply and run the epilogue, mbarriers
 # between. Exact; on the H100 1.35-1.68x the mma.sync tile at every M from 65 to 4096 on the LLaMA-2-7B/70B,
 # LLaMA-3-8B, SmolLM2 and fused linears (eighteenth session, docs/kernel.md), so default_config picks it from 65
-# tokens on a Hopper GPU. It reads the tiled activation layout (quant_layout), which the RMSNorm and SiLU kernels do
-# not write: a layer that runs it quantizes its own input (modules._pack_for).
+# tokens on a Hopper GPU. It reads the tiled activation layout (quant_layout), which the RMSNorm and SiLU kernels
+# write for it (norm_kernel.py, pack "int8_tiled"; modules._pack_for).
 WS_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=5, wgmma=True, ws=True)
 
 
@@ -342,8 +342,8 @@ def _config(config: Int8Config | GemvConfig | None, m: int, n: int, kp: int, dev
 
 
 def reads_tiled_acts(m: int, n: int, kp: int, device: torch.device) -> bool:
-    """Whether int8_linear's default config for this problem reads the tiled activation layout, which no kernel
-    before the layer writes (modules._pack_for then hands it no pack)."""
+    """Whether int8_linear's default config for this problem reads the tiled activation layout (modules._pack_for
+    then has the norm kernels make the pack "int8_tiled")."""
     return _tiled_acts(_config(None, m, n, kp, device))
 
 
@@ -365,8 +365,9 @@ def int8_linear(
     Arguments as ``btc.btc_linear`` (same packed weights, checks and ValueErrors): x (..., K) float16/bfloat16
     CUDA contiguous; qweight (N, Kp/128*24) int32; w_scales (N, Kp/weight_group_size) or (N, 1) float16;
     act_bits 6 or 8; group sizes 128 or -1; bias (N,) or None; out optional (..., N). config: force a tile config.
-    packed: ``quantize_activations``' result for x, made by the kernel before (the RMSNorm's, norm_kernel.py): the
-    quantize launch is skipped.
+    packed: ``quantize_activations``' result for x in the layout the chosen kernel reads (tiled for the
+    warp-specialized one: ``reads_tiled_acts``), made by the kernel before (the RMSNorm's or the SiLU product's,
+    norm_kernel.py): the quantize launch is skipped.
     """
     x2, out, kp = check_linear_args(x, qweight, w_scales, bias, out, act_bits, act_group_size, weight_group_size)
     if x2.shape[0] == 0:
@@ -374,10 +375,13 @@ def int8_linear(
     cfg = _config(config, x2.shape[0], qweight.shape[0], kp, x.device)
     tiled = _tiled_acts(cfg)
     if packed is not None:
-        if tiled:
-            raise ValueError(f"int8 tile config {cfg} reads the tiled activation layout; a pack in the row layout "
-                             "cannot feed it: pass packed=None or another config")
-        check_packed(packed, quant_layout(x2.shape[0], kp // BLOCK_K), torch.int8, x.device, act_group_size)
+        shapes = quant_layout(x2.shape[0], kp // BLOCK_K, tiled)
+        if isinstance(packed, tuple) and packed and isinstance(packed[0], torch.Tensor) \
+                and packed[0].dim() != len(shapes[0]):
+            layout, pack = ("tiled", "int8_tiled") if tiled else ("row", "int8")
+            raise ValueError(f"int8 tile config {cfg} reads the {layout} activation layout and the pack given is in "
+                             f"the other one: pass packed=None or a pack made with pack={pack!r}")
+        check_packed(packed, shapes, torch.int8, x.device, act_group_size)
         xq, sx = packed
     else:
         xq, sx = quantize_activations(x2, kp // BLOCK_K, act_bits, act_group_size, tiled)

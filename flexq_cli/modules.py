@@ -118,7 +118,7 @@ class QuantLinear(nn.Module):
             if self._rotation is None or self._rotation.dtype != x.dtype or self._rotation.device != x.device:
                 self._rotation = self.rotation.to(device=x.device, dtype=x.dtype)
             x = block_rotate(x, self._rotation)
-        if handed is not None and handed[0] is x:  # _pack_for chose handed[1] as kernel_for(x) on this very x
+        if handed is not None and handed[0] is x:  # _pack_for chose pack handed[1] for kernel_for(x) on this x
             backend, packed = handed[1], handed[2]
         else:
             backend, packed = self.kernel_for(x), None
@@ -353,15 +353,15 @@ def _run_packing(launch, consumer: QuantLinear | None, like: torch.Tensor, *args
 
 
 def _pack_for(consumer: QuantLinear | None, x: torch.Tensor) -> str | None:
-    """'btc' or 'int8' when ``consumer`` will run that kernel on an input shaped as ``x`` and can take a pack made
-    before it (act groups of 128, no input rotation, and for INT8 the row layout: not the warp-specialized kernel's
-    tiled one), else None."""
+    """The pack (norm_kernel.PACKS) that ``consumer`` can take, made before it, for an input shaped as ``x``: 'btc'
+    or 'int8' for the kernel it will run, 'int8_tiled' where that is the warp-specialized INT8 kernel (it reads the
+    tiled layout); None where it takes none (not act groups of 128, or an input rotation)."""
     if consumer is None or consumer.rotation is not None or consumer.act_group_size != BLOCK_K:
         return None
     kernel = consumer.kernel_for(x)
     if kernel == "int8" and reads_tiled_acts(x.numel() // x.shape[-1], consumer.out_features, consumer.padded_in,
                                              x.device):
-        return None
+        return "int8_tiled"
     return kernel if kernel in ("btc", "int8") else None
 
 

@@ -5,8 +5,9 @@ quantized linear's activation pack.
 
 ``y`` equals ``primitives.rms_norm(x, weight, eps)`` bit for bit. With ``pack="btc"`` the same launch writes what
 ``btc.pack_activations`` would make of ``y`` (act groups of 128), with ``pack="int8"`` what
-``int8_kernel.quantize_activations`` would: the quantized linear that reads ``y`` then skips its own pack launch
-(modules.KernelRMSNorm and KernelGatedMLP hand it over). Arguments are checked here (ValueError naming what is
+``int8_kernel.quantize_activations`` would, and with ``pack="int8_tiled"`` what it would make in the tiled layout
+of the warp-specialized INT8 kernel (``tiled=True``): the quantized linear that reads ``y`` then skips its own pack
+launch (modules.KernelRMSNorm and KernelGatedMLP hand it over). Arguments are checked here (ValueError naming what is
 wrong), launches go on PyTorch's current stream as the GEMMs' do (cuda_launch.py), so the call works under CUDA
 graph capture.
 """
@@ -23,7 +24,7 @@ from .primitives import BLOCK_K
 KERNEL_FILE = "rmsnorm.cu"
 MAX_R = 16  # squares per thread (NORM_MAX_R): 1024 threads cover rows up to 16384 wide
 SILU_WARPS = 4  # warps per CTA of the gated SiLU kernel
-PACKS = {None: 0, "btc": 1, "int8": 2}
+PACKS = {None: 0, "btc": 1, "int8": 2, "int8_tiled": 3}
 
 
 def launch_shape(h: int, split: bool = False) -> tuple[int, int]:
@@ -50,6 +51,10 @@ def ctas_per_token(threads: int, nb: int) -> int:
 # 4387-4390 -> 4344-4355 us, but at batch 1 (BTC packs) 3121 -> 3149-3153, and FP16 within 0.3% either way.
 # Re-measured once the residual adds moved into the norms (fourteenth session, e2e_bench.measure, W6A8 batch 1, three
 # rounds, us per step): BTC unsplit 3169-3175, split 3225-3229 (no PDL: the rule below), split with PDL 3166-3170.
+# The tiled INT8 pack (only for the warp-specialized GEMM: M > 64) is not split: at a 2048-token prefill every CTA
+# of a split row re-reads the row for its sum. H100, 2026-11-23, 7B shape, W6A8 batch 1, one process, three rounds
+# (ms): the layers quantizing their own input 88.16 / 88.07 / 87.21, the tiled pack split 87.06 / 87.96 / 86.67,
+# unsplit 85.87 / 86.13 / 84.64.
 SPLIT_PACKS = {"int8"}
 # A norm that adds the residual directly follows a GEMM (modules.KernelRMSNorm.add). It is launched with PDL unless
 # its row is split over CTAs. H100, 2026-11-23, 7B decode step, one process, two rounds (us; separate add -> fused
@@ -62,7 +67,7 @@ SPLIT_PACKS = {"int8"}
 def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor, eps: float, *, pack: str | None = None, act_bits: int = 8,
                   padded_in: int | None = None, residual: torch.Tensor | None = None,
                   sum_out: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-    """(y, None), or (y, (packed activations, float32 block scales)) for ``pack`` "btc" / "int8".
+    """(y, None), or (y, (packed activations, float32 block scales)) for ``pack`` "btc", "int8" or "int8_tiled".
 
     x: (..., H) float16/bfloat16, CUDA, contiguous; weight: (H,) of x's dtype and device. With a pack:
     act_bits 6 or 8 and ``padded_in`` the consuming linear's padded K (a multiple of 128, >= H).
@@ -126,8 +131,9 @@ def _check_residual(x: torch.Tensor, residual: torch.Tensor | None, sum_out: tor
 
 
 def _pack_buffers(m: int, width: int, device, pack, act_bits, padded_in):
-    """(None or (packed activations, scales) to fill, the number of CTAs): the layouts of btc.pack_activations
-    (Mp = M rounded up to 8 rows, padding tokens zero) and int8_kernel.quantize_activations."""
+    """(None or (packed activations, scales) to fill, the tokens the grid covers): the layouts of
+    btc.pack_activations (Mp = M rounded up to 8 rows, padding tokens zero) and int8_kernel.quantize_activations
+    (int8_tiled: Mt tiles of 128 tokens, padding tokens zero)."""
     if pack not in PACKS:
         raise ValueError(f"pack must be one of {list(PACKS)}, got {pack!r}")
     if pack is None:
@@ -137,8 +143,11 @@ def _pack_buffers(m: int, width: int, device, pack, act_bits, padded_in):
     if padded_in is None or padded_in % BLOCK_K or padded_in < width:
         raise ValueError(f"padded_in must be a multiple of {BLOCK_K} and >= the width {width}, got {padded_in}")
     nb = padded_in // BLOCK_K
-    packed = empty_pack(m, nb, act_bits, device) if pack == "btc" else empty_quant(m, nb, device)
-    return packed, packed[1].shape[0]
+    if pack == "btc":
+        packed = empty_pack(m, nb, act_bits, device)
+        return packed, packed[1].shape[0]
+    packed = empty_quant(m, nb, device, tiled=pack == "int8_tiled")
+    return packed, packed[1].shape[0] * (128 if pack == "int8_tiled" else 1)
 
 
 def _ptrs(packed):

@@ -162,6 +162,16 @@ __device__ __forceinline__ int i8_code_pos(int lane) {
     const int p = lane & 7, i = lane >> 3;
     return 16 * (p & 1) + 4 * (p >> 1) + i;
 }
+// The warp-specialized INT8 GEMM's tiled activations (w6_int8_gemm.cu, i8_act_quant): codes (Mt, NB, 128, 128) and
+// scales (Mt, NB, 128), the 128 tokens of token tile tok / 128 and block b as 128-byte rows. The row of (tok, b),
+// and where logical byte `byte` of the block sits in it: 16-byte chunk c at chunk c ^ (tok % 8), wgmma's 128-byte
+// swizzle. Shared by i8_act_quant and rmsnorm.cu.
+__device__ __forceinline__ size_t tiled_act_row(int tok, int b, int NB) {
+    return ((size_t)(tok >> 7) * NB + b) * 128 + (tok & 127);
+}
+__device__ __forceinline__ int tiled_act_byte(int tok, int byte) {
+    return (((byte >> 4) ^ (tok & 7)) << 4) | (byte & 15);
+}
 
 // ---------------------------------------------------------------- 6-bit weights: bit planes -> int8 codes
 // Swap the bits selected by mask m << s of `lo` with the bits m of `hi` (one step of a bit-matrix transpose).

@@ -9,8 +9,10 @@
 //                                            times the weight; both products are exact in fp32, one rounding each)
 // mode 0: y only. mode 1: y, and the BTC bit planes + scales of y (btc_act_pack's layout; grid = Mp tokens, the
 // padding tokens' records zeros). mode 2: y, and the INT8 kernel's permuted int8 codes + scales (i8_act_quant's
-// layout). Modes 1 and 2 use act groups of 128: each warp quantizes whole 128-wide blocks of y as it makes them
-// (x is read again for that: the CTA's own first read left it in L1).
+// layout). mode 3: y, and the same codes + scales in i8_act_quant's tiled layout, for the warp-specialized INT8
+// GEMM (grid = Mt * 128 tokens, the padding tokens' codes and scales zeros). Modes 1-3 use act groups of 128: each
+// warp quantizes whole 128-wide blocks of y as it makes them (x is read again for that: the CTA's own first read left
+// it in L1).
 // With a residual (res != null) the row normalized is s = 16-bit(x + res), PyTorch's add of the decoder's residual
 // stream (the two values added in fp32, round to nearest, then rounded to 16 bits): the kernel writes s to `sum`
 // (each element once, by the thread that writes y there) and normalizes s, so the add needs no launch of its own.
@@ -103,24 +105,31 @@ __device__ __forceinline__ u16 silu_mul(const u16* g, int k, int I) {
 }
 
 // One 128-wide block's pack from the values a warp holds four per lane (act groups of 128): mode 1 the BTC record
-// (btc_act_pack's layout), mode 2 the INT8 codes in the INT8 kernel's K order; and the block's scale.
+// (btc_act_pack's layout), mode 2 the INT8 codes in the INT8 kernel's K order, mode 3 those codes tiled; and the
+// block's scale.
 __device__ __forceinline__ void store_pack(const float (&v)[4], int mode, void* packed, float* sx, int tok, int b,
                                            int NB, int lane) {
     int q[4];
     const float s = block_codes(v, warp_block_scale(v, QMAX), QMAX, q);
+    size_t row = (size_t)tok * NB + b;  // the block's scale, and its record or 128 codes
     if (mode == 1) {
         const u32 mine = plane_word<NORM_ACT_BITS>(q, lane);
-        if (lane < 4 * NORM_ACT_BITS) ((u32*)packed)[((size_t)tok * NB + b) * (4 * NORM_ACT_BITS) + lane] = mine;
-    } else {
-        signed char* out = (signed char*)packed + ((size_t)tok * NB + b) * 128 + i8_code_pos(lane);
+        if (lane < 4 * NORM_ACT_BITS) ((u32*)packed)[row * (4 * NORM_ACT_BITS) + lane] = mine;
+    } else if (mode == 2) {
+        signed char* out = (signed char*)packed + row * 128 + i8_code_pos(lane);
 #pragma unroll
         for (int e = 0; e < 4; ++e) out[32 * e] = (signed char)q[e];
+    } else {
+        row = tiled_act_row(tok, b, NB);
+        signed char* out = (signed char*)packed + row * 128;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) out[tiled_act_byte(tok, 32 * e + i8_code_pos(lane))] = (signed char)q[e];
     }
-    if (lane == 0) sx[(size_t)tok * NB + b] = s;
+    if (lane == 0) sx[row] = s;
 }
 
 // Blocks b0, b0 + step, ... (< NB) of one token's row of `width` 16-bit outputs: lane l of the warp makes
-// k = 128b + 32e + l as value(k), stores it in out[k] (live tokens, k < width) and, for mode 1 / 2, the block's
+// k = 128b + 32e + l as value(k), stores it in out[k] (live tokens, k < width) and, for modes 1-3, the block's
 // pack from those values (zeros past the row or for a padding token).
 template <class Value>
 __device__ __forceinline__ void emit_blocks(Value value, u16* out, int width, bool live, int b0, int step, int NB,
@@ -150,7 +159,7 @@ fq_rmsnorm(const u16* __restrict__ x, const u16* __restrict__ res, const u16* __
            float eps, int mode) {
     pdl_wait();     // x is the previous kernel's output; packed/sx may still be read by the previous GEMM
     pdl_trigger();  // the GEMM after us may start its weight prefetch (it waits for this grid before reading)
-    const int tok = blockIdx.x;  // modes 0 and 2: 0 .. M-1; mode 1: 0 .. Mp-1, tokens >= M are padding
+    const int tok = blockIdx.x;  // modes 0 and 2: 0 .. M-1; 1: 0 .. Mp-1; 3: 0 .. Mt*128-1; tokens >= M are padding
     const bool live = tok < M;
     const size_t row = (size_t)(live ? tok : 0) * H;
     const RowIn xr{x + row, res ? res + row : nullptr};
@@ -174,7 +183,8 @@ fq_rmsnorm(const u16* __restrict__ x, const u16* __restrict__ res, const u16* __
 // ================================================================ the gated SiLU product before down_proj
 // h = 16-bit(16-bit(silu(g)) * u) for gu = [g | u] (M, 2I), as HF's LlamaMLP: act_fn(gate) * up, with PyTorch's
 // SiLU kernel's formula g / (1 + exp(-g)) in fp32 (IEEE add and division), rounded to the 16-bit dtype, times u
-// (exact in fp32, one rounding). mode 0: h only; 1 / 2: h and its BTC / INT8 pack for down_proj, as above.
+// (exact in fp32, one rounding). mode 0: h only; 1 / 2 / 3: h and its BTC / INT8 / tiled INT8 pack for down_proj, as
+// above.
 // Grid (tokens, CTAs per token); NB = the 128-wide blocks of the row (of down_proj's padded K with a pack).
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 fq_silu_mul(const u16* __restrict__ gu, u16* __restrict__ h, void* __restrict__ packed, float* __restrict__ sx,

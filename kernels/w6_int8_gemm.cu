@@ -110,12 +110,9 @@ i8_act_quant(const u16* __restrict__ x, signed char* __restrict__ xq, float* __r
         int q[4];
         const float s = quantize_block(xr, K, live, b, whole_row, row_scale, QMAX, q);
         if (tiled) {
-            const size_t row = ((size_t)(tok >> 7) * NB + b) * 128 + (tok & 127);
+            const size_t row = tiled_act_row(tok, b, NB);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int byte = 32 * e + kk;
-                xq[row * 128 + ((((byte >> 4) ^ (tok & 7)) << 4) | (byte & 15))] = (signed char)q[e];
-            }
+            for (int e = 0; e < 4; ++e) xq[row * 128 + tiled_act_byte(tok, 32 * e + kk)] = (signed char)q[e];
             if (lane == 0) sx[row] = s;
         } else {
             signed char* out = xq + (size_t)tok * NB * 128 + b * 128 + kk;

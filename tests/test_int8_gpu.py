@@ -281,6 +281,10 @@ def test_wgmma_config_needs_hopper(monkeypatch):
         rows = int8_kernel.quantize_activations(x, 5, 8, 128)  # the row layout, which the ws kernel cannot read
         with pytest.raises(ValueError, match="reads the tiled activation layout"):
             int8_kernel.int8_linear(x, qweight, ws, act_bits=8, packed=rows)
+        tiles = int8_kernel.quantize_activations(x, 5, 8, 128, tiled=True)  # what it reads: the quantize skipped
+        _check_output(int8_kernel.int8_linear(x, qweight, ws, act_bits=8, packed=tiles), x, wq, ws, 8)
+        with pytest.raises(ValueError, match="reads the row activation layout"):
+            int8_kernel.int8_linear(x, qweight, ws, act_bits=8, packed=tiles, config=int8_kernel.Int8Config())
     monkeypatch.setattr(int8_kernel, "wgmma_capable", lambda device: False)
     assert int8_kernel._config(None, 300, 192, 640, x.device) == int8_kernel.Int8Config()
     with pytest.raises(ValueError, match="needs wgmma"):

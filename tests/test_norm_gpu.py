@@ -59,15 +59,20 @@ def test_btc_pack_equals_the_pack_kernel(h, act_bits):
             assert xp.shape == ref_xp.shape and torch.equal(xp, ref_xp) and torch.equal(sx, ref_sx), (m, dtype)
 
 
+@pytest.mark.parametrize("tiled", [False, True])
 @pytest.mark.parametrize("act_bits", [6, 8])
 @pytest.mark.parametrize("h", [96, 576, 4096])
-def test_int8_pack_equals_the_quantize_kernel(h, act_bits):
+def test_int8_pack_equals_the_quantize_kernel(h, act_bits, tiled):
+    """The INT8 pack, in the row layout and in the warp-specialized kernel's tiled one (padding tokens zeros), equals
+    the quantize kernel's byte for byte."""
     kp = -(-h // BLOCK_K) * BLOCK_K
-    for m in [1, 7, 64, 300]:
+    for m in [1, 7, 64, 128, 300]:
         x, w = _inputs(m, h, torch.float16, seed=m)
-        y, (xq, sx) = rms_norm_cuda(x, w, 1e-6, pack="int8", act_bits=act_bits, padded_in=kp)
-        ref_q, ref_s = int8_kernel.quantize_activations(y, kp // BLOCK_K, act_bits, 128)
+        y, (xq, sx) = rms_norm_cuda(x, w, 1e-6, pack="int8_tiled" if tiled else "int8", act_bits=act_bits,
+                                    padded_in=kp)
+        ref_q, ref_s = int8_kernel.quantize_activations(y, kp // BLOCK_K, act_bits, 128, tiled=tiled)
         assert torch.equal(xq, ref_q) and torch.equal(sx, ref_s), m
+        assert torch.equal(y, rms_norm(x, w, 1e-6))
 
 
 @pytest.mark.parametrize("h", [576, 4096, 5120, 8192])
@@ -83,7 +88,7 @@ def test_split_rows_give_the_same_bits(h, monkeypatch):
         for split in (set(), set(norm_kernel.PACKS)):
             monkeypatch.setattr(norm_kernel, "SPLIT_PACKS", split)
             outs = [rms_norm_cuda(x, w, 1e-6)[0]]
-            for pack in ("btc", "int8"):
+            for pack in ("btc", "int8", "int8_tiled"):
                 y, (codes, scales) = rms_norm_cuda(x, w, 1e-6, pack=pack, act_bits=8, padded_in=kp)
                 outs += [y, codes, scales]
             runs.append(outs)
@@ -102,7 +107,7 @@ def test_residual_add_in_the_norm_gives_the_adds_bits(h, dtype):
         r = (torch.randn(m, h, device=DEV) * 30).to(dtype)
         r[-1, : h // 2] = -x[-1, : h // 2]  # exact cancellations: +0 sums
         ref = r + x
-        for pack in (None, "btc", "int8"):
+        for pack in (None, "btc", "int8", "int8_tiled"):
             kw = {} if pack is None else dict(pack=pack, act_bits=8, padded_in=kp)
             s = torch.full_like(x, float("nan"))
             y, packed = rms_norm_cuda(x, w, 1e-6, residual=r, sum_out=s, **kw)
@@ -146,10 +151,11 @@ def test_bad_arguments_are_value_errors():
         btc.btc_linear(x, qweight, scales, act_bits=8, act_group_size=-1, packed=packed)
 
 
-@pytest.mark.parametrize("m", [1, 2, 8, 16, 64, 300])
+@pytest.mark.parametrize("m", [1, 2, 8, 16, 64, 65, 300])
 def test_quant_linear_takes_the_hand_over(m, monkeypatch):
-    """A fused q/k/v-like consumer: the same bits with the norm's pack as with its own, and no pack launch; where the
-    layer runs the warp-specialized INT8 kernel (Hopper, M > 64), no pack is made: it reads the tiled layout."""
+    """A fused q/k/v-like consumer: the same bits with the norm's pack as with its own and as the reference, and no
+    pack launch; the pack is in the layout of the kernel the layer runs (tiled for the warp-specialized INT8 kernel:
+    Hopper, M > 64)."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     from flexq_cli.config import QuantConfig
@@ -165,13 +171,10 @@ def test_quant_linear_takes_the_hand_over(m, monkeypatch):
     x = torch.randn(m, h, device=DEV, dtype=torch.float16) * 3
     with torch.no_grad():
         y = norm(x)
-        if layer.kernel_for(y) == "int8" and int8_kernel.reads_tiled_acts(m, 1536, layer.padded_in, y.device):
-            assert m > 64 and layer.handed_over is None
-            ref = reference_linear(y, layer.codes(), layer.scales, act_bits=8, act_group_size=128,
-                                   weight_group_size=128)
-            assert torch.equal(layer(y).view(torch.int16), ref.view(torch.int16))
-            return
-        assert layer.handed_over is not None and layer.handed_over[1] == layer.kernel_for(y)
+        kernel = layer.kernel_for(y)
+        tiled = kernel == "int8" and int8_kernel.reads_tiled_acts(m, 1536, layer.padded_in, y.device)
+        assert layer.handed_over is not None and layer.handed_over[1] == ("int8_tiled" if tiled else kernel)
+        assert not tiled or (m > 64 and layer.handed_over[2][0].dim() == 4)
 
         def no_pack(*args, **kwargs):
             raise AssertionError("the layer ran its own pack launch")
@@ -182,7 +185,9 @@ def test_quant_linear_takes_the_hand_over(m, monkeypatch):
             handed = layer(y)
         assert layer.handed_over is None  # used once
         own = layer(y.clone())
+        ref = reference_linear(y, layer.codes(), layer.scales, act_bits=8, act_group_size=128, weight_group_size=128)
     assert torch.equal(handed.view(torch.int16), own.view(torch.int16))
+    assert torch.equal(handed.view(torch.int16), ref.view(torch.int16))
     assert torch.equal(y, rms_norm(x, hf.weight, 1e-5))
 
 
@@ -200,6 +205,7 @@ def test_silu_mul_equals_torch_and_packs(i, dtype):
         h, (xp, sx) = silu_mul_cuda(gu, pack="btc", act_bits=6, padded_in=kp)
         ref = btc.pack_activations(h, kp // BLOCK_K, 6, 128, btc.TileConfig())
         assert torch.equal(h, expect) and torch.equal(xp, ref[0]) and torch.equal(sx, ref[1])
-        h, (xq, sx) = silu_mul_cuda(gu, pack="int8", act_bits=8, padded_in=kp)
-        ref = int8_kernel.quantize_activations(h, kp // BLOCK_K, 8, 128)
-        assert torch.equal(h, expect) and torch.equal(xq, ref[0]) and torch.equal(sx, ref[1])
+        for tiled in (False, True):
+            h, (xq, sx) = silu_mul_cuda(gu, pack="int8_tiled" if tiled else "int8", act_bits=8, padded_in=kp)
+            ref = int8_kernel.quantize_activations(h, kp // BLOCK_K, 8, 128, tiled=tiled)
+            assert torch.equal(h, expect) and torch.equal(xq, ref[0]) and torch.equal(sx, ref[1]), (m, tiled)
