@@ -268,6 +268,12 @@ def quant_layout(m: int, nb: int, tiled: bool = False) -> tuple[tuple[int, ...],
     return (m, nb * BLOCK_K), (m, nb)
 
 
+def quant_tokens(m: int, tiled: bool = False) -> int:
+    """The tokens ``quant_layout``'s buffers hold, all written by a pack (its grid covers them): M, or tiled the
+    Mt * 128 of whole token tiles, the padding tokens' codes and scales zeros."""
+    return -(-m // 128) * 128 if tiled else m
+
+
 def empty_quant(m: int, nb: int, device, tiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Uninitialised buffers of ``quant_layout``'s shapes, for i8_act_quant or the RMSNorm kernel to fill."""
     codes, scales = quant_layout(m, nb, tiled)
@@ -288,8 +294,7 @@ def quantize_activations(x2: torch.Tensor, nb: int, act_bits: int, act_group_siz
     dev = x2.device.index
     xq, sx = empty_quant(m, nb, x2.device, tiled)
     whole = act_group_size == -1
-    rows = xq.shape[0] * 128 if tiled else m  # the tiled layout's padding tokens get zeros
-    grid = (rows, 1 if whole else -(-nb // QUANT_WARPS), 1)
+    grid = (quant_tokens(m, tiled), 1 if whole else -(-nb // QUANT_WARPS), 1)
     args = (cl.ptr(x2), cl.ptr(xq), cl.ptr(sx), np.int32(m), np.int32(k), np.int32(nb), np.int32(whole),
             np.int32(tiled))
     opts = _QUANT_MODULE_CONFIG.defines(act_bits, x2.dtype == torch.bfloat16)

@@ -18,7 +18,7 @@ import torch
 
 from . import cuda_launch as cl
 from .btc import empty_pack
-from .int8_kernel import empty_quant
+from .int8_kernel import empty_quant, quant_tokens
 from .primitives import BLOCK_K
 
 KERNEL_FILE = "rmsnorm.cu"
@@ -146,8 +146,8 @@ def _pack_buffers(m: int, width: int, device, pack, act_bits, padded_in):
     if pack == "btc":
         packed = empty_pack(m, nb, act_bits, device)
         return packed, packed[1].shape[0]
-    packed = empty_quant(m, nb, device, tiled=pack == "int8_tiled")
-    return packed, packed[1].shape[0] * (128 if pack == "int8_tiled" else 1)
+    tiled = pack == "int8_tiled"
+    return empty_quant(m, nb, device, tiled), quant_tokens(m, tiled)
 
 
 def _ptrs(packed):
