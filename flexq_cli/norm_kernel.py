@@ -51,10 +51,10 @@ def ctas_per_token(threads: int, nb: int) -> int:
 # 4387-4390 -> 4344-4355 us, but at batch 1 (BTC packs) 3121 -> 3149-3153, and FP16 within 0.3% either way.
 # Re-measured once the residual adds moved into the norms (fourteenth session, e2e_bench.measure, W6A8 batch 1, three
 # rounds, us per step): BTC unsplit 3169-3175, split 3225-3229 (no PDL: the rule below), split with PDL 3166-3170.
-# The tiled INT8 pack (only for the warp-specialized GEMM: M > 64) is not split: at a 2048-token prefill every CTA
-# of a split row re-reads the row for its sum. H100, 2026-11-23, 7B shape, W6A8 batch 1, one process, three rounds
-# (ms): the layers quantizing their own input 88.16 / 88.07 / 87.21, the tiled pack split 87.06 / 87.96 / 86.67,
-# unsplit 85.87 / 86.13 / 84.64.
+# The tiled INT8 pack (only for the warp-specialized GEMM: M > 64) is not split. H100, 2026-11-23, 7B shape, 2048-token
+# prefill, W6A8 batch 1, one process, three rounds (ms): the layers quantizing their own input 88.16 / 88.07 / 87.21,
+# the tiled pack split 87.06 / 87.96 / 86.67, unsplit 85.87 / 86.13 / 84.64. (Each CTA of a split row re-reads the
+# whole row for its sum, likely why; not profiled. Only 2048 tokens measured.)
 SPLIT_PACKS = {"int8"}
 # A norm that adds the residual directly follows a GEMM (modules.KernelRMSNorm.add). It is launched with PDL unless
 # its row is split over CTAs. H100, 2026-11-23, 7B decode step, one process, two rounds (us; separate add -> fused
