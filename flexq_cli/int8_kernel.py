@@ -47,19 +47,19 @@ class Int8Config:
     wn: int = 4
     stages: int = 4
     wgmma: bool = False  # the Hopper mainloop (sm_90a): wm warpgroups of 64 tokens x 128 rows, wn = 1
-    ws: bool = False  # with wgmma: warp-specialized and persistent (a producer warpgroup, 128 x 128, 5 stages)
+    ws: bool = False  # with wgmma: warp-specialized and persistent (a copy warp, two consumer warpgroups, 128 x 128)
 
     def __post_init__(self):
         tm, tn = self.bm // max(1, self.wm), self.bn // max(1, self.wn)
         if self.ws:
-            bad = not self.wgmma or (self.bm, self.bn, self.wm, self.wn, self.stages) != (128, 128, 2, 1, 5)
+            bad = not self.wgmma or (self.bm, self.bn, self.wm, self.wn) != (128, 128, 2, 1)
         elif self.wgmma:
             bad = self.bn != 128 or self.wn != 1 or self.wm not in (1, 2) or self.bm != 64 * self.wm \
                 or self.smem_bytes() > SMEM_LIMIT
         else:
             bad = self.wm * self.wn not in (2, 4, 8) or tm % 16 or tn % 16 or tm * self.wm != self.bm \
                 or tn * self.wn != self.bn or (self.bn * 4) % self.threads
-        if bad or not 3 <= self.stages <= 6:
+        if bad or not 3 <= self.stages <= (7 if self.ws else 6):
             raise ValueError(f"unsupported int8 tile config {self}")
 
     @property
@@ -85,11 +85,10 @@ class Int8Config:
         """mma.sync: stages x (activation tile + packed weight records + scales), plus two unpacked int8 weight
         tiles. wgmma: two swizzled unpacked tiles and their float scales, then the stages, each rounded up to the
         1024 bytes of a swizzle atom, plus 1024 to align the base (.cu, W_HEAD and W_STAGE_BYTES). ws: the stages
-        (activation and unpacked weight tiles, both scales), the ring of packed records and their scale words, the
-        mbarriers (.cu, S_BARS)."""
+        (activation tile, the tile's packed records, both scales; .cu W_STAGE), their two mbarriers each, 1024 to
+        align the base."""
         if self.ws:
-            return 1024 + self.stages * _round_up(2 * 128 * 128 + 2 * 128 * 4, 1024) + 4 * (128 * 96 + 128 * 4) \
-                + (2 * self.stages + 2 * 4) * 8
+            return 1024 + self.stages * _round_up(128 * 128 + 128 * 96 + 2 * 128 * 4, 1024) + 2 * self.stages * 8
         if self.wgmma:
             head = _round_up(2 * self.bn * 128 + 2 * self.bn * 4, 1024)
             stage = _round_up(self.bm * 128 + self.bn * 112 + self.bm * 4 + self.bn * 4, 1024)
@@ -170,12 +169,14 @@ def _round_up(v: int, m: int) -> int:
 # default_config does not pick it: ask for it.
 WGMMA_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=4, wgmma=True)
 # The warp-specialized persistent wgmma kernel (i8_gemm_ws): a copy warp (bulk copies of the packed records and of the
-# tiled activations), three unpacking warps, two consumer warpgroups that multiply and run the epilogue, mbarriers
-# between. Exact; on the H100 1.35-1.68x the mma.sync tile at every M from 65 to 4096 on the LLaMA-2-7B/70B,
-# LLaMA-3-8B, SmolLM2 and fused linears (eighteenth session, docs/kernel.md), so default_config picks it from 65
-# tokens on a Hopper GPU. It reads the tiled activation layout (quant_layout), which the RMSNorm and SiLU kernels
-# write for it (norm_kernel.py, pack "int8_tiled"; modules._pack_for).
-WS_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=5, wgmma=True, ws=True)
+# tiled activations), two consumer warpgroups that unpack their own weight rows into wgmma's register operand,
+# multiply and run the epilogue, mbarriers between. Exact; on the H100 1.17-1.23x the kernel it replaced (which
+# unpacked into shared memory in separate warps; twentieth session, docs/kernel.md), which was 1.35-1.68x the
+# mma.sync tile at every M from 65 to 4096 on the LLaMA-2-7B/70B, LLaMA-3-8B, SmolLM2 and fused linears, so
+# default_config picks it from 65 tokens on a Hopper GPU. It reads the tiled activation layout (quant_layout), which
+# the RMSNorm and SiLU kernels write for it (norm_kernel.py, pack "int8_tiled"; modules._pack_for). 6 stages: 5-7
+# measured within 1% of each other.
+WS_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=6, wgmma=True, ws=True)
 
 
 @functools.lru_cache(maxsize=None)

@@ -163,13 +163,16 @@ __device__ __forceinline__ int i8_code_pos(int lane) {
     return 16 * (p & 1) + 4 * (p >> 1) + i;
 }
 // The warp-specialized INT8 GEMM's tiled activations (w6_int8_gemm.cu, i8_act_quant): codes (Mt, NB, 128, 128) and
-// scales (Mt, NB, 128), the 128 tokens of token tile tok / 128 and block b as 128-byte rows. The row of (tok, b),
-// and where logical byte `byte` of the block sits in it: 16-byte chunk c at chunk c ^ (tok % 8), wgmma's 128-byte
-// swizzle. Shared by i8_act_quant and rmsnorm.cu.
+// scales (Mt, NB, 128), the 128 tokens of token tile tok / 128 and block b as 128-byte rows. The row of (tok, b), and
+// where the code of element e (physical k = 32e + l) of the lane l with row-layout position kk = i8_code_pos(l) =
+// 16h + 4q + i sits in it: byte 32q + 16h + 4e + i (the row layout's 4-byte groups (e, q) transposed, so that K step
+// q of the GEMM holds what its register fragments of the weights need, w6_int8_gemm.cu, ws_block), in 16-byte chunk
+// c at chunk c ^ (tok % 8), wgmma's 128-byte swizzle. Shared by i8_act_quant and rmsnorm.cu.
 __device__ __forceinline__ size_t tiled_act_row(int tok, int b, int NB) {
     return ((size_t)(tok >> 7) * NB + b) * 128 + (tok & 127);
 }
-__device__ __forceinline__ int tiled_act_byte(int tok, int byte) {
+__device__ __forceinline__ int tiled_act_byte(int tok, int e, int kk) {
+    const int byte = 32 * ((kk >> 2) & 3) + (kk & 16) + 4 * e + (kk & 3);
     return (((byte >> 4) ^ (tok & 7)) << 4) | (byte & 15);
 }
 

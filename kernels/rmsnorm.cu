@@ -123,7 +123,7 @@ __device__ __forceinline__ void store_pack(const float (&v)[4], int mode, void* 
         row = tiled_act_row(tok, b, NB);
         signed char* out = (signed char*)packed + row * 128;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) out[tiled_act_byte(tok, 32 * e + i8_code_pos(lane))] = (signed char)q[e];
+        for (int e = 0; e < 4; ++e) out[tiled_act_byte(tok, e, i8_code_pos(lane))] = (signed char)q[e];
     }
     if (lane == 0) sx[row] = s;
 }

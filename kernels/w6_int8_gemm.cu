@@ -112,7 +112,7 @@ i8_act_quant(const u16* __restrict__ x, signed char* __restrict__ xq, float* __r
         if (tiled) {
             const size_t row = tiled_act_row(tok, b, NB);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) xq[row * 128 + tiled_act_byte(tok, 32 * e + kk)] = (signed char)q[e];
+            for (int e = 0; e < 4; ++e) xq[row * 128 + tiled_act_byte(tok, e, kk)] = (signed char)q[e];
             if (lane == 0) sx[row] = s;
         } else {
             signed char* out = xq + (size_t)tok * NB * 128 + b * 128 + kk;
@@ -385,7 +385,7 @@ i8_gemm(const uint4* qweight, const u16* w_scales, const signed char* xq, const 
 static_assert(I8_BM % 64 == 0 && WGS >= 1 && WGS <= 2, "wgmma: one or two warpgroups of 64 tokens");
 static_assert(I8_BN == 128, "wgmma: the instruction, the epilogue and the register budget are for 128 rows");
 static_assert((I8_BN * 4) % WTHREADS == 0 && I8_STAGES >= 3, "wgmma tile");
-static_assert(I8_WGMMA == 1 || (I8_BM == 128 && I8_STAGES == 5), "warp-specialized: 128 x 128 tiles, 5 stages");
+static_assert(I8_WGMMA == 1 || (I8_BM == 128 && I8_STAGES >= 2 && I8_STAGES <= 7), "warp-specialized: 2-7 stages");
 
 __device__ __forceinline__ unsigned long long wg_desc(u32 saddr) {
     // start address >> 4 (bits 0-13), leading offset 1 (unused by a swizzled K-major operand), stride offset
@@ -626,83 +626,36 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 
 #if I8_WGMMA == 2
 // ================================================================ the warp-specialized wgmma GEMM (sm_90a)
-// int8_kernel.WS_TILE, the default from 65 tokens on Hopper: exact; on the H100 1.35-1.68x the mma.sync loop at every
-// M from 65 to 4096 on the 7B/70B, LLaMA-3-8B and SmolLM2 linears (docs/kernel.md).
-// The mainloops above run one 255-register CTA of 8 warps per SM that copies, unpacks, multiplies and does the
-// epilogue in turn, CTA barriers between; they are latency-bound. Here three warpgroups split the work and meet at
-// mbarriers only:
-// - warpgroup 0, the producer (setmaxnreg: S_PRODUCER_REGS registers), in two roles:
-//   - warp 3 only copies. For block q it waits until ring slot q % S_PRING is free (`consumed`: block q - S_PRING
-//     unpacked), bulk-copies the block's packed weight records into it (the copy engine, lane g a 16-row group) and
-//     cp.asyncs the words holding its weight scales, all completing on the slot's `landed`; then it waits until
-//     stage q % S_STAGES is released (`empty`) and bulk-copies the block's activation codes and scales, which
-//     i8_act_quant wrote tiled and swizzled for this kernel, straight into the stage,
-//     completing on its `full`. So it runs up to S_PRING blocks ahead of the unpack.
-//   - warps 0-2 (S_UNPACKERS threads) only unpack: block q's records, once landed and once its stage is released,
-//     into the stage's swizzled int8 tile (wg_unpack's transpose) and its float weight scales; each thread fences its
-//     stores to the async proxy and arrives on `full` and on `consumed`.
-//   Before, every producer thread unpacked and copied, meeting at a named barrier per block: on the H100 the
-//   kernel was 1.27-1.33x slower (docs/kernel.md).
-// - warpgroups 1 and 2, the consumers (S_CONSUMER_REGS registers), 64 tokens x 128 rows each: a chunk's two blocks'
-//   wgmma into two register accumulators, the second issued before the first's epilogue (which then overlaps it),
-//   each stage released (`empty`, one arrival per consumer thread) after its epilogue has read its scales.
+// int8_kernel.WS_TILE, the default from 65 tokens on Hopper: exact; on the H100 1.2x the previous warp-specialized
+// kernel (which unpacked into shared memory) and about 1.6-1.8x the mma.sync loop (docs/kernel.md).
+// The weights are wgmma's operand A, from registers: each consumer thread unpacks its own two weight rows' records
+// (unpack_planes, as the register-fed decode kernel does) straight into A fragments, so no unpacked tile goes through
+// shared memory and no warp waits for another's unpack. The activations are operand B (128 tokens x 128 K, the tiled
+// layout's swizzled rows, one bulk copy); the tiled layout orders K to match the fragments (common.cuh,
+// tiled_act_byte). The CTA: 128 weight rows x 128 tokens, three warpgroups, mbarriers only:
+// - warpgroup 0: its warp 0 copies (the others only give their registers back). For block q it waits until stage
+//   q % I8_STAGES is released (`empty`), then bulk-copies the block's activation codes and scales (lane 0) and the
+//   packed records of the tile's rows (lane g the 16-row group g, 1536 contiguous bytes) into it, and cp.asyncs the
+//   words holding the 128 weight scales, all completing on the stage's `full`.
+// - warpgroups 1 and 2, the consumers (W_CONSUMER_REGS registers), 64 weight rows x 128 tokens each: per chunk of two
+//   blocks, block c0's rows unpacked and its four wgmma issued, then block c0 + 1's (its unpack overlapping the first
+//   block's MMAs), then each block's epilogue as its MMAs complete (the first overlapping the second's MMAs), each
+//   stage released by one arrival per consumer warp once its epilogue has read the scales.
 // Persistent: grid = min(tiles, SMs); a CTA takes tiles blockIdx.x, + gridDim.x, ..., token tiles fastest (the CTAs
-// in flight share weight tiles and read the activations from L2). The stage ring runs on across tiles, so the
-// producer fills the next tile's stages while the consumers finish and store the last one.
+// in flight share weight tiles and read the activations from L2). The stage ring runs on across tiles.
 // Same numerics and records as the kernels above (the accumulator starts from 0; its exact conversion to float is
-// the int-to-float of a |value| < 2^24).
-#define S_STAGES I8_STAGES
-#define S_PRING 4
-// Timing diagnostics only (wrong results; scripts/gpu_int8_ws_diag.py): I8_WS_DIAG bit 0 skips the unpack, bit 1
-// makes the consumers only wait and release (so 3 leaves the copies alone); I8_WS_SKIP bit 0 skips the records' bulk
-// copies, bit 1 the weight-scale words, bit 2 the activations (with I8_WS_DIAG 1 and I8_WS_SKIP 7 the consumers run
-// alone). Every barrier still gets its arrivals.
-#ifndef I8_WS_DIAG
-#define I8_WS_DIAG 0
-#endif
-#ifndef I8_WS_SKIP
-#define I8_WS_SKIP 0
-#endif
-#define S_PTHREADS 128       // the producer warpgroup
-#define S_UNPACKERS 96       // its warps 0-2; warp 3 copies
-#define S_UNPACK_ITEMS 6     // (row, 32-K word) items per unpacking thread: 512 per block, the last 32 threads idle
-#define S_THREADS (S_PTHREADS + 256)
-#define S_PRODUCER_REGS 56   // all six items' registers live at once (1.01-1.07x faster than 2-3 at a time; at 40 the
-                             // copy-warp producer spills)
-#define S_CONSUMER_REGS 224
-#define S_A 0                      // 128 token rows of 128 B, swizzled (one bulk copy of the tiled codes)
-#define S_W (128 * 128)            // 128 unpacked weight rows of 128 B, swizzled
-#define S_SX (2 * 128 * 128)       // 128 float activation scales (one bulk copy)
-#define S_SWF (S_SX + 128 * 4)     // 128 float weight scales
-#define S_STAGE_BYTES ((S_SWF + 128 * 4 + 1023) / 1024 * 1024)
-#define S_P_REC 0                  // a ring slot: 128 packed records as in qweight (8 groups of 16 rows, 1536 B each)
-#define S_P_SW (128 * 96)          // and the 4-byte words holding the 128 fp16 weight scales
-#define S_P_BYTES (S_P_SW + 128 * 4)
-#define S_RING (S_STAGES * S_STAGE_BYTES)
-#define S_BARS (S_RING + S_PRING * S_P_BYTES)  // full[S_STAGES], empty[S_STAGES], landed[S_PRING], consumed[S_PRING]
-static_assert(S_UNPACKERS * S_UNPACK_ITEMS >= 512 && S_UNPACKERS * (S_UNPACK_ITEMS - 1) < 512, "ws unpack plan");
-// setmaxnreg moves registers within the CTA's launch allocation (384 threads x 168 = 64,512)
-static_assert(S_PTHREADS * S_PRODUCER_REGS + 256 * S_CONSUMER_REGS <= 384 * 168, "ws register plan");
+// the int-to-float of a |value| < 2^24). With I8_DEBUG_ACC the block accumulators are stored instead.
+#define W_A 0                         // 128 token rows of 128 B, swizzled: the tiled activation codes
+#define W_R (128 * 128)               // the tile's 128 packed records (8 groups of 16 rows, 1536 B each, as in qweight)
+#define W_SX (W_R + 128 * 96)         // 128 float activation scales
+#define W_SW (W_SX + 128 * 4)         // 128 4-byte words holding the rows' fp16 weight scales
+#define W_STAGE ((W_SW + 128 * 4 + 1023) / 1024 * 1024)
+#define W_BARS (I8_STAGES * W_STAGE)  // full[I8_STAGES], empty[I8_STAGES]
+#define W_THREADS 384
+#define W_PRODUCER_REGS 24            // setmaxnreg's least; the copy warp needs few
+#define W_CONSUMER_REGS 240           // (384 threads x 168 at launch; 128 x 24 + 256 x 240 fit in that)
+static_assert(128 * W_PRODUCER_REGS + 256 * W_CONSUMER_REGS <= W_THREADS * 168, "ws register plan");
 static_assert(I8_CHUNK == 2, "ws: the consumers pair a chunk's blocks");
-
-// d = A(64 x 32 s8) . B(128 x 32 s8)^T, a block's first k32 step: d is written only (scale-d false), so the
-// accumulator is not live before it and the compiler may reuse its registers in between.
-__device__ __forceinline__ void wgmma_m64n128k32_first(int (&d)[64], unsigned long long desc_a,
-                                                       unsigned long long desc_b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
-        WG_D64_PTX
-        "}, %64, %65, p;\n}\n"
-        : WG_D64_OPERANDS("=r")
-        : "l"(desc_a), "l"(desc_b));
-}
-// A block's four k32 steps into d, operands at stage offsets a_off (64 token rows) and b_off (128 weight rows).
-__device__ __forceinline__ void ws_block_mma(int (&d)[64], u32 a_off, u32 b_off) {
-    wgmma_m64n128k32_first(d, wg_desc(a_off), wg_desc(b_off));
-#pragma unroll
-    for (int ks = 1; ks < 4; ++ks) wgmma_m64n128k32(d, wg_desc(a_off + 32 * ks), wg_desc(b_off + 32 * ks), 1);
-}
 
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
@@ -727,92 +680,96 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
                  ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
 }
 
-// The copy warp's copies of block b (weight rows n0 .., token tile mt). Lane g bulk-copies the packed records of rows
-// n0 + 16g .. (a whole 16-row group, 1536 contiguous bytes in qweight) into ring slot `slot`, lane 0 arriving with the
-// bytes to expect (a complete_tx may come first: the pending arrival holds the phase); every lane cp.asyncs the
-// words holding four rows' weight scales (strided in w_scales) and has `landed` count its cp.asyncs as one arrival.
 __device__ __forceinline__ void cp_async_mbar_arrive(u32 bar) {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
-__device__ __forceinline__ void ws_copy_records(const Args& a, u32 slot, u32 landed, int n0, int b, int lane) {
-    const int groups = (I8_WS_SKIP & 1) ? 0 : min(8, (a.N - n0) >> 4);
-    if (lane == 0) mbar_expect_tx(landed, groups * 1536);
-    if (lane < groups) {
-        fence_proxy_async();  // the slot's last reads (the unpack, generic proxy) before the copy engine's writes
-        bulk_copy(slot + S_P_REC + lane * 1536, a.qweight + rec_index(n0 + 16 * lane, b, a.NB) * 6, 1536, landed);
-    }
-#pragma unroll
-    for (int p = lane; p < 128; p += 32)
-        if (n0 + p < a.N && !(I8_WS_SKIP & 2)) {
-            const size_t e = (size_t)(n0 + p) * a.ws_cols + (size_t)b * a.w_step;
-            cp_async4(slot + S_P_SW + p * 4, a.w_scales + (e & ~(size_t)1));
-        }
-    cp_async_mbar_arrive(landed);
-}
-// Lane 0: block b's tiled activation codes and scales of token tile mt (16 KB and 512 B) into a stage, on `full`.
-__device__ __forceinline__ void ws_copy_acts(const Args& a, u32 st, u32 full, int mt, int b) {
-    const size_t tb = (size_t)mt * a.NB + b;
-    if (I8_WS_SKIP & 4) { mbar_arrive(full); return; }
-    mbar_expect_tx(full, 128 * 128 + 128 * 4);
-    bulk_copy(st + S_A, a.xq + tb * 128 * 128, 128 * 128, full);
-    bulk_copy(st + S_SX, a.sx + tb * 128, 128 * 4, full);
-}
 
-// Ring slot -> the stage's swizzled int8 weight tile and float weight scales (wg_unpack's work, S_UNPACKERS threads).
-__device__ __forceinline__ void ws_unpack(const Args& a, const char* slot, char* st, int n0, int b) {
-    const int p = threadIdx.x;
-#pragma unroll
-    for (int it = 0; it < S_UNPACK_ITEMS; ++it) {
-        const int item = p + S_UNPACKERS * it, row = item >> 2, w = item & 3;
-        if (it < S_UNPACK_ITEMS - 1 || item < 512) {
-            u32 r[8];
-            unpack_step((const u32*)(slot + S_P_REC + row * 96) + w, r);
-            store_swizzled_step(st + S_W + row * 128, row, w, r);
-        }
-    }
-    for (int r = p; r < 128; r += S_UNPACKERS)
-        ((float*)(st + S_SWF))[r] = weight_scale_of(a, *(const u32*)(slot + S_P_SW + r * 4), n0 + r, b);
+// d = A . B^T for one k32 step: A (64 weight rows x 32 K, s8) from registers a0..a3 (the m16n8k32 fragment of each
+// warp's 16 rows: rows g, g + 8 at K slots 4t.., then 16 + 4t..), B (128 tokens x 32 K) from shared memory;
+// scale_d == 0 starts from zero (a block's first step).
+__device__ __forceinline__ void wgmma_ra(int (&d)[64], u32 a0, u32 a1, u32 a2, u32 a3, unsigned long long desc_b,
+                                         int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
+        WG_D64_PTX
+        "}, {%64, %65, %66, %67}, %68, p;\n}\n"
+        : WG_D64_OPERANDS("+r")
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "r"(scale_d));
 }
-
-// One block's epilogue for a consumer thread: its 64 accumulators (tokens 16 wq + g (+ 8), rows 8j + 2t (+ 1) of
-// its warpgroup's 64 x 128) into the chunk sum, from the stage's scales; or, debug, the accumulators to y.
+// Weight rows r0 and r0 + 8 of a stage's records: word t of planes 0..5 (physical k = 32t .. 32t + 31), unpacked so
+// that byte i of ra[p] is the code of k = 32t + p + 8i. K step s then takes ra[2s] and ra[2s + 1] (k = 32t + 2s +
+// 8i and + 1): its MMA slots 4t + i and 16 + 4t + i, which the tiled activations hold at the same K bytes. The
+// block's four k32 steps are issued into d (registers ra, rb stay untouched until they complete).
+__device__ __forceinline__ void ws_block(int (&d)[64], u32 (&ra)[8], u32 (&rb)[8], const char* st, u32 st_addr,
+                                         int r0, int t) {
+    const u32* p0 = (const u32*)(st + W_R + r0 * 96) + t;
+    const u32* p1 = (const u32*)(st + W_R + (r0 + 8) * 96) + t;
+#pragma unroll
+    for (int j = 0; j < 6; ++j) {
+        ra[j] = p0[4 * j];
+        rb[j] = p1[4 * j];
+    }
+    unpack_planes(ra);
+    unpack_planes(rb);
+    wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+        wgmma_ra(d, ra[2 * s], rb[2 * s], ra[2 * s + 1], rb[2 * s + 1], wg_desc(st_addr + W_A + 32 * s), s);
+    wgmma_commit();
+}
+// One block's epilogue for a consumer thread. Accumulator i: weight row r0 + 8 ((i >> 1) & 1) of the tile, token
+// 8 (i >> 2) + 2t + (i & 1). Into the chunk sum (chunk_add, the canonical order), or, debug, stored as they are.
 __device__ __forceinline__ void ws_epilogue(const Args& a, const int (&acc)[64], float (&csum)[64], const char* st,
-                                            int cw, int m0, int n0, int b, int kb) {
+                                            int r0, int m0, int n0, int b, int kb) {
+    const int t = threadIdx.x & 3;
 #if I8_DEBUG_ACC
-    wg_store_acc(a, acc, m0 + cw * 64, n0, b);
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+        const int row = n0 + r0 + 8 * ((i >> 1) & 1), tok = m0 + 8 * (i >> 2) + 2 * t + (i & 1);
+        if (tok < a.M && row < a.N) ((int*)a.y)[((size_t)b * a.M + tok) * a.N + row] = acc[i];
+    }
 #else
-    const int lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
-    const float* sxs = (const float*)(st + S_SX) + cw * 64 + 16 * wq + g;
-    const float sxv[2] = {sxs[0], sxs[8]};
-    const float2* swp = (const float2*)(st + S_SWF) + t;
+    const float sw0 = weight_scale_of(a, *(const u32*)(st + W_SW + r0 * 4), n0 + r0, b);
+    const float sw1 = weight_scale_of(a, *(const u32*)(st + W_SW + (r0 + 8) * 4), n0 + r0 + 8, b);
+    const float2* sxp = (const float2*)(st + W_SX) + t;
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-        const float2 sw = swp[4 * j];  // rows 8j + 2t and 8j + 2t + 1
+        const float2 sx = sxp[4 * j];  // tokens 8j + 2t, 8j + 2t + 1
 #pragma unroll
         for (int i = 4 * j; i < 4 * j + 4; ++i)  // (float)acc is exact: |acc| < 2^24
-            chunk_add(csum[i], (float)acc[i], sxv[(i >> 1) & 1], (i & 1) ? sw.y : sw.x, kb);
+            chunk_add(csum[i], (float)acc[i], (i & 1) ? sx.y : sx.x, ((i >> 1) & 1) ? sw1 : sw0, kb);
     }
 #endif
 }
+// The finished tile: each output once, + bias, one rounding. Rows are y's contiguous dimension: a warp's store
+// covers 16 bytes of each of 4 tokens.
+__device__ __forceinline__ void ws_store(const Args& a, const float (&yacc)[64], int r0, int m0, int n0) {
+    const int t = threadIdx.x & 3;
+#pragma unroll
+    for (int i = 0; i < 64; ++i) {
+        const int row = n0 + r0 + 8 * ((i >> 1) & 1), tok = m0 + 8 * (i >> 2) + 2 * t + (i & 1);
+        if (tok < a.M && row < a.N) {
+            float v = yacc[i];
+            if (a.bias) v = fadd_ieee(v, bias_at(a.bias, a.bias_f32, row));
+            ((u16*)a.y)[(size_t)tok * a.N + row] = from_float(v);
+        }
+    }
+}
 
-extern "C" __global__ void __launch_bounds__(S_THREADS, 1)
+extern "C" __global__ void __launch_bounds__(W_THREADS, 1)
 i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, const float* sx, const void* bias,
            void* y, int M, int N, int NB, int ws_cols, int w_step, int bias_f32) {
     const Args a{qweight, w_scales, xq, sx, bias, y, M, N, NB, ws_cols, w_step, bias_f32};
     extern __shared__ __align__(1024) char smem_raw[];
     char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);  // swizzle atoms need 1024 alignment
-    const u32 base = smem_addr(smem), full = base + S_BARS, empty = full + 8 * S_STAGES;
-    const u32 landed = empty + 8 * S_STAGES, consumed = landed + 8 * S_PRING;
+    const u32 base = smem_addr(smem), full = base + W_BARS, empty = full + 8 * I8_STAGES;
     const int wg = threadIdx.x >> 7;
     const int m_tiles = (M + 127) >> 7, tiles = m_tiles * ((N + 127) >> 7);
     if (threadIdx.x == 0) {
-        for (int s = 0; s < S_STAGES; ++s) {
-            mbar_init(full + 8 * s, S_UNPACKERS + 1);  // the unpacks, the activations' bulk copies
-            mbar_init(empty + 8 * s, 256);              // the consumers
-        }
-        for (int s = 0; s < S_PRING; ++s) {
-            mbar_init(landed + 8 * s, 1 + 32);  // the records' bulk copies, each copy lane's cp.asyncs
-            mbar_init(consumed + 8 * s, S_UNPACKERS);
+        for (int s = 0; s < I8_STAGES; ++s) {
+            mbar_init(full + 8 * s, 1 + 32);  // lane 0 with the bulk copies' bytes, each copy lane's cp.asyncs
+            mbar_init(empty + 8 * s, 8);      // one arrival per consumer warp
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -820,103 +777,92 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
     pdl_wait();  // xq and sx are the quantize kernel's output; y may still be read by the kernel before
 
     if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(S_PRODUCER_REGS));
-        // Blocks are numbered on across this CTA's tiles: block q is stage q % S_STAGES and ring slot q % S_PRING.
-        int q = 0;
-        if (threadIdx.x >= S_UNPACKERS) {  // the copy warp
-            const int lane = threadIdx.x - S_UNPACKERS;
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(W_PRODUCER_REGS));
+        if (threadIdx.x < 32) {  // the copy warp; block q is stage q % I8_STAGES, numbered on across tiles
+            const int lane = threadIdx.x;
+            int q = 0;
             for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
                 const int mt = tile % m_tiles, n0 = (tile / m_tiles) * 128;
+                const int groups = min(8, (N - n0) >> 4);  // N % 16 == 0
+                const uint4* rec = qweight + rec_index(n0 + 16 * (lane & 7), 0, NB) * 6;  // group lane, block 0
+                int swe[4];  // rows lane + 32i: first weight-scale element, -1 past N (N * ws_cols < 2^31)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) swe[i] = n0 + lane + 32 * i < N ? (n0 + lane + 32 * i) * ws_cols : -1;
                 for (int b = 0; b < NB; ++b, ++q) {
-                    const int slot = q % S_PRING, s = q % S_STAGES;
-                    mbar_wait(consumed + 8 * slot, ((q / S_PRING) & 1) ^ 1);  // block q - S_PRING unpacked
-                    ws_copy_records(a, base + S_RING + slot * S_P_BYTES, landed + 8 * slot, n0, b, lane);
-                    mbar_wait(empty + 8 * s, ((q / S_STAGES) & 1) ^ 1);  // block q - S_STAGES released
-                    if (lane == 0) ws_copy_acts(a, base + s * S_STAGE_BYTES, full + 8 * s, mt, b);
-                }
-            }  // no wait here: each cp.async completes on a `landed` phase the unpackers wait on before the CTA ends
-        } else {
-            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-                const int n0 = (tile / m_tiles) * 128;
-                for (int b = 0; b < NB; ++b, ++q) {
-                    const int slot = q % S_PRING, s = q % S_STAGES;
-                    mbar_wait(landed + 8 * slot, (q / S_PRING) & 1);       // block q's records and scale words
-                    mbar_wait(empty + 8 * s, ((q / S_STAGES) & 1) ^ 1);  // its stage released
-#if !(I8_WS_DIAG & 1)
-                    ws_unpack(a, smem + S_RING + slot * S_P_BYTES, smem + s * S_STAGE_BYTES, n0, b);
-#endif
-                    fence_proxy_async();  // this thread's unpacked rows, to the MMAs (the async proxy)
-                    mbar_arrive(full + 8 * s);
-                    mbar_arrive(consumed + 8 * slot);
+                    const int s = q % I8_STAGES;
+                    const u32 st = base + s * W_STAGE, bar = full + 8 * s;
+                    mbar_wait(empty + 8 * s, ((q / I8_STAGES) & 1) ^ 1);  // block q - I8_STAGES released
+                    if (lane == 0) {  // a complete_tx may come first: this pending arrival holds the phase
+                        const size_t tb = (size_t)mt * NB + b;
+                        mbar_expect_tx(bar, groups * 1536 + 128 * 128 + 128 * 4);
+                        bulk_copy(st + W_A, xq + tb * 128 * 128, 128 * 128, bar);
+                        bulk_copy(st + W_SX, sx + tb * 128, 128 * 4, bar);
+                    }
+                    if (lane < groups) bulk_copy(st + W_R + lane * 1536, rec + (size_t)b * 96, 1536, bar);
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+                        if (swe[i] >= 0)
+                            cp_async4(st + W_SW + (lane + 32 * i) * 4, w_scales + ((swe[i] + b * w_step) & ~1));
+                    cp_async_mbar_arrive(bar);
                 }
             }
         }
-        pdl_trigger();
     } else {
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(S_CONSUMER_REGS));
-        const int cw = wg - 1;
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(W_CONSUMER_REGS));
+        const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+        const int r0 = 64 * (wg - 1) + 16 * ((threadIdx.x >> 5) & 3) + g;  // this thread's first row in the tile
         int q = 0;
         for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
             const int m0 = (tile % m_tiles) * 128, n0 = (tile / m_tiles) * 128;
-#if I8_WS_DIAG & 2
-            for (int b = 0; b < NB; ++b, ++q) {
-                mbar_wait(full + 8 * (q % S_STAGES), (q / S_STAGES) & 1);
-                mbar_arrive(empty + 8 * (q % S_STAGES));
-            }
-            continue;
-#endif
             int acc0[64], acc1[64];
-            float csum[64];
-#if !I8_DEBUG_ACC
-            float yacc[64];
+            float csum[64], yacc[64];
+            u32 ra0[8], rb0[8], ra1[8], rb1[8];
 #pragma unroll
-            for (int i = 0; i < 64; ++i) yacc[i] = -0.f;
-#endif
-            // Whole chunks (I8_CHUNK == 2): block c0 + 1's MMAs run during block c0's epilogue. One straight path
-            // per chunk: with the odd last block inside the loop, ptxas saw a path leaving an MMA in flight and
-            // injected a wait (C7517).
+            for (int i = 0; i < 64; ++i) yacc[i] = -0.f;  // -0: the identity of IEEE addition
+            // One block alone: an odd last block, or every block of a debug build (which then keeps one
+            // accumulator live: with two, its stores spill).
+            auto single = [&](int b) {
+                const int s0 = q % I8_STAGES;
+                mbar_wait(full + 8 * s0, (q / I8_STAGES) & 1);
+                ws_block(acc0, ra0, rb0, smem + s0 * W_STAGE, base + s0 * W_STAGE, r0, t);
+                wgmma_wait0();
+                ws_epilogue(a, acc0, csum, smem + s0 * W_STAGE, r0, m0, n0, b, 0);
+                __syncwarp();
+                if (lane == 0) mbar_arrive(empty + 8 * s0);
+                ++q;
+            };
+#if I8_DEBUG_ACC
+            for (int b = 0; b < NB; ++b) single(b);
+#else
+            // Whole chunks (I8_CHUNK == 2); an odd last block after the loop (inside it, ptxas saw a path leaving an
+            // MMA in flight and injected a wait, C7517).
             int c0 = 0;
             for (; c0 + 1 < NB; c0 += 2, q += 2) {
-                const int s0 = q % S_STAGES, s1 = (q + 1) % S_STAGES;
-                const u32 st0 = base + s0 * S_STAGE_BYTES, st1 = base + s1 * S_STAGE_BYTES;
-                mbar_wait(full + 8 * s0, (q / S_STAGES) & 1);
-                wgmma_fence();
-                ws_block_mma(acc0, st0 + S_A + cw * 64 * 128, st0 + S_W);
-                wgmma_commit();
-                mbar_wait(full + 8 * s1, ((q + 1) / S_STAGES) & 1);
-                wgmma_fence();
-                ws_block_mma(acc1, st1 + S_A + cw * 64 * 128, st1 + S_W);
-                wgmma_commit();
+                const int s0 = q % I8_STAGES, s1 = (q + 1) % I8_STAGES;
+                mbar_wait(full + 8 * s0, (q / I8_STAGES) & 1);
+                ws_block(acc0, ra0, rb0, smem + s0 * W_STAGE, base + s0 * W_STAGE, r0, t);
+                mbar_wait(full + 8 * s1, ((q + 1) / I8_STAGES) & 1);
+                ws_block(acc1, ra1, rb1, smem + s1 * W_STAGE, base + s1 * W_STAGE, r0, t);
                 asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-                ws_epilogue(a, acc0, csum, smem + s0 * S_STAGE_BYTES, cw, m0, n0, c0, 0);
-                mbar_arrive(empty + 8 * s0);
+                ws_epilogue(a, acc0, csum, smem + s0 * W_STAGE, r0, m0, n0, c0, 0);
+                __syncwarp();
+                if (lane == 0) mbar_arrive(empty + 8 * s0);
                 wgmma_wait0();
-                ws_epilogue(a, acc1, csum, smem + s1 * S_STAGE_BYTES, cw, m0, n0, c0 + 1, 1);
-                mbar_arrive(empty + 8 * s1);
-#if !I8_DEBUG_ACC
+                ws_epilogue(a, acc1, csum, smem + s1 * W_STAGE, r0, m0, n0, c0 + 1, 1);
+                __syncwarp();
+                if (lane == 0) mbar_arrive(empty + 8 * s1);
 #pragma unroll
                 for (int i = 0; i < 64; ++i) yacc[i] = fadd_ieee(yacc[i], csum[i]);  // the chunk, in chunk order
-#endif
             }
             if (c0 < NB) {  // an odd block count: the last chunk is one block
-                const int s0 = q % S_STAGES;
-                const u32 st0 = base + s0 * S_STAGE_BYTES;
-                mbar_wait(full + 8 * s0, (q / S_STAGES) & 1);
-                wgmma_fence();
-                ws_block_mma(acc0, st0 + S_A + cw * 64 * 128, st0 + S_W);
-                wgmma_commit();
-                wgmma_wait0();
-                ws_epilogue(a, acc0, csum, smem + s0 * S_STAGE_BYTES, cw, m0, n0, c0, 0);
-                mbar_arrive(empty + 8 * s0);
-                ++q;
-#if !I8_DEBUG_ACC
+                single(c0);
 #pragma unroll
                 for (int i = 0; i < 64; ++i) yacc[i] = fadd_ieee(yacc[i], csum[i]);
-#endif
             }
+#endif
             if (tile + (int)gridDim.x >= tiles) pdl_trigger();  // this CTA's last tile: its stores remain
 #if !I8_DEBUG_ACC
-            wg_store_out(a, yacc, m0 + cw * 64, n0);
+            ws_store(a, yacc, r0, m0, n0);
 #endif
         }
     }

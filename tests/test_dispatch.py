@@ -146,17 +146,20 @@ def test_int8_wgmma_configs():
 
 
 def test_int8_ws_config():
-    """The warp-specialized kernel's one config: three warpgroups (a producer, two consumers), its kernel and arch,
-    and shared memory matching the .cu's plan (5 stages of 33 KB, 4 ring slots of 12.5 KB, 14 mbarriers, the
-    alignment slack) within the 227 KB a CTA may have; anything else is refused."""
+    """The warp-specialized kernel's config: three warpgroups (the copy warp's, two consumers), its kernel and arch,
+    and shared memory matching the .cu's plan (6 stages of 29 KB: activation tile, records, both scales; two
+    mbarriers each; the alignment slack) within the 227 KB a CTA may have, up to 7 stages; anything else is
+    refused."""
     from flexq_cli.int8_kernel import SMEM_LIMIT, WS_TILE, Int8Config
 
-    assert (WS_TILE.threads, WS_TILE.kernel) == (384, "i8_gemm_ws")
+    assert (WS_TILE.threads, WS_TILE.kernel, WS_TILE.stages) == (384, "i8_gemm_ws", 6)
     assert "-DI8_WGMMA=2" in WS_TILE.defines(8, False) and "-arch=sm_90a" in WS_TILE.defines(8, False)
-    assert WS_TILE.smem_bytes() == 1024 + 5 * 33 * 1024 + 4 * (12 * 1024 + 512) + 18 * 8 <= SMEM_LIMIT
-    for bad in (dict(stages=4), dict(bm=64, wm=1), dict(wgmma=False)):
+    assert WS_TILE.smem_bytes() == 1024 + 6 * 29 * 1024 + 12 * 8 <= SMEM_LIMIT
+    ws = dict(bm=128, bn=128, wm=2, wn=1, stages=6, wgmma=True, ws=True)
+    assert Int8Config(**{**ws, "stages": 7}).smem_bytes() <= SMEM_LIMIT
+    for bad in (dict(stages=2), dict(stages=8), dict(bm=64, wm=1), dict(wgmma=False)):
         with pytest.raises(ValueError, match="unsupported int8 tile config"):
-            Int8Config(**{**dict(bm=128, bn=128, wm=2, wn=1, stages=5, wgmma=True, ws=True), **bad})
+            Int8Config(**{**ws, **bad})
 
 
 @pytest.mark.parametrize("pairs", [1, 32, 512, 4096])

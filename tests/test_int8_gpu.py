@@ -141,7 +141,8 @@ def test_gemv_errors():
 @pytest.mark.parametrize("m,k,agroup", [(11, 576, 128), (300, 4100, 128), (300, 576, -1)])
 def test_quantize_tiled_layout(m, k, agroup):
     """The warp-specialized kernel's tiled layout holds the row layout's codes and scales (byte for byte, after
-    undoing the tiles and the 128-byte swizzle), and zeros for the padding tokens of the last tile."""
+    undoing the tiles, the 128-byte swizzle and the transpose of each block's 4 x 4 groups of 4 bytes: row-layout
+    byte 32e + 16h + 4q + i at 32q + 16h + 4e + i, common.cuh), and zeros for the padding tokens of the last tile."""
     kp = -(-k // BLOCK_K) * BLOCK_K
     nb, mt = kp // BLOCK_K, -(-m // 128)
     x = _x(m, k)
@@ -151,6 +152,7 @@ def test_quantize_tiled_layout(m, k, agroup):
     r = torch.arange(128, device=DEV)
     chunk = torch.arange(8, device=DEV)[None, :] ^ (r[:, None] % 8)  # where logical chunk c of row r is stored
     rows = tq.reshape(mt, nb, 128, 8, 16).gather(3, chunk[None, None, :, :, None].expand(mt, nb, 128, 8, 16))
+    rows = rows.reshape(mt, nb, 128, 4, 2, 4, 4).transpose(3, 5)  # (q, h, e, i) -> (e, h, q, i)
     rows = rows.reshape(mt, nb, 128, 128).permute(0, 2, 1, 3).reshape(mt * 128, nb * 128)
     assert torch.equal(rows[:m], xq) and not rows[m:].any()
     scales = ts.permute(0, 2, 1).reshape(mt * 128, nb)
