@@ -170,7 +170,7 @@ def _round_up(v: int, m: int) -> int:
 WGMMA_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=4, wgmma=True)
 # The warp-specialized persistent wgmma kernel (i8_gemm_ws): a copy warp (bulk copies of the packed records and of the
 # tiled activations), two consumer warpgroups that unpack their own weight rows into wgmma's register operand,
-# multiply and run the epilogue, mbarriers between. Exact; on the H100 1.17-1.23x the kernel it replaced (which
+# multiply and run the epilogue, mbarriers between. Exact; on the H100 1.13-1.22x the kernel it replaced (which
 # unpacked into shared memory in separate warps; twentieth session, docs/kernel.md), which was 1.35-1.68x the
 # mma.sync tile at every M from 65 to 4096 on the LLaMA-2-7B/70B, LLaMA-3-8B, SmolLM2 and fused linears, so
 # default_config picks it from 65 tokens on a Hopper GPU. It reads the tiled activation layout (quant_layout), which
