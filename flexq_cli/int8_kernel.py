@@ -168,14 +168,15 @@ def _round_up(v: int, m: int) -> int:
 # M = 512..4096 0.97-1.01x in the tenth session's runs, 1.01-1.11x in the seventeenth's (docs/kernel.md).
 # default_config does not pick it: ask for it.
 WGMMA_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=4, wgmma=True)
-# The warp-specialized persistent wgmma kernel (i8_gemm_ws): a copy warp (bulk copies of the packed records and of the
-# tiled activations), two consumer warpgroups that unpack their own weight rows into wgmma's register operand,
-# multiply and run the epilogue, mbarriers between. Exact; on the H100 1.13-1.22x the kernel it replaced (which
-# unpacked into shared memory in separate warps; twentieth session, docs/kernel.md), which was 1.35-1.68x the
-# mma.sync tile at every M from 65 to 4096 on the LLaMA-2-7B/70B, LLaMA-3-8B, SmolLM2 and fused linears, so
-# default_config picks it from 65 tokens on a Hopper GPU. It reads the tiled activation layout (quant_layout), which
-# the RMSNorm and SiLU kernels write for it (norm_kernel.py, pack "int8_tiled"; modules._pack_for). 6 stages: 5-7
-# measured within 1% of each other.
+# The warp-specialized persistent wgmma kernel (i8_gemm_ws): three copy warps (bulk copies of the packed records and
+# of the tiled activations, cp.async of the weight scales), two consumer warpgroups that unpack their own weight rows
+# into wgmma's register operand, multiply and run the epilogue, mbarriers between. Exact; on the H100 1.3-1.4x the
+# kernel it replaced (which unpacked into shared memory in separate warps) and 1.8-2.1x the mma.sync tile at
+# M = 512-2048 (twentieth session, docs/kernel.md); the one before was already 1.35-1.68x the mma.sync tile at every
+# M from 65 to 4096 on the LLaMA-2-7B/70B, LLaMA-3-8B, SmolLM2 and fused linears, so default_config picks it from 65
+# tokens on a Hopper GPU. It reads the tiled activation layout (quant_layout), which the RMSNorm and SiLU kernels
+# write for it (norm_kernel.py, pack "int8_tiled"; modules._pack_for). 6 stages: 5-7 measured within 1% of each
+# other.
 WS_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=6, wgmma=True, ws=True)
 
 

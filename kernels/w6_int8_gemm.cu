@@ -626,16 +626,16 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 
 #if I8_WGMMA == 2
 // ================================================================ the warp-specialized wgmma GEMM (sm_90a)
-// int8_kernel.WS_TILE, the default from 65 tokens on Hopper: exact; on the H100 1.2x the previous warp-specialized
-// kernel (which unpacked into shared memory) and about 1.6-1.8x the mma.sync loop (docs/kernel.md).
+// int8_kernel.WS_TILE, the default from 65 tokens on Hopper: exact; on the H100 1.3-1.4x the previous warp-specialized
+// kernel (which unpacked into shared memory) and about 1.8-2.1x the mma.sync loop (docs/kernel.md).
 // The weights are wgmma's operand A, from registers: each consumer thread unpacks its own two weight rows' records
 // (unpack_planes, as the register-fed decode kernel does) straight into A fragments, so no unpacked tile goes through
 // shared memory and no warp waits for another's unpack. The activations are operand B (128 tokens x 128 K, the tiled
 // layout's swizzled rows, one bulk copy); the tiled layout orders K to match the fragments (common.cuh,
 // tiled_act_byte). The CTA: 128 weight rows x 128 tokens, three warpgroups, mbarriers only:
-// - warpgroup 0: its warp 0 copies (the others only give their registers back). For block q it waits until stage
-//   q % I8_STAGES is released (`empty`), then bulk-copies the block's activation codes and scales (lane 0) and the
-//   packed records of the tile's rows (lane g the 16-row group g, 1536 contiguous bytes) into it, and cp.asyncs the
+// - warpgroup 0: warps 0-2 copy (warp 3 only gives its registers back). For block q each waits until stage
+//   q % I8_STAGES is released (`empty`); then warp 0 bulk-copies the block's activation codes and scales, warp 1 the
+//   packed records of the tile's rows (lane g the 16-row group g, 1536 contiguous bytes), warp 2 cp.asyncs the
 //   words holding the 128 weight scales, all completing on the stage's `full`.
 // - warpgroups 1 and 2, the consumers (W_CONSUMER_REGS registers), 64 weight rows x 128 tokens each: per chunk of two
 //   blocks, block c0's rows unpacked and its four wgmma issued, then block c0 + 1's (its unpack overlapping the first
@@ -652,7 +652,7 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 #define W_STAGE ((W_SW + 128 * 4 + 1023) / 1024 * 1024)
 #define W_BARS (I8_STAGES * W_STAGE)  // full[I8_STAGES], empty[I8_STAGES]
 #define W_THREADS 384
-#define W_PRODUCER_REGS 24            // setmaxnreg's least; the copy warp needs few
+#define W_PRODUCER_REGS 24            // setmaxnreg's least; the copy warps need few
 #define W_CONSUMER_REGS 240           // (384 threads x 168 at launch; 128 x 24 + 256 x 240 fit in that)
 static_assert(128 * W_PRODUCER_REGS + 256 * W_CONSUMER_REGS <= W_THREADS * 168, "ws register plan");
 static_assert(I8_CHUNK == 2, "ws: the consumers pair a chunk's blocks");
@@ -768,7 +768,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
     const int m_tiles = (M + 127) >> 7, tiles = m_tiles * ((N + 127) >> 7);
     if (threadIdx.x == 0) {
         for (int s = 0; s < I8_STAGES; ++s) {
-            mbar_init(full + 8 * s, 1 + 32);  // lane 0 with the bulk copies' bytes, each copy lane's cp.asyncs
+            mbar_init(full + 8 * s, 2 + 32);  // two copy warps' expect_tx arrivals, the third's 32 cp.async lanes
             mbar_init(empty + 8 * s, 8);      // one arrival per consumer warp
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -778,8 +778,11 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
 
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(W_PRODUCER_REGS));
-        if (threadIdx.x < 32) {  // the copy warp; block q is stage q % I8_STAGES, numbered on across tiles
-            const int lane = threadIdx.x;
+        // Three copy warps, each waiting on `empty` itself: 0 the activations, 1 the records, 2 the scale words
+        // (one warp doing all three was 1.11-1.19x slower: its issue bound the consumers). Block q is stage
+        // q % I8_STAGES, numbered on across tiles.
+        if (threadIdx.x < 96) {
+            const int cwp = threadIdx.x >> 5, lane = threadIdx.x & 31;
             int q = 0;
             for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
                 const int mt = tile % m_tiles, n0 = (tile / m_tiles) * 128;
@@ -792,18 +795,23 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
                     const int s = q % I8_STAGES;
                     const u32 st = base + s * W_STAGE, bar = full + 8 * s;
                     mbar_wait(empty + 8 * s, ((q / I8_STAGES) & 1) ^ 1);  // block q - I8_STAGES released
-                    if (lane == 0) {  // a complete_tx may come first: this pending arrival holds the phase
-                        const size_t tb = (size_t)mt * NB + b;
-                        mbar_expect_tx(bar, groups * 1536 + 128 * 128 + 128 * 4);
-                        bulk_copy(st + W_A, xq + tb * 128 * 128, 128 * 128, bar);
-                        bulk_copy(st + W_SX, sx + tb * 128, 128 * 4, bar);
-                    }
-                    if (lane < groups) bulk_copy(st + W_R + lane * 1536, rec + (size_t)b * 96, 1536, bar);
+                    if (cwp == 0) {  // a complete_tx may come before an expect_tx: the pending arrival holds the phase
+                        if (lane == 0) {
+                            const size_t tb = (size_t)mt * NB + b;
+                            mbar_expect_tx(bar, 128 * 128 + 128 * 4);
+                            bulk_copy(st + W_A, xq + tb * 128 * 128, 128 * 128, bar);
+                            bulk_copy(st + W_SX, sx + tb * 128, 128 * 4, bar);
+                        }
+                    } else if (cwp == 1) {
+                        if (lane == 0) mbar_expect_tx(bar, groups * 1536);
+                        if (lane < groups) bulk_copy(st + W_R + lane * 1536, rec + (size_t)b * 96, 1536, bar);
+                    } else {
 #pragma unroll
-                    for (int i = 0; i < 4; ++i)
-                        if (swe[i] >= 0)
-                            cp_async4(st + W_SW + (lane + 32 * i) * 4, w_scales + ((swe[i] + b * w_step) & ~1));
-                    cp_async_mbar_arrive(bar);
+                        for (int i = 0; i < 4; ++i)
+                            if (swe[i] >= 0)
+                                cp_async4(st + W_SW + (lane + 32 * i) * 4, w_scales + ((swe[i] + b * w_step) & ~1));
+                        cp_async_mbar_arrive(bar);
+                    }
                 }
             }
         }
