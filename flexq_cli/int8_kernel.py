@@ -73,12 +73,15 @@ class Int8Config:
         return "i8_gemm_ws" if self.ws else "i8_gemm_wgmma" if self.wgmma else "i8_gemm"
 
     def defines(self, act_bits: int, bf16: bool, debug: bool = False) -> tuple[str, ...]:
-        """-D options for the .cu; a wgmma config also names sm_90a (wgmma is an sm_90a feature, not sm_90)."""
+        """-D options for the .cu; a wgmma config also names sm_90a (wgmma is an sm_90a feature, not sm_90), the
+        warp-specialized one the shared memory its launch gets (a static_assert in the .cu holds smem_bytes to the
+        kernel's own layout)."""
         return (
             f"-DI8_ACT_BITS={act_bits}", f"-DI8_BM={self.bm}", f"-DI8_BN={self.bn}", f"-DI8_WM={self.wm}",
             f"-DI8_WN={self.wn}", f"-DI8_STAGES={self.stages}", f"-DI8_BF16={int(bf16)}",
             f"-DI8_DEBUG_ACC={int(debug)}", f"-DI8_QUANT_WARPS={QUANT_WARPS}", f"-DI8_CHUNK={EPILOGUE_CHUNK_BLOCKS}",
             f"-DI8_WGMMA={2 if self.ws else int(self.wgmma)}", *(("-arch=sm_90a",) if self.wgmma else ()),
+            *((f"-DI8_WS_SMEM={self.smem_bytes()}",) if self.ws else ()),  # the .cu checks its plan against it
         )
 
     def smem_bytes(self) -> int:

@@ -655,6 +655,9 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 #define W_PRODUCER_REGS 24            // setmaxnreg's least; the copy warps need few
 #define W_CONSUMER_REGS 240           // (384 threads x 168 at launch; 128 x 24 + 256 x 240 fit in that)
 static_assert(128 * W_PRODUCER_REGS + 256 * W_CONSUMER_REGS <= W_THREADS * 168, "ws register plan");
+#ifdef I8_WS_SMEM  // int8_kernel.Int8Config.smem_bytes: what the launch allocates
+static_assert(I8_WS_SMEM == 1024 + I8_STAGES * W_STAGE + 2 * I8_STAGES * 8, "int8_kernel.py's smem plan differs");
+#endif
 static_assert(I8_CHUNK == 2, "ws: the consumers pair a chunk's blocks");
 
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {

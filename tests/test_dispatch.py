@@ -155,6 +155,7 @@ def test_int8_ws_config():
     assert (WS_TILE.threads, WS_TILE.kernel, WS_TILE.stages) == (384, "i8_gemm_ws", 6)
     assert "-DI8_WGMMA=2" in WS_TILE.defines(8, False) and "-arch=sm_90a" in WS_TILE.defines(8, False)
     assert WS_TILE.smem_bytes() == 1024 + 6 * 29 * 1024 + 12 * 8 <= SMEM_LIMIT
+    assert f"-DI8_WS_SMEM={WS_TILE.smem_bytes()}" in WS_TILE.defines(8, False)  # the .cu static_asserts its plan
     ws = dict(bm=128, bn=128, wm=2, wn=1, stages=6, wgmma=True, ws=True)
     assert Int8Config(**{**ws, "stages": 7}).smem_bytes() <= SMEM_LIMIT
     for bad in (dict(stages=2), dict(stages=8), dict(bm=64, wm=1), dict(wgmma=False)):
