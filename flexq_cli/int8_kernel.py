@@ -47,7 +47,7 @@ class Int8Config:
     wn: int = 4
     stages: int = 4
     wgmma: bool = False  # the Hopper mainloop (sm_90a): wm warpgroups of 64 tokens x 128 rows, wn = 1
-    ws: bool = False  # with wgmma: warp-specialized and persistent (a copy warp, two consumer warpgroups, 128 x 128)
+    ws: bool = False  # with wgmma: warp-specialized and persistent (copy warps, two consumer warpgroups, 128 x 128)
 
     def __post_init__(self):
         tm, tn = self.bm // max(1, self.wm), self.bn // max(1, self.wn)

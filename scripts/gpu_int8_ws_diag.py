@@ -4,11 +4,11 @@
     e.g. 2048 4096x4096,28672x8192 "ws=,s5=stages:5"
 
 VARIANTS: name=A:v+B:v,...; each A:v an extra -D option for the .cu (kernels/w6_int8_gemm.cu), or stages:v the
-config's stage count. Every variant is validated bit for bit against the
-reference before timing. All ops of a shape take turns in one process (kernel_bench.time_ops): L2 flushed, median of
-REPEATS (default 10), W6A8, microseconds; two rounds, so drift shows. (Until the twentieth session the kernel had
-timing-only switches, I8_WS_DIAG and I8_WS_SKIP, that left parts of its work out; they went with the kernel they
-measured, docs/kernel.md.)
+config's stage count. Every variant is validated bit for bit against the reference before timing. All ops of a
+shape take turns in one process (kernel_bench.time_ops): L2 flushed, median of REPEATS (default 10), W6A8,
+microseconds; two rounds, so drift shows. (Until the twentieth session the kernel had timing-only switches,
+I8_WS_DIAG and I8_WS_SKIP, that left parts of its work out; they went with the kernel they measured,
+docs/kernel.md.)
 """
 import os
 import sys

@@ -146,7 +146,7 @@ def test_int8_wgmma_configs():
 
 
 def test_int8_ws_config():
-    """The warp-specialized kernel's config: three warpgroups (the copy warp's, two consumers), its kernel and arch,
+    """The warp-specialized kernel's config: three warpgroups (the copy warps', two consumers), its kernel and arch,
     and shared memory matching the .cu's plan (6 stages of 29 KB: activation tile, records, both scales; two
     mbarriers each; the alignment slack) within the 227 KB a CTA may have, up to 7 stages; anything else is
     refused."""
