@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -377,11 +378,12 @@ def btc_linear(
     return out
 
 
-def check_packed(packed, shapes: tuple[tuple[int, int], tuple[int, int]], dtype: torch.dtype, device,
-                 act_group_size: int) -> None:
+def check_packed(packed, shapes: tuple[tuple[int, ...], tuple[int, ...]], dtype: torch.dtype, device,
+                 act_group_size: int, other_layout: tuple[tuple, Callable[[], str]] | None = None) -> None:
     """ValueError unless ``packed`` is (activations of ``dtype``, float32 scales) of the ``shapes`` the layer's own
     pack would make (``pack_layout``, ``int8_kernel.quant_layout``), with act groups of 128 (the only kind
-    norm_kernel.py makes)."""
+    norm_kernel.py makes). ``other_layout``: (the shapes of a layout the kernel cannot read, a function making the
+    error for a pack in it: formatted only then, int8_linear calls this per layer)."""
     if act_group_size != BLOCK_K:
         raise ValueError(f"packed activations have act groups of {BLOCK_K}; this layer uses {act_group_size}")
     if not isinstance(packed, tuple) or len(packed) != 2:
@@ -389,6 +391,8 @@ def check_packed(packed, shapes: tuple[tuple[int, int], tuple[int, int]], dtype:
     xp, sx = packed
     cl.check_tensor("packed activations", xp, device, (dtype,))
     cl.check_tensor("packed scales", sx, device, (torch.float32,))
+    if other_layout is not None and (xp.shape, sx.shape) == other_layout[0]:
+        raise ValueError(other_layout[1]())
     if (xp.shape, sx.shape) != shapes:
         raise ValueError(f"packed activations must be {shapes[0]} with {shapes[1]} scales, got "
                          f"{tuple(xp.shape)} and {tuple(sx.shape)}")

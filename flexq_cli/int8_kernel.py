@@ -351,6 +351,13 @@ def _config(config: Int8Config | GemvConfig | None, m: int, n: int, kp: int, dev
     return config or default_config(m, n, kp, wgmma_capable(device.index))
 
 
+def _wrong_layout(cfg: Int8Config | GemvConfig, tiled: bool) -> str:
+    """int8_linear's error for a pack in the activation layout its kernel does not read."""
+    layout, pack = ("tiled", "int8_tiled") if tiled else ("row", "int8")
+    return (f"int8 tile config {cfg} reads the {layout} activation layout and the pack given is in the other one: "
+            f"pass packed=None or a pack made with pack={pack!r}")
+
+
 def reads_tiled_acts(m: int, n: int, kp: int, device: torch.device) -> bool:
     """Whether int8_linear's default config for this problem reads the tiled activation layout (modules._pack_for
     then has the norm kernels make the pack "int8_tiled")."""
@@ -385,13 +392,9 @@ def int8_linear(
     cfg = _config(config, x2.shape[0], qweight.shape[0], kp, x.device)
     tiled = _tiled_acts(cfg)
     if packed is not None:
-        shapes = quant_layout(x2.shape[0], kp // BLOCK_K, tiled)
-        if isinstance(packed, tuple) and packed and isinstance(packed[0], torch.Tensor) \
-                and packed[0].dim() != len(shapes[0]):
-            layout, pack = ("tiled", "int8_tiled") if tiled else ("row", "int8")
-            raise ValueError(f"int8 tile config {cfg} reads the {layout} activation layout and the pack given is in "
-                             f"the other one: pass packed=None or a pack made with pack={pack!r}")
-        check_packed(packed, shapes, torch.int8, x.device, act_group_size)
+        wrong = (quant_layout(x2.shape[0], kp // BLOCK_K, not tiled), lambda: _wrong_layout(cfg, tiled))
+        check_packed(packed, quant_layout(x2.shape[0], kp // BLOCK_K, tiled), torch.int8, x.device, act_group_size,
+                     wrong)
         xq, sx = packed
     else:
         xq, sx = quantize_activations(x2, kp // BLOCK_K, act_bits, act_group_size, tiled)

@@ -193,3 +193,27 @@ def test_decode_attention_buffers_grow_without_freeing_the_old_ones(monkeypatch)
     second = attn_kernel._buffers(cpu, 300, 4)
     assert second[0].numel() == 300 and second[1].numel() == 4 and not second[1].any()
     assert len(attn_kernel._retired) == 1 and attn_kernel._retired[0] is first
+
+
+def test_check_packed_names_the_other_layout(monkeypatch):
+    """A pack in the layout the kernel does not read gets that layout's error (made only then: int8_linear calls this
+    per layer); a pack of the right shapes passes; other shapes get the shape error."""
+    import torch
+
+    from flexq_cli import btc, cuda_launch
+    from flexq_cli.int8_kernel import quant_layout
+
+    monkeypatch.setattr(cuda_launch, "check_tensor", lambda *args: None)  # CPU tensors stand in for CUDA ones
+
+    def never() -> str:
+        raise AssertionError("the other layout's error was made without a pack in that layout")
+
+    def pack(shapes):
+        return torch.zeros(shapes[0], dtype=torch.int8), torch.zeros(shapes[1])
+
+    tiled, rows = quant_layout(300, 5, True), quant_layout(300, 5)
+    btc.check_packed(pack(tiled), tiled, torch.int8, None, 128, (rows, never))
+    with pytest.raises(ValueError, match="reads the tiled activation layout"):
+        btc.check_packed(pack(rows), tiled, torch.int8, None, 128, (rows, lambda: "reads the tiled activation layout"))
+    with pytest.raises(ValueError, match="packed activations must be"):
+        btc.check_packed(pack(quant_layout(299, 5)), tiled, torch.int8, None, 128, (rows, never))
