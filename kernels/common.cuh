@@ -175,6 +175,17 @@ __device__ __forceinline__ int tiled_act_byte(int tok, int e, int kk) {
     const int byte = 32 * ((kk >> 2) & 3) + (kk & 16) + 4 * e + (kk & 3);
     return (((byte >> 4) ^ (tok & 7)) << 4) | (byte & 15);
 }
+// One 128-wide block's INT8 codes (lane l holds q[e], physical k = 32e + l) and scale s into the row layout (xq (M,
+// NB * 128), sx (M, NB)) or the tiled one above. Shared by i8_act_quant and rmsnorm.cu's modes 2 and 3.
+__device__ __forceinline__ void store_int8_block(signed char* xq, float* sx, const int (&q)[4], float s, int tok,
+                                                 int b, int NB, int lane, bool tiled) {
+    const int kk = i8_code_pos(lane);
+    const size_t row = tiled ? tiled_act_row(tok, b, NB) : (size_t)tok * NB + b;
+    signed char* out = xq + row * 128;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) out[tiled ? tiled_act_byte(tok, e, kk) : 32 * e + kk] = (signed char)q[e];
+    if (lane == 0) sx[row] = s;
+}
 
 // ---------------------------------------------------------------- 6-bit weights: bit planes -> int8 codes
 // Swap the bits selected by mask m << s of `lo` with the bits m of `hi` (one step of a bit-matrix transpose).

@@ -111,19 +111,13 @@ __device__ __forceinline__ void store_pack(const float (&v)[4], int mode, void* 
                                            int NB, int lane) {
     int q[4];
     const float s = block_codes(v, warp_block_scale(v, QMAX), QMAX, q);
-    size_t row = (size_t)tok * NB + b;  // the block's scale, and its record or 128 codes
+    const size_t row = (size_t)tok * NB + b;  // the block's scale and record
     if (mode == 1) {
         const u32 mine = plane_word<NORM_ACT_BITS>(q, lane);
         if (lane < 4 * NORM_ACT_BITS) ((u32*)packed)[row * (4 * NORM_ACT_BITS) + lane] = mine;
-    } else if (mode == 2) {
-        signed char* out = (signed char*)packed + row * 128 + i8_code_pos(lane);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) out[32 * e] = (signed char)q[e];
     } else {
-        row = tiled_act_row(tok, b, NB);
-        signed char* out = (signed char*)packed + row * 128;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) out[tiled_act_byte(tok, e, i8_code_pos(lane))] = (signed char)q[e];
+        store_int8_block((signed char*)packed, sx, q, s, tok, b, NB, lane, mode == 3);
+        return;
     }
     if (lane == 0) sx[row] = s;
 }

@@ -105,21 +105,10 @@ i8_act_quant(const u16* __restrict__ x, signed char* __restrict__ xq, float* __r
     const bool live = tok < M;
     const u16* xr = x + (size_t)(live ? tok : 0) * K;
     const float row_scale = whole_row ? cta_row_scale<I8_QUANT_WARPS>(xr, K, live, QMAX) : 0.f;
-    const int kk = i8_code_pos(lane);  // this lane's logical position in each 32-wide step
     for (int b = blockIdx.y * I8_QUANT_WARPS + warp; b < NB; b += gridDim.y * I8_QUANT_WARPS) {
         int q[4];
         const float s = quantize_block(xr, K, live, b, whole_row, row_scale, QMAX, q);
-        if (tiled) {
-            const size_t row = tiled_act_row(tok, b, NB);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) xq[row * 128 + tiled_act_byte(tok, e, kk)] = (signed char)q[e];
-            if (lane == 0) sx[row] = s;
-        } else {
-            signed char* out = xq + (size_t)tok * NB * 128 + b * 128 + kk;
-#pragma unroll
-            for (int e = 0; e < 4; ++e) out[32 * e] = (signed char)q[e];
-            if (lane == 0) sx[(size_t)tok * NB + b] = s;
-        }
+        store_int8_block(xq, sx, q, s, tok, b, NB, lane, tiled);
     }
 }
 
