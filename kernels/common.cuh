@@ -189,25 +189,36 @@ __device__ __forceinline__ void store_int8_block(signed char* xq, float* sx, con
 
 // ---------------------------------------------------------------- 6-bit weights: bit planes -> int8 codes
 // Swap the bits selected by mask m << s of `lo` with the bits m of `hi` (one step of a bit-matrix transpose).
+// SELECT: each side a select (one lop3) of the other's shifted bits, 4 instructions and no chain through t, where the
+// XOR form takes 5. On the H100 (2026-11-23, twenty-first session) the select form made the warp-specialized GEMM
+// 1.06-1.08x faster; in the decode kernel it was 0.55-1.06x config by config, so that one keeps the XOR form.
+template <bool SELECT>
 __device__ __forceinline__ void delta_swap(u32& lo, u32& hi, int s, u32 m) {
-    const u32 t = ((lo >> s) ^ hi) & m;
-    hi ^= t;
-    lo ^= t << s;
+    if (SELECT) {
+        const u32 l = lo, h = hi;
+        asm("lop3.b32 %0, %1, %2, %3, 0xD8;" : "=r"(hi) : "r"(h), "r"(l >> s), "r"(m));  // m ? l >> s : h
+        asm("lop3.b32 %0, %1, %2, %3, 0xD8;" : "=r"(lo) : "r"(l), "r"(h << s), "r"(m << s));
+    } else {
+        const u32 t = ((lo >> s) ^ hi) & m;
+        hi ^= t;
+        lo ^= t << s;
+    }
 }
 
 // r[0..5]: the six plane words of one (weight row, 32-wide K word) of a packed record (plane j: bit k of word j is
 // bit j of the code of k). They are rows 0..5 of an 8 x 32 bit matrix; rows 6 and 7 repeat the sign plane (so the
 // codes come out sign-extended to 8 bits); three delta-swap stages transpose each 8 x 8 block (byte lane i), after
-// which r[p] holds in byte i the int8 code of k = p + 8i. 12 swaps of ~5 instructions for 32 codes. Shared by the
-// INT8 kernels (w6_int8_gemm.cu, w6_int8_gemv.cu), which order K to match.
+// which r[p] holds in byte i the int8 code of k = p + 8i. 12 swaps of 4-5 instructions for 32 codes. Shared by the
+// INT8 kernels (w6_int8_gemm.cu, w6_int8_gemv.cu), which order K to match; SELECT: delta_swap's form.
+template <bool SELECT = false>
 __device__ __forceinline__ void unpack_planes(u32 (&r)[8]) {
     r[6] = r[7] = r[5];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) delta_swap(r[j], r[j + 4], 4, 0x0F0F0F0Fu);
+    for (int j = 0; j < 4; ++j) delta_swap<SELECT>(r[j], r[j + 4], 4, 0x0F0F0F0Fu);
 #pragma unroll
-    for (int j = 0; j < 8; j += (j & 1) ? 3 : 1) delta_swap(r[j], r[j + 2], 2, 0x33333333u);  // 0, 1, 4, 5
+    for (int j = 0; j < 8; j += (j & 1) ? 3 : 1) delta_swap<SELECT>(r[j], r[j + 2], 2, 0x33333333u);  // 0, 1, 4, 5
 #pragma unroll
-    for (int j = 0; j < 8; j += 2) delta_swap(r[j], r[j + 1], 1, 0x55555555u);
+    for (int j = 0; j < 8; j += 2) delta_swap<SELECT>(r[j], r[j + 1], 1, 0x55555555u);
 }
 
 // ---------------------------------------------------------------- INT8 MMA (w6_int8_gemm.cu, w6_int8_gemv.cu)

@@ -702,8 +702,8 @@ __device__ __forceinline__ void ws_block(int (&d)[64], u32 (&ra)[8], u32 (&rb)[8
         ra[j] = p0[4 * j];
         rb[j] = p1[4 * j];
     }
-    unpack_planes(ra);
-    unpack_planes(rb);
+    unpack_planes<true>(ra);
+    unpack_planes<true>(rb);
     wgmma_fence();
 #pragma unroll
     for (int s = 0; s < 4; ++s)
