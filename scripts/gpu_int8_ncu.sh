@@ -14,6 +14,7 @@ source scripts/ncu_common.sh
 METRICS=$(ncu_metrics dram__bytes_read.sum,lts__t_bytes.sum,smsp__inst_executed.sum)
 METRICS+=,sm__cycles_elapsed.avg.per_second
 METRICS+=,sm__pipe_tensor_op_imma_cycles_active.avg.pct_of_peak_sustained_active  # wgmma's IGMMA counts here too
+for p in alu fma fmaheavy xu; do METRICS+=,sm__inst_executed_pipe_$p.avg.pct_of_peak_sustained_active; done
 cat > /tmp/ncu_i8.py <<'PY'  # the process ncu watches: int8_linear 5 times
 import sys, torch
 from flexq_cli import int8_kernel
@@ -41,7 +42,7 @@ for s in $SHAPES; do
   fi
   KEYS="Duration|DRAM Throughput|Memory Throughput|L1/TEX Hit|L2 Hit Rate|Registers Per|Occupancy|Issue Slots"
   KEYS+="|Issued Warp Per|No Eligible|Eligible Warps|Warp Cycles Per Issued|Dynamic Shared|Waves Per SM"
-  KEYS+="|Mem Busy|Max Bandwidth|stalled|dram__bytes|lts__t_bytes|inst_executed|pipe_tensor|SM Frequency|per_second"
+  KEYS+="|Mem Busy|Max Bandwidth|stalled|dram__bytes|lts__t_bytes|inst_executed|pipe_|SM Frequency|per_second"
   grep -E "$KEYS" "$OUT/ncu-i8-$cfg-$n-$k-m$M.txt" | sed 's/  */ /g'
 done
 done
