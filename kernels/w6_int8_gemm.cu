@@ -618,10 +618,10 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 // int8_kernel.WS_TILE, the default from 65 tokens on Hopper: exact; on the H100 1.3-1.4x the previous warp-specialized
 // kernel (which unpacked into shared memory) and about 1.8-2.1x the mma.sync loop (docs/kernel.md).
 // The weights are wgmma's operand A, from registers: each consumer thread unpacks its own two weight rows' records
-// (unpack_planes, as the register-fed decode kernel does) straight into A fragments, so no unpacked tile goes through
-// shared memory and no warp waits for another's unpack. The activations are operand B (128 tokens x 128 K, the tiled
-// layout's swizzled rows, one bulk copy); the tiled layout orders K to match the fragments (common.cuh,
-// tiled_act_byte). The CTA: 128 weight rows x 128 tokens, three warpgroups, mbarriers only:
+// (unpack_planes as in the register-fed decode kernel, but its select form) straight into A fragments, so no
+// unpacked tile goes through shared memory and no warp waits for another's unpack. The activations are operand B
+// (128 tokens x 128 K, the tiled layout's swizzled rows, one bulk copy); the tiled layout orders K to match the
+// fragments (common.cuh, tiled_act_byte). The CTA: 128 weight rows x 128 tokens, three warpgroups, mbarriers only:
 // - warpgroup 0: warps 0-2 copy (warp 3 only gives its registers back). For block q each waits until stage
 //   q % I8_STAGES is released (`empty`); then warp 0 bulk-copies the block's activation codes and scales, warp 1 the
 //   packed records of the tile's rows (lane g the 16-row group g, 1536 contiguous bytes), warp 2 cp.asyncs the
@@ -819,6 +819,11 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
             u32 ra0[8], rb0[8], ra1[8], rb1[8];
 #pragma unroll
             for (int i = 0; i < 64; ++i) yacc[i] = -0.f;  // -0: the identity of IEEE addition
+            // Stage s's epilogue has read its scales (and its MMAs are done): one arrival per warp frees it.
+            auto release = [&](int s) {
+                __syncwarp();
+                if (lane == 0) mbar_arrive(empty + 8 * s);
+            };
             // One block alone: an odd last block, or every block of a debug build (which then keeps one
             // accumulator live: with two, its stores spill).
             auto single = [&](int b) {
@@ -827,8 +832,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
                 ws_block(acc0, ra0, rb0, smem + s0 * W_STAGE, base + s0 * W_STAGE, r0, t);
                 wgmma_wait0();
                 ws_epilogue(a, acc0, csum, smem + s0 * W_STAGE, r0, m0, n0, b, 0);
-                __syncwarp();
-                if (lane == 0) mbar_arrive(empty + 8 * s0);
+                release(s0);
                 ++q;
             };
 #if I8_DEBUG_ACC
@@ -845,12 +849,10 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
                 ws_block(acc1, ra1, rb1, smem + s1 * W_STAGE, base + s1 * W_STAGE, r0, t);
                 asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
                 ws_epilogue(a, acc0, csum, smem + s0 * W_STAGE, r0, m0, n0, c0, 0);
-                __syncwarp();
-                if (lane == 0) mbar_arrive(empty + 8 * s0);
+                release(s0);
                 wgmma_wait0();
                 ws_epilogue(a, acc1, csum, smem + s1 * W_STAGE, r0, m0, n0, c0 + 1, 1);
-                __syncwarp();
-                if (lane == 0) mbar_arrive(empty + 8 * s1);
+                release(s1);
 #pragma unroll
                 for (int i = 0; i < 64; ++i) yacc[i] = fadd_ieee(yacc[i], csum[i]);  // the chunk, in chunk order
             }
