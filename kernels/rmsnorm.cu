@@ -111,15 +111,14 @@ __device__ __forceinline__ void store_pack(const float (&v)[4], int mode, void* 
                                            int NB, int lane) {
     int q[4];
     const float s = block_codes(v, warp_block_scale(v, QMAX), QMAX, q);
-    const size_t row = (size_t)tok * NB + b;  // the block's scale and record
     if (mode == 1) {
+        const size_t row = (size_t)tok * NB + b;  // the block's record and scale
         const u32 mine = plane_word<NORM_ACT_BITS>(q, lane);
         if (lane < 4 * NORM_ACT_BITS) ((u32*)packed)[row * (4 * NORM_ACT_BITS) + lane] = mine;
+        if (lane == 0) sx[row] = s;
     } else {
         store_int8_block((signed char*)packed, sx, q, s, tok, b, NB, lane, mode == 3);
-        return;
     }
-    if (lane == 0) sx[row] = s;
 }
 
 // Blocks b0, b0 + step, ... (< NB) of one token's row of `width` 16-bit outputs: lane l of the warp makes
