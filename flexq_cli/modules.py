@@ -118,8 +118,8 @@ class QuantLinear(nn.Module):
             if self._rotation is None or self._rotation.dtype != x.dtype or self._rotation.device != x.device:
                 self._rotation = self.rotation.to(device=x.device, dtype=x.dtype)
             x = block_rotate(x, self._rotation)
-        if handed is not None and handed[0] is x:  # _pack_for chose pack handed[1] for kernel_for(x) on this x
-            backend, packed = handed[1], handed[2]
+        if handed is not None and handed[0] is x:  # pack handed[1], chosen by _pack_for for kernel_for(x) on this x
+            backend, packed = "btc" if handed[1] == "btc" else "int8", handed[2]  # "int8_tiled" is int8's too
         else:
             backend, packed = self.kernel_for(x), None
         if backend != "reference":
