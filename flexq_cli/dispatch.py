@@ -2,8 +2,8 @@
 
 The BTC kernel (btc.py) streams the packed weights at close to memory speed but costs 36 / 48 binary MMAs per
 multiply-add; the INT8 kernel (int8_kernel.py) unpacks the weights to int8 and multiplies on INT8 tensor cores
-(on Hopper from 65 tokens the warp-specialized kernel: the whole layer op at 383-611 TOPS at M = 512..4096 on the
-7B/70B shapes, `flexq bench --kernel` on the H100, twenty-first session), and up to 16 tokens streams the weights
+(on Hopper from 65 tokens the warp-specialized kernel: the whole layer op at 420-628 TOPS at M = 512..4096 on the
+7B/70B shapes, `flexq bench --kernel` on the H100, twenty-second session), and up to 16 tokens streams the weights
 through registers
 (``int8_kernel.GemvConfig``). So BTC wins at 1-3 tokens on some wide layers and INT8 beyond a crossover M that
 depends on the shape and the activation bits.

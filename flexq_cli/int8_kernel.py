@@ -52,14 +52,15 @@ class Int8Config:
     def __post_init__(self):
         tm, tn = self.bm // max(1, self.wm), self.bn // max(1, self.wn)
         if self.ws:
-            bad = not self.wgmma or (self.bm, self.bn, self.wm, self.wn) != (128, 128, 2, 1)
+            bad = not self.wgmma or (self.bm, self.bn, self.wm, self.wn) != (128, 128, 2, 1) \
+                or self.smem_bytes() > SMEM_LIMIT
         elif self.wgmma:
             bad = self.bn != 128 or self.wn != 1 or self.wm not in (1, 2) or self.bm != 64 * self.wm \
                 or self.smem_bytes() > SMEM_LIMIT
         else:
             bad = self.wm * self.wn not in (2, 4, 8) or tm % 16 or tn % 16 or tm * self.wm != self.bm \
                 or tn * self.wn != self.bn or (self.bn * 4) % self.threads
-        if bad or not 3 <= self.stages <= (7 if self.ws else 6):
+        if bad or not 3 <= self.stages <= 6:
             raise ValueError(f"unsupported int8 tile config {self}")
 
     @property
@@ -88,10 +89,11 @@ class Int8Config:
         """mma.sync: stages x (activation tile + packed weight records + scales), plus two unpacked int8 weight
         tiles. wgmma: two swizzled unpacked tiles and their float scales, then the stages, each rounded up to the
         1024 bytes of a swizzle atom, plus 1024 to align the base (.cu, W_HEAD and W_STAGE_BYTES). ws: the stages
-        (activation tile, the tile's packed records, both scales; .cu W_STAGE), their two mbarriers each, 1024 to
-        align the base."""
+        (activation tile and the tile's packed records, .cu W_STAGE), twice as many slots of both scales (W_SCALES),
+        each consumer warp's 4 KB of finished outputs (W_OUT), two mbarriers per stage, 1024 to align the base."""
         if self.ws:
-            return 1024 + self.stages * _round_up(128 * 128 + 128 * 96 + 2 * 128 * 4, 1024) + 2 * self.stages * 8
+            return 1024 + self.stages * (128 * 128 + 128 * 96) + 2 * self.stages * 2 * 128 * 4 + 8 * 128 * 32 \
+                + 2 * self.stages * 8
         if self.wgmma:
             head = _round_up(2 * self.bn * 128 + 2 * self.bn * 4, 1024)
             stage = _round_up(self.bm * 128 + self.bn * 112 + self.bm * 4 + self.bn * 4, 1024)

@@ -36,6 +36,17 @@ __device__ __forceinline__ u16 from_float(float f) {
     return h;
 }
 
+// Two floats as one word of 16-bit values, lo in the low half, each rounded as from_float rounds it.
+__device__ __forceinline__ u32 pack_pair(float lo, float hi) {
+    u32 r;
+#if FQ_BF16
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#endif
+    return r;
+}
+
 // IEEE fp32 arithmetic written as PTX: CuPy compiles with -ftz=true, which would turn __fdiv_rn & co into their
 // flush-to-zero forms; explicit div.rn / mul.rn / add.rn keep denormals, as torch does, and are never contracted
 // into an FMA, so the epilogue repeats the reference's operation sequence exactly.

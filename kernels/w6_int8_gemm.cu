@@ -625,27 +625,43 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 // - warpgroup 0: warps 0-2 copy (warp 3 only gives its registers back). For block q each waits until stage
 //   q % I8_STAGES is released (`empty`); then warp 0 bulk-copies the block's activation codes and scales, warp 1 the
 //   packed records of the tile's rows (lane g the 16-row group g, 1536 contiguous bytes), warp 2 cp.asyncs the
-//   words holding the 128 weight scales, all completing on the stage's `full`.
+//   words holding the 128 weight scales, all completing on the stage's `full`; the scales go to a ring of twice as
+//   many slots (W_SCALES says why).
 // - warpgroups 1 and 2, the consumers (W_CONSUMER_REGS registers), 64 weight rows x 128 tokens each: per chunk of two
 //   blocks, block c0's rows unpacked and its four wgmma issued, then block c0 + 1's (its unpack overlapping the first
 //   block's MMAs), then each block's epilogue as its MMAs complete (the first overlapping the second's MMAs), each
-//   stage released by one arrival per consumer warp once its epilogue has read the scales.
+//   stage released by one arrival per consumer warp after its epilogue. A finished tile goes out through the
+//   consumer warps' shared-memory buffers (ws_store).
 // Persistent: grid = min(tiles, SMs); a CTA takes tiles blockIdx.x, + gridDim.x, ..., token tiles fastest (the CTAs
 // in flight share weight tiles and read the activations from L2). The stage ring runs on across tiles.
 // Same numerics and records as the kernels above (the accumulator starts from 0; its exact conversion to float is
 // the int-to-float of a |value| < 2^24). With I8_DEBUG_ACC the block accumulators are stored instead.
 #define W_A 0                         // 128 token rows of 128 B, swizzled: the tiled activation codes
 #define W_R (128 * 128)               // the tile's 128 packed records (8 groups of 16 rows, 1536 B each, as in qweight)
-#define W_SX (W_R + 128 * 96)         // 128 float activation scales
-#define W_SW (W_SX + 128 * 4)         // 128 4-byte words holding the rows' fp16 weight scales
-#define W_STAGE ((W_SW + 128 * 4 + 1023) / 1024 * 1024)
-#define W_BARS (I8_STAGES * W_STAGE)  // full[I8_STAGES], empty[I8_STAGES]
+#define W_STAGE (W_R + 128 * 96)      // 28 KB: stage s at s * W_STAGE keeps the swizzle atoms' 1024 alignment
+// The blocks' scales in a ring of 2 * I8_STAGES slots after the stages (block q: slot q % (2 * I8_STAGES)), each
+// slot the 128 float activation scales (W_SX) and the 128 4-byte words holding the rows' fp16 weight scales (W_SW).
+// Twice as many slots as stages: the copy warps refill block q's slot only once every consumer warp has released
+// block q + I8_STAGES, a later pass of the chunk loop, by which time the warp has used every scale it loaded for
+// block q. The mbarrier arrival alone does not wait for the warp's outstanding shared-memory loads: with the
+// scales in the stage, a load issued before a stage's release could still be pending when the copy engine refilled
+// the stage, and it then read the next block's scales (a race seen on the H100, docs/kernel.md).
+#define W_SCALES (I8_STAGES * W_STAGE)
+#define W_SX 0
+#define W_SW (128 * 4)
+#define W_SLOT (2 * 128 * 4)
+// Block q's slot: q % (2 * I8_STAGES), written as its stage and the parity the barrier waits use.
+__device__ __forceinline__ u32 ws_slot(int q) {
+    return q % I8_STAGES + I8_STAGES * ((q / I8_STAGES) & 1);
+}
+#define W_OUT (W_SCALES + 2 * I8_STAGES * W_SLOT)  // each consumer warp's finished outputs, 128 tokens x 16 rows
+#define W_BARS (W_OUT + 8 * 128 * 32)  // full[I8_STAGES], empty[I8_STAGES]
 #define W_THREADS 384
 #define W_PRODUCER_REGS 24            // setmaxnreg's least; the copy warps need few
 #define W_CONSUMER_REGS 240           // (384 threads x 168 at launch; 128 x 24 + 256 x 240 fit in that)
 static_assert(128 * W_PRODUCER_REGS + 256 * W_CONSUMER_REGS <= W_THREADS * 168, "ws register plan");
 #ifdef I8_WS_SMEM  // int8_kernel.Int8Config.smem_bytes: what the launch allocates
-static_assert(I8_WS_SMEM == 1024 + I8_STAGES * W_STAGE + 2 * I8_STAGES * 8, "int8_kernel.py's smem plan differs");
+static_assert(I8_WS_SMEM == 1024 + W_BARS + 2 * I8_STAGES * 8, "int8_kernel.py's smem plan differs");
 #endif
 static_assert(I8_CHUNK == 2, "ws: the consumers pair a chunk's blocks");
 
@@ -712,7 +728,7 @@ __device__ __forceinline__ void ws_block(int (&d)[64], u32 (&ra)[8], u32 (&rb)[8
 }
 // One block's epilogue for a consumer thread. Accumulator i: weight row r0 + 8 ((i >> 1) & 1) of the tile, token
 // 8 (i >> 2) + 2t + (i & 1). Into the chunk sum (chunk_add, the canonical order), or, debug, stored as they are.
-__device__ __forceinline__ void ws_epilogue(const Args& a, const int (&acc)[64], float (&csum)[64], const char* st,
+__device__ __forceinline__ void ws_epilogue(const Args& a, const int (&acc)[64], float (&csum)[64], const char* sc,
                                             int r0, int m0, int n0, int b, int kb) {
     const int t = threadIdx.x & 3;
 #if I8_DEBUG_ACC
@@ -722,9 +738,9 @@ __device__ __forceinline__ void ws_epilogue(const Args& a, const int (&acc)[64],
         if (tok < a.M && row < a.N) ((int*)a.y)[((size_t)b * a.M + tok) * a.N + row] = acc[i];
     }
 #else
-    const float sw0 = weight_scale_of(a, *(const u32*)(st + W_SW + r0 * 4), n0 + r0, b);
-    const float sw1 = weight_scale_of(a, *(const u32*)(st + W_SW + (r0 + 8) * 4), n0 + r0 + 8, b);
-    const float2* sxp = (const float2*)(st + W_SX) + t;
+    const float sw0 = weight_scale_of(a, *(const u32*)(sc + W_SW + r0 * 4), n0 + r0, b);
+    const float sw1 = weight_scale_of(a, *(const u32*)(sc + W_SW + (r0 + 8) * 4), n0 + r0 + 8, b);
+    const float2* sxp = (const float2*)(sc + W_SX) + t;
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
         const float2 sx = sxp[4 * j];  // tokens 8j + 2t, 8j + 2t + 1
@@ -734,19 +750,39 @@ __device__ __forceinline__ void ws_epilogue(const Args& a, const int (&acc)[64],
     }
 #endif
 }
-// The finished tile: each output once, + bias, one rounding. Rows are y's contiguous dimension: a warp's store
-// covers 16 bytes of each of 4 tokens.
-__device__ __forceinline__ void ws_store(const Args& a, const float (&yacc)[64], int r0, int m0, int n0) {
-    const int t = threadIdx.x & 3;
+__device__ __forceinline__ void stmatrix_x4_trans(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
+                 ::"r"(addr), "r"(r0), "r"(r1), "r"(r2), "r"(r3) : "memory");
+}
+// The finished tile: each output once, + bias, one rounding. A consumer warp's 16 rows x 128 tokens go through its
+// 4 KB at W_OUT token-major (stmatrix .trans: token tok's 16 rows are 32 bytes, its two 16-byte halves swapped when
+// tok % 8 >= 4 so a matrix's 8 tokens hit distinct banks), then out as 16-byte stores: 8 rows of one token each.
+__device__ __forceinline__ void ws_store(const Args& a, float (&yacc)[64], u32 base, int r0, int m0, int n0) {
+    const int lane = threadIdx.x & 31, cw = (threadIdx.x >> 5) - 4;  // consumer warp: rows 16cw .. 16cw + 15
+    if (a.bias) {
+        const float b0 = n0 + r0 < a.N ? bias_at(a.bias, a.bias_f32, n0 + r0) : 0.f;
+        const float b1 = n0 + r0 + 8 < a.N ? bias_at(a.bias, a.bias_f32, n0 + r0 + 8) : 0.f;
 #pragma unroll
-    for (int i = 0; i < 64; ++i) {
-        const int row = n0 + r0 + 8 * ((i >> 1) & 1), tok = m0 + 8 * (i >> 2) + 2 * t + (i & 1);
-        if (tok < a.M && row < a.N) {
-            float v = yacc[i];
-            if (a.bias) v = fadd_ieee(v, bias_at(a.bias, a.bias_f32, row));
-            ((u16*)a.y)[(size_t)tok * a.N + row] = from_float(v);
-        }
+        for (int i = 0; i < 64; ++i) yacc[i] = fadd_ieee(yacc[i], ((i >> 1) & 1) ? b1 : b0);
     }
+    const int swz = ((lane & 7) >> 2) ^ ((lane >> 3) & 1);  // lane's row (token % 8) and matrix half (lane / 8 % 2)
+    const u32 out = base + W_OUT + cw * 4096 + (8 * ((lane >> 4) & 1) + (lane & 7)) * 32 + 16 * swz;
+#pragma unroll
+    for (int j = 0; j < 16; j += 2)  // matrices: tokens 8j.. rows 0-7, rows 8-15, then tokens 8j + 8.. the same
+        stmatrix_x4_trans(out + 8 * j * 32, pack_pair(yacc[4 * j], yacc[4 * j + 1]),
+                          pack_pair(yacc[4 * j + 2], yacc[4 * j + 3]), pack_pair(yacc[4 * j + 4], yacc[4 * j + 5]),
+                          pack_pair(yacc[4 * j + 6], yacc[4 * j + 7]));
+    __syncwarp();
+    const u32 in = base + W_OUT + cw * 4096;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int tok = 16 * i + (lane >> 1), h = lane & 1, row = n0 + 16 * cw + 8 * h;
+        uint4 v;
+        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(in + tok * 32 + 16 * (h ^ ((tok >> 2) & 1))));
+        if (m0 + tok < a.M && row < a.N) *(uint4*)((u16*)a.y + (size_t)(m0 + tok) * a.N + row) = v;
+    }
+    __syncwarp();  // read before the next tile's stmatrix
 }
 
 extern "C" __global__ void __launch_bounds__(W_THREADS, 1)
@@ -785,14 +821,15 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
                 for (int i = 0; i < 4; ++i) swe[i] = n0 + lane + 32 * i < N ? (n0 + lane + 32 * i) * ws_cols : -1;
                 for (int b = 0; b < NB; ++b, ++q) {
                     const int s = q % I8_STAGES;
-                    const u32 st = base + s * W_STAGE, bar = full + 8 * s;
+                    const u32 st = base + s * W_STAGE, sc = base + W_SCALES + ws_slot(q) * W_SLOT;
+                    const u32 bar = full + 8 * s;
                     mbar_wait(empty + 8 * s, ((q / I8_STAGES) & 1) ^ 1);  // block q - I8_STAGES released
                     if (cwp == 0) {  // a complete_tx may come before an expect_tx: the pending arrival holds the phase
                         if (lane == 0) {
                             const size_t tb = (size_t)mt * NB + b;
                             mbar_expect_tx(bar, 128 * 128 + 128 * 4);
                             bulk_copy(st + W_A, xq + tb * 128 * 128, 128 * 128, bar);
-                            bulk_copy(st + W_SX, sx + tb * 128, 128 * 4, bar);
+                            bulk_copy(sc + W_SX, sx + tb * 128, 128 * 4, bar);
                         }
                     } else if (cwp == 1) {
                         if (lane == 0) mbar_expect_tx(bar, groups * 1536);
@@ -801,7 +838,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
 #pragma unroll
                         for (int i = 0; i < 4; ++i)
                             if (swe[i] >= 0)
-                                cp_async4(st + W_SW + (lane + 32 * i) * 4, w_scales + ((swe[i] + b * w_step) & ~1));
+                                cp_async4(sc + W_SW + (lane + 32 * i) * 4, w_scales + ((swe[i] + b * w_step) & ~1));
                         cp_async_mbar_arrive(bar);
                     }
                 }
@@ -819,7 +856,10 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
             u32 ra0[8], rb0[8], ra1[8], rb1[8];
 #pragma unroll
             for (int i = 0; i < 64; ++i) yacc[i] = -0.f;  // -0: the identity of IEEE addition
-            // Stage s's epilogue has read its scales (and its MMAs are done): one arrival per warp frees it.
+            // Block q's scale slot.
+            auto scales = [&](int qb) { return smem + W_SCALES + ws_slot(qb) * W_SLOT; };
+            // Stage s's MMAs are done and its records were unpacked: one arrival per warp frees it (W_SCALES says
+            // why the scales are not in it).
             auto release = [&](int s) {
                 __syncwarp();
                 if (lane == 0) mbar_arrive(empty + 8 * s);
@@ -831,7 +871,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
                 mbar_wait(full + 8 * s0, (q / I8_STAGES) & 1);
                 ws_block(acc0, ra0, rb0, smem + s0 * W_STAGE, base + s0 * W_STAGE, r0, t);
                 wgmma_wait0();
-                ws_epilogue(a, acc0, csum, smem + s0 * W_STAGE, r0, m0, n0, b, 0);
+                ws_epilogue(a, acc0, csum, scales(q), r0, m0, n0, b, 0);
                 release(s0);
                 ++q;
             };
@@ -848,10 +888,10 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
                 mbar_wait(full + 8 * s1, ((q + 1) / I8_STAGES) & 1);
                 ws_block(acc1, ra1, rb1, smem + s1 * W_STAGE, base + s1 * W_STAGE, r0, t);
                 asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-                ws_epilogue(a, acc0, csum, smem + s0 * W_STAGE, r0, m0, n0, c0, 0);
+                ws_epilogue(a, acc0, csum, scales(q), r0, m0, n0, c0, 0);
                 release(s0);
                 wgmma_wait0();
-                ws_epilogue(a, acc1, csum, smem + s1 * W_STAGE, r0, m0, n0, c0 + 1, 1);
+                ws_epilogue(a, acc1, csum, scales(q + 1), r0, m0, n0, c0 + 1, 1);
                 release(s1);
 #pragma unroll
                 for (int i = 0; i < 64; ++i) yacc[i] = fadd_ieee(yacc[i], csum[i]);  // the chunk, in chunk order
@@ -864,7 +904,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
 #endif
             if (tile + (int)gridDim.x >= tiles) pdl_trigger();  // this CTA's last tile: its stores remain
 #if !I8_DEBUG_ACC
-            ws_store(a, yacc, r0, m0, n0);
+            ws_store(a, yacc, base, r0, m0, n0);
 #endif
         }
     }

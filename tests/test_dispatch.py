@@ -147,18 +147,19 @@ def test_int8_wgmma_configs():
 
 def test_int8_ws_config():
     """The warp-specialized kernel's config: three warpgroups (the copy warps', two consumers), its kernel and arch,
-    and shared memory matching the .cu's plan (6 stages of 29 KB: activation tile, records, both scales; two
-    mbarriers each; the alignment slack) within the 227 KB a CTA may have, up to 7 stages; anything else is
-    refused."""
+    and shared memory matching the .cu's plan (6 stages of 28 KB: activation tile, records; 12 slots of both
+    scales, 1 KB each; the consumer warps' 32 KB of outputs; two mbarriers per stage; the alignment slack) within the
+    227 KB a CTA may have, so 6 stages at most; anything else is refused."""
     from flexq_cli.int8_kernel import SMEM_LIMIT, WS_TILE, Int8Config
 
     assert (WS_TILE.threads, WS_TILE.kernel, WS_TILE.stages) == (384, "i8_gemm_ws", 6)
     assert "-DI8_WGMMA=2" in WS_TILE.defines(8, False) and "-arch=sm_90a" in WS_TILE.defines(8, False)
-    assert WS_TILE.smem_bytes() == 1024 + 6 * 29 * 1024 + 12 * 8 <= SMEM_LIMIT
+    assert WS_TILE.smem_bytes() == 1024 + 6 * 28 * 1024 + 12 * 1024 + 32 * 1024 + 12 * 8 <= SMEM_LIMIT
     assert f"-DI8_WS_SMEM={WS_TILE.smem_bytes()}" in WS_TILE.defines(8, False)  # the .cu static_asserts its plan
     ws = dict(bm=128, bn=128, wm=2, wn=1, stages=6, wgmma=True, ws=True)
-    assert Int8Config(**{**ws, "stages": 7}).smem_bytes() <= SMEM_LIMIT
-    for bad in (dict(stages=2), dict(stages=8), dict(bm=64, wm=1), dict(wgmma=False)):
+    assert Int8Config(**{**ws, "stages": 3}).smem_bytes() == 1024 + 3 * 28 * 1024 + 6 * 1024 + 32 * 1024 + 6 * 8
+    assert 1024 + 7 * 28 * 1024 + 14 * 1024 + 32 * 1024 + 14 * 8 > SMEM_LIMIT  # so 7 stages are refused
+    for bad in (dict(stages=2), dict(stages=7), dict(bm=64, wm=1), dict(wgmma=False)):
         with pytest.raises(ValueError, match="unsupported int8 tile config"):
             Int8Config(**{**ws, **bad})
 
