@@ -180,8 +180,8 @@ WGMMA_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=4, wgmma=True)
 # M = 512-2048 (twentieth session, docs/kernel.md); the one before was already 1.35-1.68x the mma.sync tile at every
 # M from 65 to 4096 on the LLaMA-2-7B/70B, LLaMA-3-8B, SmolLM2 and fused linears, so default_config picks it from 65
 # tokens on a Hopper GPU. It reads the tiled activation layout (quant_layout), which the RMSNorm and SiLU kernels
-# write for it (norm_kernel.py, pack "int8_tiled"; modules._pack_for). 6 stages: 5-7 measured within 1% of each
-# other (with one copy warp; not re-measured with three).
+# write for it (norm_kernel.py, pack "int8_tiled"; modules._pack_for). 6 stages, the most that fit next to the 32 KB
+# output buffer (twenty-second session); 5-7 measured within 1% of each other before that buffer, with one copy warp.
 WS_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=6, wgmma=True, ws=True)
 
 

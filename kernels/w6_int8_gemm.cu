@@ -374,7 +374,7 @@ i8_gemm(const uint4* qweight, const u16* w_scales, const signed char* xq, const 
 static_assert(I8_BM % 64 == 0 && WGS >= 1 && WGS <= 2, "wgmma: one or two warpgroups of 64 tokens");
 static_assert(I8_BN == 128, "wgmma: the instruction, the epilogue and the register budget are for 128 rows");
 static_assert((I8_BN * 4) % WTHREADS == 0 && I8_STAGES >= 3, "wgmma tile");
-static_assert(I8_WGMMA == 1 || (I8_BM == 128 && I8_STAGES >= 2 && I8_STAGES <= 7), "warp-specialized: 2-7 stages");
+static_assert(I8_WGMMA == 1 || (I8_BM == 128 && I8_STAGES >= 3 && I8_STAGES <= 6), "warp-specialized: 3-6 stages");
 
 __device__ __forceinline__ unsigned long long wg_desc(u32 saddr) {
     // start address >> 4 (bits 0-13), leading offset 1 (unused by a swizzled K-major operand), stride offset
@@ -481,7 +481,8 @@ __device__ __forceinline__ float weight_scale_of(const Args& a, u32 word, int ro
 
 // A warpgroup's m64n128 fragment, 64 registers per thread: register i holds token 16 wq + g + 8 ((i >> 1) & 1) of the
 // warpgroup's 64 tokens (from tok0) and row 8 (i >> 2) + 2t + (i & 1) of its 128 rows (from n0); wq is the warp in
-// the warpgroup, g and t the lane's quad and place in it. Both wgmma kernels store their tiles through these.
+// the warpgroup, g and t the lane's quad and place in it. i8_gemm_wgmma stores its tiles through these (the
+// warp-specialized kernel's fragments hold weight rows, not tokens, in that place: ws_epilogue, ws_store).
 __device__ __forceinline__ void wg_store_acc(const Args& a, const int (&acc)[64], int tok0, int n0, int b) {
     const int lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
 #pragma unroll
