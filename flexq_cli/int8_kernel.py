@@ -228,6 +228,13 @@ GEMV_TUNED: dict[tuple[int, int, int], tuple[int, int, int]] = {
     (8192, 28672, 2): (4, 1, 0),  # 107.5 against 110.0 (kw 8, the rule: 2%, under the 3% bar) and 114.2 (16, 1, 2)
     (4096, 4096, 2): (4, 1, 4),  # in the step 10.5 against 11.5-11.6 (2 row tiles of 4 warps, the rule)
     (4096, 11008, 2): (4, 1, 4),  # in the step 22.1-22.2 against 25.1-25.2 (2 row tiles of 4 warps)
+    # LLaMA-3-8B's fused q/k/v and gate/up and its down_proj (2026-11-23, 23rd session): the isolated sweep, then
+    # inside the W6A8 decode step (scripts/gpu_step_configs.py llama-3-8b, three rounds each): the step 3328-3334 ->
+    # 3264-3267 us at batch 1, 4402-4408 -> 4152 us at batch 16.
+    (6144, 4096, 1): (4, 1, 0),  # 13.7 / 14.0 us at M = 1 / 8 against 14.5 / 15.1 (kw 8, the rule); step 12.5 v 13.6
+    (6144, 4096, 2): (4, 1, 0),  # 15.7 against 19.5 (kw 8, the rule) at M = 16; in the step 14.3 against 18.7-19.1
+    (28672, 4096, 1): (4, 1, 0),  # 40.3-40.5 / 41.3-41.5 against 42.0-42.1 / 42.7-42.8 (kw 2); step 40.0 v 40.8-41.2
+    (4096, 14336, 2): (4, 1, 4),  # 31.0 against 32.9-33.0 (2 row tiles of 4 warps); in the step 28.8 against 31.5-32.0
 }
 
 

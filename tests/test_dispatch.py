@@ -102,7 +102,7 @@ def test_gemv_configs():
     from flexq_cli.int8_kernel import GEMV_TUNED, GemvConfig, gemv_config
     from flexq_cli.primitives import EPILOGUE_CHUNK_BLOCKS
 
-    assert gemv_config(1, 4096, 4096) == GemvConfig(kw=8) and gemv_config(16, 4096, 14336) == GemvConfig(4, 2, 2)
+    assert gemv_config(1, 4096, 4096) == GemvConfig(kw=8) and gemv_config(16, 4096, 8192) == GemvConfig(4, 2, 2)
     assert gemv_config(8, 22016, 4096) == GemvConfig(kw=2) and gemv_config(9, 14336, 4096) == GemvConfig(2, 1, 2)
     for (n, kp, mt), (kw, rt, ring) in GEMV_TUNED.items():
         assert gemv_config(8 * mt, n, kp) == GemvConfig(kw, rt, mt, ring=ring)

@@ -127,6 +127,20 @@ def test_every_gemv_config_exact(cfg):
                              act_bits, cfg)
 
 
+TUNED_CASES = [((n, kp), m) for n, kp, mt in sorted(int8_kernel.GEMV_TUNED) for m in ((1, 8) if mt == 1 else (9, 16))]
+
+
+@pytest.mark.parametrize("shape,m", TUNED_CASES, ids=[f"{n}x{k}-m{m}" for (n, k), m in TUNED_CASES])
+def test_every_tuned_gemv_entry_exact(shape, m):
+    """Each GEMV_TUNED exception as the dispatch picks it, on its own shape (the M sweep meets only some of them):
+    accumulators torch.equal, outputs bit for bit, both activation widths."""
+    n, kp = shape
+    kw, rt, ring = int8_kernel.GEMV_TUNED[(n, kp, 1 if m <= 8 else 2)]
+    assert int8_kernel.default_config(m, n, kp, True) == int8_kernel.GemvConfig(kw, rt, 1 if m <= 8 else 2, ring=ring)
+    for act_bits in (6, 8):
+        _check_case(shape, m, act_bits, None)
+
+
 def test_gemv_errors():
     """Forced gemv configs that cannot run: more tokens than its token tiles, more chunk slots than shared memory."""
     wq, ws, qweight = _layer(64, 576, seed=5)
