@@ -481,13 +481,16 @@ __device__ __forceinline__ float weight_scale_of(const Args& a, u32 word, int ro
 
 // A warpgroup's m64n128 fragment, 64 registers per thread: register i holds token 16 wq + g + 8 ((i >> 1) & 1) of the
 // warpgroup's 64 tokens (from tok0) and row 8 (i >> 2) + 2t + (i & 1) of its 128 rows (from n0); wq is the warp in
-// the warpgroup, g and t the lane's quad and place in it. i8_gemm_wgmma stores its tiles through these (the
-// warp-specialized kernel's fragments hold weight rows, not tokens, in that place: ws_epilogue, ws_store).
+// the warpgroup, g and t the lane's quad and place in it. i8_gemm_wgmma stores its tiles through these; in the
+// warp-specialized kernel (weights as operand A) the fragment's 64 are weight rows and its 128 tokens: TRANSPOSED,
+// tok0 is then the warpgroup's first weight row and n0 its first token (its outputs go through ws_store).
+template <bool TRANSPOSED = false>
 __device__ __forceinline__ void wg_store_acc(const Args& a, const int (&acc)[64], int tok0, int n0, int b) {
     const int lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int i = 0; i < 64; ++i) {  // debug: block b's int32 accumulators
-        const int tok = tok0 + 16 * wq + g + 8 * ((i >> 1) & 1), row = n0 + 8 * (i >> 2) + 2 * t + (i & 1);
+        const int m = tok0 + 16 * wq + g + 8 * ((i >> 1) & 1), n = n0 + 8 * (i >> 2) + 2 * t + (i & 1);
+        const int tok = TRANSPOSED ? n : m, row = TRANSPOSED ? m : n;
         if (tok < a.M && row < a.N) ((int*)a.y)[((size_t)b * a.M + tok) * a.N + row] = acc[i];
     }
 }
@@ -651,10 +654,10 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 #define W_SX 0
 #define W_SW (128 * 4)
 #define W_SLOT (2 * 128 * 4)
-// Block q's slot: q % (2 * I8_STAGES), written as its stage and the parity the barrier waits use.
-__device__ __forceinline__ u32 ws_slot(int q) {
-    return q % I8_STAGES + I8_STAGES * ((q / I8_STAGES) & 1);
-}
+// Block q's stage is q % I8_STAGES; its barrier phase parity, the pass of the stage ring it is in:
+__device__ __forceinline__ int ws_parity(int q) { return (q / I8_STAGES) & 1; }
+// Block q's slot: q % (2 * I8_STAGES), written as its stage and parity (the values the barrier waits use).
+__device__ __forceinline__ u32 ws_slot(int q) { return q % I8_STAGES + I8_STAGES * ws_parity(q); }
 #define W_OUT (W_SCALES + 2 * I8_STAGES * W_SLOT)  // each consumer warp's finished outputs, 128 tokens x 16 rows
 #define W_BARS (W_OUT + 8 * 128 * 32)  // full[I8_STAGES], empty[I8_STAGES]
 #define W_THREADS 384
@@ -731,14 +734,10 @@ __device__ __forceinline__ void ws_block(int (&d)[64], u32 (&ra)[8], u32 (&rb)[8
 // 8 (i >> 2) + 2t + (i & 1). Into the chunk sum (chunk_add, the canonical order), or, debug, stored as they are.
 __device__ __forceinline__ void ws_epilogue(const Args& a, const int (&acc)[64], float (&csum)[64], const char* sc,
                                             int r0, int m0, int n0, int b, int kb) {
-    const int t = threadIdx.x & 3;
 #if I8_DEBUG_ACC
-#pragma unroll
-    for (int i = 0; i < 64; ++i) {
-        const int row = n0 + r0 + 8 * ((i >> 1) & 1), tok = m0 + 8 * (i >> 2) + 2 * t + (i & 1);
-        if (tok < a.M && row < a.N) ((int*)a.y)[((size_t)b * a.M + tok) * a.N + row] = acc[i];
-    }
+    wg_store_acc<true>(a, acc, n0 + 64 * ((threadIdx.x >> 7) - 1), m0, b);  // the consumer warpgroup's 64 rows
 #else
+    const int t = threadIdx.x & 3;
     const float sw0 = weight_scale_of(a, *(const u32*)(sc + W_SW + r0 * 4), n0 + r0, b);
     const float sw1 = weight_scale_of(a, *(const u32*)(sc + W_SW + (r0 + 8) * 4), n0 + r0 + 8, b);
     const float2* sxp = (const float2*)(sc + W_SX) + t;
@@ -824,7 +823,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
                     const int s = q % I8_STAGES;
                     const u32 st = base + s * W_STAGE, sc = base + W_SCALES + ws_slot(q) * W_SLOT;
                     const u32 bar = full + 8 * s;
-                    mbar_wait(empty + 8 * s, ((q / I8_STAGES) & 1) ^ 1);  // block q - I8_STAGES released
+                    mbar_wait(empty + 8 * s, ws_parity(q) ^ 1);  // block q - I8_STAGES released
                     if (cwp == 0) {  // a complete_tx may come before an expect_tx: the pending arrival holds the phase
                         if (lane == 0) {
                             const size_t tb = (size_t)mt * NB + b;
@@ -869,7 +868,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
             // accumulator live: with two, its stores spill).
             auto single = [&](int b) {
                 const int s0 = q % I8_STAGES;
-                mbar_wait(full + 8 * s0, (q / I8_STAGES) & 1);
+                mbar_wait(full + 8 * s0, ws_parity(q));
                 ws_block(acc0, ra0, rb0, smem + s0 * W_STAGE, base + s0 * W_STAGE, r0, t);
                 wgmma_wait0();
                 ws_epilogue(a, acc0, csum, scales(q), r0, m0, n0, b, 0);
@@ -884,9 +883,9 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
             int c0 = 0;
             for (; c0 + 1 < NB; c0 += 2, q += 2) {
                 const int s0 = q % I8_STAGES, s1 = (q + 1) % I8_STAGES;
-                mbar_wait(full + 8 * s0, (q / I8_STAGES) & 1);
+                mbar_wait(full + 8 * s0, ws_parity(q));
                 ws_block(acc0, ra0, rb0, smem + s0 * W_STAGE, base + s0 * W_STAGE, r0, t);
-                mbar_wait(full + 8 * s1, ((q + 1) / I8_STAGES) & 1);
+                mbar_wait(full + 8 * s1, ws_parity(q + 1));
                 ws_block(acc1, ra1, rb1, smem + s1 * W_STAGE, base + s1 * W_STAGE, r0, t);
                 asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
                 ws_epilogue(a, acc0, csum, scales(q), r0, m0, n0, c0, 0);
