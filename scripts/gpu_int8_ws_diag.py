@@ -35,10 +35,9 @@ def parse(spec: str) -> dict:
     variants = {}
     for item in spec.split(","):
         name, _, defs = item.partition("=")
-        pairs = [d.split(":") for d in filter(None, defs.split("+"))]
-        extra = tuple(f"-D{key}={val}" for key, val in pairs if key != "stages")
-        stages = {int(val) for key, val in pairs if key == "stages"}
-        variants[name] = Variant(**{**fields, "stages": stages.pop() if stages else fields["stages"]}, extra=extra)
+        options = dict(d.split(":") for d in filter(None, defs.split("+")))
+        stages = int(options.pop("stages", fields["stages"]))
+        variants[name] = Variant(**{**fields, "stages": stages}, extra=tuple(f"-D{k}={v}" for k, v in options.items()))
     return variants
 
 

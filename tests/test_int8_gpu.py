@@ -134,9 +134,9 @@ TUNED_CASES = [((n, kp), m) for n, kp, mt in sorted(int8_kernel.GEMV_TUNED) for 
 def test_every_tuned_gemv_entry_exact(shape, m):
     """Each GEMV_TUNED exception as the dispatch picks it, on its own shape (the M sweep meets only some of them):
     accumulators torch.equal, outputs bit for bit, both activation widths."""
-    n, kp = shape
-    kw, rt, ring = int8_kernel.GEMV_TUNED[(n, kp, 1 if m <= 8 else 2)]
-    assert int8_kernel.default_config(m, n, kp, True) == int8_kernel.GemvConfig(kw, rt, 1 if m <= 8 else 2, ring=ring)
+    (n, kp), mt = shape, 1 if m <= 8 else 2
+    kw, rt, ring = int8_kernel.GEMV_TUNED[(n, kp, mt)]
+    assert int8_kernel.default_config(m, n, kp, True) == int8_kernel.GemvConfig(kw, rt, mt, ring=ring)
     for act_bits in (6, 8):
         _check_case(shape, m, act_bits, None)
 
