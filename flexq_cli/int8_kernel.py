@@ -234,7 +234,7 @@ GEMV_TUNED: dict[tuple[int, int, int], tuple[int, int, int]] = {
     (6144, 4096, 1): (4, 1, 0),  # 13.7 / 14.0 us at M = 1 / 8 against 14.5 / 15.1 (kw 8, the rule); step 12.5 v 13.6
     (6144, 4096, 2): (4, 1, 0),  # 15.7 against 19.5 (kw 8, the rule) at M = 16; in the step 14.3 against 18.7-19.1
     (28672, 4096, 1): (4, 1, 0),  # 40.3-40.5 / 41.3-41.5 against 42.0-42.1 / 42.7-42.8 (kw 2); step 40.0 v 40.8-41.2
-    (4096, 14336, 2): (4, 1, 4),  # 31.0 against 32.9-33.0 (2 row tiles of 4 warps); in the step 28.8 against 31.5-32.0
+    (4096, 14336, 2): (4, 1, 4),  # 31.0 against 32.9-33.0 (2 row tiles of 4 warps); step 28.8-29.0 v 31.5-32.0
     # SmolLM2-135M (K = 576 is Kp = 640) at 9-16 tokens, where the rule gives 2 row tiles of 4 warps (same session,
     # the isolated sweep, two runs; in the W6A8 decode step at batch 16, scripts/gpu_step_configs.py smollm2-135m,
     # three rounds: the step 1261-1273 us against 1351-1353 with the rule, the down_proj 5.1 us against 6.7):
