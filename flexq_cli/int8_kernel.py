@@ -242,6 +242,19 @@ GEMV_TUNED: dict[tuple[int, int, int], tuple[int, int, int]] = {
     (576, 640, 2): (4, 1, 0),  # o_proj: 6.8 against 7.6
     (3072, 640, 2): (4, 1, 0),  # fused gate/up: 7.6 against 7.9
     (576, 1536, 2): (8, 1, 0),  # down_proj: 7.3-7.4 against 9.3
+    # LLaMA-2-13B's fused q/k/v, o_proj, fused gate/up and down_proj (24th session): the isolated sweep (one run, 30
+    # repeats, us at M = 1 / 8, then 16), then inside the W6A8 decode step (three rounds): at batch 1 the step
+    # 4993-4996 us against 5463-5474 with the rule (5044-5046 with (4, 1, 0) for q/k/v); at batch 16 6994-7011
+    # against 7903-7905 (the GEMMs in the step: 37.0-37.5 / 20.6-21.1 / 57.9-58.4 / 34.0-34.5 us against 40.7-40.8 /
+    # 29.7-29.8 / 60.2-60.4 / 42.0-42.1 with the rule).
+    (15360, 5120, 1): (4, 2, 0),  # 28.7 / 30.2 against 33.9 / 35.2 (kw 2, the rule); step 28.0 against 32.4-33.0
+    (15360, 5120, 2): (4, 1, 0),  # 37.5 against 41.4
+    (5120, 5120, 1): (4, 1, 0),  # 14.3 / 14.8 against 15.9 / 16.7 (kw 8); step 16.9-17.0 against 18.8-19.1
+    (5120, 5120, 2): (4, 1, 0),  # 17.3 against 23.3
+    (27648, 5120, 1): (4, 1, 0),  # 47.1 / 48.7 against 49.9 / 51.6 (kw 2); step 46.7 against 49.1-49.5
+    (27648, 5120, 2): (4, 1, 0),  # 58.8 against 61.2
+    (5120, 13824, 1): (4, 1, 0),  # 27.6 / 28.2 against 30.2 / 32.3 (kw 8); step 25.8-25.9 against 28.5-29.0
+    (5120, 13824, 2): (4, 1, 0),  # 35.9 against 43.2
 }
 
 
