@@ -255,6 +255,9 @@ GEMV_TUNED: dict[tuple[int, int, int], tuple[int, int, int]] = {
     (27648, 5120, 2): (4, 1, 0),  # 58.8 against 61.2
     (5120, 13824, 1): (4, 1, 0),  # 27.6 / 28.2 against 30.2 / 32.3 (kw 8); step 25.8-25.9 against 28.5-29.0
     (5120, 13824, 2): (4, 1, 0),  # 35.9 against 43.2
+    # its unfused gate / up (--no-fuse), the isolated sweep only (the step runs the fused 27648 x 5120):
+    (13824, 5120, 1): (4, 2, 0),  # 27.5 / 28.6 against 31.8 / 32.9 (kw 2, the rule; BTC 29.8 at M = 1)
+    (13824, 5120, 2): (4, 1, 0),  # 36.2 against 40.0
 }
 
 
