@@ -12,7 +12,7 @@ test:
 
 test-gpu:  # on a CUDA machine with CuPy: the kernel and generation tests (they skip elsewhere)
 	$(PY) -m pytest -q -m gpu tests/test_btc_gpu.py tests/test_int8_gpu.py tests/test_norm_gpu.py tests/test_rope_gpu.py \
-		tests/test_attention_gpu.py tests/test_generate_gpu.py
+		tests/test_attention_gpu.py tests/test_generate_gpu.py tests/test_kernel_bench_gpu.py
 
 kernels:  # compile every CUDA source for Hopper, as CI does
 	for f in kernels/*.cu; do nvcc -std=c++17 -arch=sm_90 -cubin -o /dev/null $$f || exit 1; done

@@ -1,16 +1,18 @@
 """The kernel benchmark harness behind ``flexq bench --kernel`` (and ``python -m flexq_cli.kernel_bench``).
 
-For each (N, K) and M it times, in one run and on the same device: the whole W6A8 and W6A6 layer ops (fp16 in,
-fp16 out, activation quantize-and-pack included) on both kernels (BTC and INT8, with the one dispatch.py picks
-marked), cuBLAS fp16 (``torch.matmul``), cuBLAS int8
-(``torch._int_mm``, B column-major) and fp8 (``torch._scaled_mm``). Every op is validated against its reference
-before it is timed. Timing: each op is captured once in a CUDA graph (so host overhead stays out), warmed up,
-then replayed between CUDA events with L2 flushed before each replay by reading a 256 MB buffer; the ops of one
-(shape, M) take turns, ``WARMUP_ROUNDS`` untimed rounds and then ``repeats`` timed ones, so that each sees the same
-clocks and memory state; the median is reported with the achieved weight bandwidth next to a measured
-device-to-device copy bandwidth. Taking turns spreads a slow stretch of the GPU (tens of milliseconds in which every
-op ran 10-60% slower, seen on the H100) over all the ops of a point instead of whichever op it was timing; a point
-it falls on is still off, and a rerun shows it.
+For each (N, K) and M it times, in one run and on the same device: the whole W6A8 and W6A6 layer ops (fp16 in, fp16
+out, activation quantize-and-pack included) on both kernels (BTC and INT8, with the one dispatch.py picks marked),
+cuBLAS fp16 (``torch.matmul``), cuBLAS int8 (``torch._int_mm``, B column-major) and fp8 (``torch._scaled_mm``), and
+a memory roofline: "stream", a kernel that only reads the packed weights' bytes (``kernels/stream_read.cu``, the
+fastest of ``STREAM_LAUNCHES``). Its speedup over fp16 is what a layer op that did nothing but read its weights
+would reach in this harness; ``of_stream`` puts each W6 op against it. Every op is validated against its reference
+before it is timed. Timing: each op is captured once in a CUDA graph (so host overhead stays out), warmed up, then
+replayed between CUDA events with L2 flushed before each replay by reading a 256 MB buffer; the ops of one (shape,
+M) take turns, ``WARMUP_ROUNDS`` untimed rounds and then ``repeats`` timed ones, so that each sees the same clocks
+and memory state; the median is reported with the achieved weight bandwidth next to a measured device-to-device copy
+bandwidth. Taking turns spreads a slow stretch of the GPU (tens of milliseconds in which every op ran 10-60% slower,
+seen on the H100) over all the ops of a point instead of whichever op it was timing; a point it falls on is still
+off, and a rerun shows it.
 
 Why the flush reads (since 2026-11-23; it wrote the buffer before): a write leaves L2 full of dirty lines (up to its
 50 MB on the H100), and whatever op runs next writes them back to HBM while it streams its weights: about as many
@@ -39,12 +41,15 @@ from .packing import pack_weight
 from .primitives import BLOCK_K, pad_k, quantize_activation
 from .reference import block_int_gemm, reference_linear
 
-OPS = ("W6A8/btc", "W6A8/int8", "W6A6/btc", "W6A6/int8", "fp16", "int8", "fp8")
+OPS = ("W6A8/btc", "W6A8/int8", "W6A6/btc", "W6A6/int8", "fp16", "int8", "fp8", "stream")
 FLUSH_BYTES = 256 << 20
 FLUSH_WRITES = False  # True: flush by writing the buffer (the harness before 2026-11-23), for A/B runs only
 WARMUP_ROUNDS = 3
 B2B_CALLS = 200
 B2B_MAX_M = 16  # back-to-back timing is FlexQ's decode method: not worth 200 calls at prefill sizes
+# The stream op's launches: (16-byte loads in flight per thread, CTAs per SM, threads per CTA). On the H100 the
+# fastest was (4, 16, 256) up to ~50 MB and one of the others on the 180 MB 70B layers (2026-11-23, 24th session).
+STREAM_LAUNCHES = ((4, 16, 256), (8, 16, 256), (4, 4, 512), (8, 2, 1024))
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -164,6 +169,28 @@ def _baselines(x, w16):
     return {"fp16": (fp16, 2 * w16.numel()), "int8": (int8, w8.numel()), "fp8": (fp8, wf.numel())}
 
 
+def _stream_ops(nbytes: int) -> dict:
+    """The stream op in each of ``STREAM_LAUNCHES``, reading ``nbytes`` (rounded down to 16) of random words: name
+    -> fn, each checked first (the sum of its per-CTA partial sums equals torch's sum of the words, mod 2^32)."""
+    import numpy as np
+
+    words = torch.randint(-(1 << 31), 1 << 31, (nbytes // 16 * 4,), dtype=torch.int32, device="cuda")
+    want = int(words.long().sum().item()) & 0xFFFFFFFF
+    dev, sms = words.device.index, torch.cuda.get_device_properties(words.device).multi_processor_count
+    ops = {}
+    for unroll, per_sm, threads in STREAM_LAUNCHES:
+        fn = cuda_launch.function(dev, "stream_read.cu", (f"-DSR_UNROLL={unroll}",), "stream_read", 0)
+        partial = torch.empty(per_sm * sms, dtype=torch.int32, device="cuda")
+        op = lambda fn=fn, partial=partial, threads=threads: cuda_launch.launch(  # noqa: E731
+            fn, (partial.numel(), 1, 1), (threads, 1, 1),
+            (cuda_launch.ptr(words), np.int64(words.numel() // 4), cuda_launch.ptr(partial)), 0, dev, pdl=False)
+        op()
+        if int(partial.long().sum().item()) & 0xFFFFFFFF != want:
+            raise AssertionError(f"stream ({unroll}, {per_sm}, {threads}): its sum differs from torch's")
+        ops[f"stream/{unroll}x{per_sm}x{threads}"] = op
+    return ops
+
+
 def _layer(n: int, k: int):
     kp = -(-k // BLOCK_K) * BLOCK_K
     wq = torch.randint(-32, 32, (n, kp), dtype=torch.int8, device="cuda")
@@ -194,25 +221,33 @@ def _driver() -> str:
 
 def _bench_shape(n, k, ms, repeats, flush, back_to_back):
     wq, ws, qweight, w16 = _layer(n, k)
+    streams = _stream_ops(btc.weight_bytes(n, k))
     rows = []
     for m in ms:
         x = (torch.randn((m, k), device="cuda") * 2).half()
         ops = {f"W6A{a}/{kern}": (_kernel_op(kern, x, qweight, ws, wq, a), btc.weight_bytes(n, k))
                for a in (8, 6) for kern in KERNEL_OPS}
         ops.update(_baselines(x, w16))
-        times = time_ops({op: fn for op, (fn, _) in ops.items()}, repeats, flush)
+        times = time_ops({op: fn for op, (fn, _) in ops.items()} | streams, repeats, flush)
+        best = min(streams, key=times.get)
+        times["stream"] = times[best]
+        ops["stream"] = (streams[best], btc.weight_bytes(n, k) // 16 * 16)
         for op, (fn, nbytes) in ops.items():
             row = {"N": n, "K": k, "M": m, "op": op, "median_us": round(times[op], 2),
                    "weight_GBps": round(nbytes / times[op] / 1e3, 1),
                    "speedup_vs_fp16": round(times["fp16"] / times[op], 3)}
+            if op == "stream":
+                row["speedup_vs_fp8"] = round(times["fp8"] / times[op], 3)
+                row["config"] = best.split("/")[1]
             if op.startswith("W6"):
                 act_bits, kern = int(op[3]), op.split("/")[1]
                 row["speedup_vs_int8"] = round(times["int8"] / times[op], 3)
                 row["speedup_vs_fp8"] = round(times["fp8"] / times[op], 3)
+                row["of_stream"] = round(times["stream"] / times[op], 3)
                 row["dispatched"] = choose_kernel(m, n, qweight.shape[1] // 24 * 128, act_bits) == kern
                 if kern == "btc":
                     row["config"] = str(btc.choose_config(n, qweight.shape[1] // 24 * 128, m, act_bits))
-            if back_to_back and m <= B2B_MAX_M:
+            if back_to_back and m <= B2B_MAX_M and op != "stream":
                 row["b2b_us"] = round(time_back_to_back_us(fn), 2)
             rows.append(row)
         del x, ops
@@ -241,8 +276,8 @@ def format_table(result: dict):
     """A rich Table of the bench result: one line per row."""
     from .ui import rows_table
 
-    cols = ["N", "K", "M", "op", "dispatched", "median_us", "weight_GBps", "speedup_vs_fp16", "speedup_vs_int8",
-            "speedup_vs_fp8", "b2b_us"]
+    cols = ["N", "K", "M", "op", "dispatched", "median_us", "weight_GBps", "of_stream", "speedup_vs_fp16",
+            "speedup_vs_int8", "speedup_vs_fp8", "b2b_us"]
     return rows_table(f"{result['device']}  copy {result['copy_bandwidth_GBps']} GB/s  {result['date']}", cols, result["rows"])
 
 
@@ -260,18 +295,23 @@ def summary(result: dict) -> str:
     for r in result["rows"]:
         by.setdefault((r["N"], r["K"], r["M"]), {})[r["op"]] = r
     lines = [f"copy {result['copy_bandwidth_GBps']} GB/s; N K M | A6 btc/int8 us (dispatched) | A8 btc/int8 us | "
-             "fp16 int8 fp8 us"]
+             "fp16 int8 fp8 stream us"]
     for (n, k, m), ops in by.items():
         cells = []
         for a in (6, 8):
             b, i = ops[f"W6A{a}/btc"], ops[f"W6A{a}/int8"]
             cells.append(f"{b['median_us']}/{i['median_us']} ({'int8' if i['dispatched'] else 'btc'})")
         lines.append(f"{n} {k} {m} | {cells[0]} | {cells[1]} | {ops['fp16']['median_us']} {ops['int8']['median_us']} "
-                     f"{ops['fp8']['median_us']}")
+                     f"{ops['fp8']['median_us']} {ops['stream']['median_us']}")
     for name, shapes in SHAPES.items():
         keys = [key for key in by if (key[0], key[1]) in shapes]
         if not keys:
             continue
+        small = [key for key in keys if key[2] <= 8]
+        if small:  # what the harness leaves: an op that only read the packed weights
+            lines.append(f"geomean {name} stream (reads the packed weights, nothing else), M<=8: " + ", ".join(
+                f"{_geomean([by[key]['stream'][f'speedup_vs_{b}'] for key in small]):.2f}x {b}"
+                for b in ("fp16", "fp8")))
         for a in (6, 8):
             disp = {key: next(r for op, r in by[key].items() if op.startswith(f"W6A{a}/") and r["dispatched"])
                     for key in keys}
@@ -280,7 +320,8 @@ def summary(result: dict) -> str:
                 if ks:
                     lines.append(f"geomean {name} W6A{a} dispatched, {label}: " + ", ".join(
                         f"{_geomean([disp[key][f'speedup_vs_{b}'] for key in ks]):.2f}x {b}"
-                        for b in ("fp16", "int8", "fp8")))
+                        for b in ("fp16", "int8", "fp8")) + f"; {_geomean([disp[key]['of_stream'] for key in ks]):.2f}"
+                        " of stream's speed")
             ks = [key for key in keys if 512 <= key[2] <= 4096]
             if ks:
                 lines.append(f"geomean {name} W6A{a} int8 kernel alone, M 512..4096: " + ", ".join(
@@ -366,12 +407,13 @@ def _split_candidates(n: int, kp: int, cfg: btc.TileConfig, act_bits: int) -> li
 
 SHAPES = {
     "llama2-7b": [(4096, 4096), (12288, 4096), (11008, 4096), (4096, 11008)],
+    "llama2-13b": [(5120, 5120), (15360, 5120), (13824, 5120), (5120, 13824)],
     "llama2-70b": [(8192, 8192), (10240, 8192), (28672, 8192), (8192, 28672)],
     "llama3-8b": [(6144, 4096), (14336, 4096), (4096, 14336)],
     "smollm2": [(576, 576), (192, 576), (1536, 576), (576, 1536)],
     # what decoding runs after q/k/v and gate/up fusion (fusion.py) where the table above lacks it: gate/up of
-    # LLaMA-2-7B, LLaMA-3-8B and LLaMA-2-70B; q/k/v and gate/up of SmolLM2
-    "fused": [(22016, 4096), (28672, 4096), (57344, 8192), (960, 576), (3072, 576)],
+    # LLaMA-2-7B, LLaMA-3-8B, LLaMA-2-13B and LLaMA-2-70B; q/k/v and gate/up of SmolLM2
+    "fused": [(22016, 4096), (28672, 4096), (27648, 5120), (57344, 8192), (960, 576), (3072, 576)],
 }
 
 

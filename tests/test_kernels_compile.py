@@ -140,3 +140,11 @@ def test_decode_attention_variants_compile(tmp_path):
                 log = _nvcc(src, f"-DAT_D={d}", f"-DAT_BF16={bf16}", f"-DAT_QUANT={quant}", f"-DAT_QMAX={qmax}",
                             f"-DAT_MAX_CHUNK={attn_kernel.MAX_CHUNK}")
                 _assert_no_spills(log)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+def test_stream_read_variants_compile_without_spills(tmp_path):
+    from flexq_cli.kernel_bench import STREAM_LAUNCHES
+
+    for unroll in sorted({u for u, _, _ in STREAM_LAUNCHES}):
+        _assert_no_spills(_nvcc(_pasted(tmp_path, "stream_read.cu"), f"-DSR_UNROLL={unroll}"))

@@ -21,7 +21,7 @@ def _ints(text: str) -> list[int]:
 
 def command(
     kernel: Annotated[bool, typer.Option("--kernel", help="Time the W6A6/W6A8 layer ops (BTC and INT8 kernels, and which one dispatch picks) against cuBLAS fp16/int8/fp8.")] = False,
-    e2e: Annotated[Optional[str], typer.Option("--e2e", help="End to end: a model, or with --random-init a shape (llama-2-7b, llama-2-13b, llama-3-8b, llama-2-70b).")] = None,
+    e2e: Annotated[Optional[str], typer.Option("--e2e", help="End to end: a model, or with --random-init a shape (llama-2-7b, llama-2-13b, llama-3-8b, llama-2-70b, smollm2-135m).")] = None,
     random_init: Annotated[bool, typer.Option("--random-init", help="Build the --e2e model from its shape with random weights.")] = False,
     preset: Annotated[str, typer.Option(help="--e2e: quantization preset of the quantized model.")] = "w6a8",
     batches: Annotated[str, typer.Option(help="--e2e: batch sizes, comma-separated.")] = "1,4,16",
@@ -29,14 +29,14 @@ def command(
     new_tokens: Annotated[int, typer.Option(help="--e2e: generated tokens.")] = 256,
     fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="--e2e: one GEMM for q/k/v and one for gate/up; RMSNorm, SiLU, and rotary + cache write one kernel each (both models).")] = True,
     device_map: DeviceMapOpt = None,
-    models: Annotated[str, typer.Option(help="Comma-separated shape sets: llama2-7b, llama2-70b, llama3-8b, smollm2, all.")] = "llama2-7b,llama2-70b",
+    models: Annotated[str, typer.Option(help="Comma-separated shape sets: llama2-7b, llama2-13b, llama2-70b, llama3-8b, smollm2, fused, all.")] = "llama2-7b,llama2-70b",
     m: Annotated[str, typer.Option("--m", help="Token counts M, comma-separated.")] = "1,2,4,8,16,32,64,128,256,512,1024,2048,4096",
     repeats: Annotated[int, typer.Option(help="Timed repeats per op (median reported).")] = 50,
     flush_l2: Annotated[bool, typer.Option(help="Flush L2 before each timed run by reading a 256 MB buffer (weights come from HBM, as in decode).")] = True,
     back_to_back: Annotated[bool, typer.Option(help="Also time back-to-back runs on the same buffers (FlexQ's method).")] = False,
     json_out: JsonOut = None,
 ):
-    """GPU benchmarks: --kernel (BTC layer ops vs cuBLAS) or --e2e (generation, FP16 vs quantized)."""
+    """GPU benchmarks: --kernel (the W6 layer ops vs cuBLAS) or --e2e (generation, FP16 vs quantized)."""
     if kernel == (e2e is not None):
         raise FlexQError("say what to benchmark: exactly one of --kernel and --e2e",
                          "flexq bench --kernel, or flexq bench --e2e llama-2-7b --random-init")

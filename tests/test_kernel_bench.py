@@ -1,0 +1,37 @@
+"""The kernel bench's digest (kernel_bench.summary) on a made-up result: no GPU needed."""
+
+from __future__ import annotations
+
+from flexq_cli.kernel_bench import format_table, summary
+
+
+def _rows(m, stream_fp16, stream_fp8, of_stream):
+    rows = []
+    for a in (6, 8):
+        for kern, us in (("btc", 20.0), ("int8", 10.0)):
+            rows.append({"N": 4096, "K": 4096, "M": m, "op": f"W6A{a}/{kern}", "median_us": us,
+                         "dispatched": kern == "int8", "speedup_vs_fp16": 1.5, "speedup_vs_int8": 1.1,
+                         "speedup_vs_fp8": 0.9, "of_stream": of_stream if kern == "int8" else 0.1})
+    for op in ("fp16", "int8", "fp8"):
+        rows.append({"N": 4096, "K": 4096, "M": m, "op": op, "median_us": 15.0, "speedup_vs_fp16": 1.0})
+    rows.append({"N": 4096, "K": 4096, "M": m, "op": "stream", "median_us": 8.0, "speedup_vs_fp16": stream_fp16,
+                 "speedup_vs_fp8": stream_fp8, "config": "4x16x256"})
+    return rows
+
+
+RESULT = {"device": "test", "copy_bandwidth_GBps": 1.0, "date": "today",
+          "rows": _rows(1, 2.0, 1.0, 0.64) + _rows(2, 3.125, 1.44, 1.0)}
+
+
+def test_summary_reports_the_stream_bound_and_the_ops_share_of_it():
+    lines = summary(RESULT).splitlines()
+    assert "geomean llama2-7b stream (reads the packed weights, nothing else), M<=8: 2.50x fp16, 1.20x fp8" in lines
+    line = next(s for s in lines if s.startswith("geomean llama2-7b W6A8 dispatched, M<=8"))
+    assert line.endswith("; 0.80 of stream's speed"), line  # the int8 rows (dispatched): geomean of 0.64 and 1.0
+    assert any(s.startswith("4096 4096 1 |") and s.endswith("15.0 15.0 15.0 8.0") for s in lines)
+
+
+def test_format_table_has_the_stream_column():
+    table = format_table(RESULT)
+    assert [c.header for c in table.columns][7] == "of_stream"
+    assert table.row_count == len(RESULT["rows"])
