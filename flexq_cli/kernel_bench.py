@@ -48,7 +48,7 @@ WARMUP_ROUNDS = 3
 B2B_CALLS = 200
 B2B_MAX_M = 16  # back-to-back timing is FlexQ's decode method: not worth 200 calls at prefill sizes
 # The stream op's launches: (16-byte loads in flight per thread, CTAs per SM, threads per CTA). On the H100 the
-# fastest was (4, 16, 256) up to ~50 MB and one of the others on the 180 MB 70B layers (2026-11-23, 24th session).
+# fastest was one of the 16-CTA launches up to ~50 MB, one of the others from 64 MB (2026-11-23, 24th session).
 STREAM_LAUNCHES = ((4, 16, 256), (8, 16, 256), (4, 4, 512), (8, 2, 1024))
 
 
@@ -181,6 +181,7 @@ def _stream_ops(nbytes: int) -> dict:
     for unroll, per_sm, threads in STREAM_LAUNCHES:
         fn = cuda_launch.function(dev, "stream_read.cu", (f"-DSR_UNROLL={unroll}",), "stream_read", 0)
         partial = torch.empty(per_sm * sms, dtype=torch.int32, device="cuda")
+        # launched plainly (no PDL): it depends on nothing before it, and its int64 count needs CuPy's marshalling
         op = lambda fn=fn, partial=partial, threads=threads: cuda_launch.launch(  # noqa: E731
             fn, (partial.numel(), 1, 1), (threads, 1, 1),
             (cuda_launch.ptr(words), np.int64(words.numel() // 4), cuda_launch.ptr(partial)), 0, dev, pdl=False)
@@ -318,10 +319,10 @@ def summary(result: dict) -> str:
             for label, sel in (("M<=8", lambda m: m <= 8), ("M 512..4096", lambda m: 512 <= m <= 4096)):
                 ks = [key for key in keys if sel(key[2])]
                 if ks:
+                    share = f"; {_geomean([disp[key]['of_stream'] for key in ks]):.2f} of stream's speed"
                     lines.append(f"geomean {name} W6A{a} dispatched, {label}: " + ", ".join(
                         f"{_geomean([disp[key][f'speedup_vs_{b}'] for key in ks]):.2f}x {b}"
-                        for b in ("fp16", "int8", "fp8")) + f"; {_geomean([disp[key]['of_stream'] for key in ks]):.2f}"
-                        " of stream's speed")
+                        for b in ("fp16", "int8", "fp8")) + (share if label == "M<=8" else ""))
             ks = [key for key in keys if 512 <= key[2] <= 4096]
             if ks:
                 lines.append(f"geomean {name} W6A{a} int8 kernel alone, M 512..4096: " + ", ".join(
