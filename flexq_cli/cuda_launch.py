@@ -206,11 +206,19 @@ def launch(fn, grid, block, args, smem, device, pdl: bool = True):
     import numpy as np
 
     cupy = cupy_module()
-    handle = torch.cuda.current_stream(device).cuda_stream
+    stream = torch.cuda.current_stream(device)
     with cupy.cuda.Device(device):
         if pdl and _use_pdl(device):
-            _launch_pdl(fn, grid, block, args, smem, handle)
+            _launch_pdl(fn, grid, block, args, smem, stream.cuda_stream)
             return
-        with cupy.cuda.ExternalStream(handle, device):
+        with _cupy_stream(cupy, stream, device):
             fn(grid, block, args, shared_mem=np.int32(smem))
+
+
+def _cupy_stream(cupy, stream: torch.cuda.Stream, device: int):
+    """PyTorch's ``stream`` as a CuPy stream: through the CUDA stream protocol where CuPy has it (14 and later, which
+    deprecate ExternalStream), else ExternalStream."""
+    if hasattr(cupy.cuda.Stream, "from_external"):
+        return cupy.cuda.Stream.from_external(stream)
+    return cupy.cuda.ExternalStream(stream.cuda_stream, device)
 

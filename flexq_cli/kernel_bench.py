@@ -181,7 +181,7 @@ def _stream_ops(nbytes: int) -> dict:
     for unroll, per_sm, threads in STREAM_LAUNCHES:
         fn = cuda_launch.function(dev, "stream_read.cu", (f"-DSR_UNROLL={unroll}",), "stream_read", 0)
         partial = torch.empty(per_sm * sms, dtype=torch.int32, device="cuda")
-        # launched plainly (no PDL): it depends on nothing before it, and its int64 count needs CuPy's marshalling
+        # no PDL: it depends on nothing before it (and a plain launch goes through CuPy, which takes the int64)
         op = lambda fn=fn, partial=partial, threads=threads: cuda_launch.launch(  # noqa: E731
             fn, (partial.numel(), 1, 1), (threads, 1, 1),
             (cuda_launch.ptr(words), np.int64(words.numel() // 4), cuda_launch.ptr(partial)), 0, dev, pdl=False)
