@@ -119,7 +119,7 @@ class QuantLinear(nn.Module):
                 self._rotation = self.rotation.to(device=x.device, dtype=x.dtype)
             x = block_rotate(x, self._rotation)
         if handed is not None and handed[0] is x:  # pack handed[1], chosen by _pack_for for kernel_for(x) on this x
-            backend, packed = "btc" if handed[1] == "btc" else "int8", handed[2]  # "int8_tiled" is int8's too
+            backend, packed = PACK_KERNEL[handed[1]], handed[2]
         else:
             backend, packed = self.kernel_for(x), None
         if backend != "reference":
@@ -350,6 +350,10 @@ def _run_packing(launch, consumer: QuantLinear | None, like: torch.Tensor, *args
     y, packed = launch(*args, pack=pack, act_bits=consumer.act_bits, padded_in=consumer.padded_in)
     consumer.handed_over = (y, pack, packed)
     return y
+
+
+# The kernel that reads each pack _pack_for can choose (norm_kernel.PACKS): the tiled layout is the INT8 kernel's too.
+PACK_KERNEL = {"btc": "btc", "int8": "int8", "int8_tiled": "int8"}
 
 
 def _pack_for(consumer: QuantLinear | None, x: torch.Tensor) -> str | None:
