@@ -222,17 +222,18 @@ def _driver() -> str:
 
 def _bench_shape(n, k, ms, repeats, flush, back_to_back):
     wq, ws, qweight, w16 = _layer(n, k)
-    streams = _stream_ops(btc.weight_bytes(n, k))
+    wbytes = btc.weight_bytes(n, k)
+    streams = _stream_ops(wbytes)
     rows = []
     for m in ms:
         x = (torch.randn((m, k), device="cuda") * 2).half()
-        ops = {f"W6A{a}/{kern}": (_kernel_op(kern, x, qweight, ws, wq, a), btc.weight_bytes(n, k))
+        ops = {f"W6A{a}/{kern}": (_kernel_op(kern, x, qweight, ws, wq, a), wbytes)
                for a in (8, 6) for kern in KERNEL_OPS}
         ops.update(_baselines(x, w16))
         times = time_ops({op: fn for op, (fn, _) in ops.items()} | streams, repeats, flush)
         best = min(streams, key=times.get)
         times["stream"] = times[best]
-        ops["stream"] = (streams[best], btc.weight_bytes(n, k) // 16 * 16)
+        ops["stream"] = (streams[best], wbytes // 16 * 16)
         for op, (fn, nbytes) in ops.items():
             row = {"N": n, "K": k, "M": m, "op": op, "median_us": round(times[op], 2),
                    "weight_GBps": round(nbytes / times[op] / 1e3, 1),

@@ -20,7 +20,7 @@ def _ints(text: str) -> list[int]:
 
 
 def command(
-    kernel: Annotated[bool, typer.Option("--kernel", help="Time the W6A6/W6A8 layer ops (BTC and INT8 kernels, and which one dispatch picks) against cuBLAS fp16/int8/fp8.")] = False,
+    kernel: Annotated[bool, typer.Option("--kernel", help="Time the W6A6/W6A8 layer ops (BTC and INT8 kernels, and which one dispatch picks) against cuBLAS fp16/int8/fp8 and a read-only memory roofline.")] = False,
     e2e: Annotated[Optional[str], typer.Option("--e2e", help="End to end: a model, or with --random-init a shape (llama-2-7b, llama-2-13b, llama-3-8b, llama-2-70b, smollm2-135m).")] = None,
     random_init: Annotated[bool, typer.Option("--random-init", help="Build the --e2e model from its shape with random weights.")] = False,
     preset: Annotated[str, typer.Option(help="--e2e: quantization preset of the quantized model.")] = "w6a8",
