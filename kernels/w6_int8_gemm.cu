@@ -851,9 +851,13 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
         int q = 0;
         for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
             const int m0 = (tile % m_tiles) * 128, n0 = (tile / m_tiles) * 128;
-            int acc0[64], acc1[64];
-            float csum[64], yacc[64];
-            u32 ra0[8], rb0[8], ra1[8], rb1[8];
+            int acc0[64];
+            float csum[64];
+            u32 ra0[8], rb0[8];
+            // a debug build runs one block at a time and stores no sums: these are then unused
+            [[maybe_unused]] int acc1[64];
+            [[maybe_unused]] float yacc[64];
+            [[maybe_unused]] u32 ra1[8], rb1[8];
 #pragma unroll
             for (int i = 0; i < 64; ++i) yacc[i] = -0.f;  // -0: the identity of IEEE addition
             // Block q's scale slot.

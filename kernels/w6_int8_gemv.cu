@@ -180,14 +180,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, GV_MINB)
 i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const float* sx, const void* bias, void* y,
         int M, int N, int NB, int ws_cols, int w_step, int bias_f32) {
     extern __shared__ __align__(16) unsigned char smem[];  // the ring (GV_RING), then the slots
-    float* slots = (float*)(smem + RING_BYTES);  // (slot, ROWS, COLS): warp 0's running sum, later chunk sums
+    // (slot, ROWS, COLS): warp 0's running sum, later chunk sums (maybe_unused: a GV_DEBUG_ACC build has no sums)
+    [[maybe_unused]] float* slots = (float*)(smem + RING_BYTES);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int rt = warp / GV_KW, kw = warp % GV_KW;
     const int n0 = blockIdx.x * ROWS + 16 * rt;  // N % 16 == 0: a row tile is whole or absent
     const int NC = (NB + GV_CHUNK - 1) / GV_CHUNK;
     const int c_lo = (kw * NC + GV_KW - 1) / GV_KW, c_hi = ((kw + 1) * NC + GV_KW - 1) / GV_KW;
-    const int c1 = (NC + GV_KW - 1) / GV_KW;  // warp 0's end
+    [[maybe_unused]] const int c1 = (NC + GV_KW - 1) / GV_KW;  // warp 0's end
     const bool live = n0 < N;
     const int b_lo = c_lo * GV_CHUNK, b_hi = live ? min(c_hi * GV_CHUNK, NB) : b_lo;
 
@@ -233,7 +234,7 @@ i8_gemv(const u32* qweight, const u16* w_scales, const signed char* xq, const fl
         if (b_lo + d < b_hi) load_x(buf[d], xq, sx, NB, xtok, stok, b_lo + d);
 
     // C fragment r of token tile i: row g + 8 (r >> 1), token 8i + 2t + (r & 1)
-    float csum[GV_MT][4], yacc[GV_MT][4];
+    [[maybe_unused]] float csum[GV_MT][4], yacc[GV_MT][4];  // unused in a GV_DEBUG_ACC build (it stores no sums)
 #pragma unroll
     for (int i = 0; i < GV_MT; ++i)
 #pragma unroll

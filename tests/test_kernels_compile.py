@@ -2,7 +2,7 @@
 
 The same files are compiled at run time by NVRTC through CuPy (as resources.kernel_source gives them, shared
 headers pasted in), so they must not include host-only headers. Each BTC and INT8 variant the wrappers can
-request (6/8-bit activations, fp16/bf16, debug accumulators, tile configs) is built, and must not spill.
+request (6/8-bit activations, fp16/bf16, debug accumulators, tile configs) is built, and must not spill or warn.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def _nvcc(src, *defines):
     cmd = [NVCC, "-std=c++17", *arch, "-cubin", "-Xptxas", "-v", "-o", "/dev/null", *defines, str(src)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
+    assert "warning" not in res.stderr.lower(), f"{' '.join(cmd)}\n{res.stderr}"  # debug builds included
     return res.stderr
 
 
