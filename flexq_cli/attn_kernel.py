@@ -3,8 +3,9 @@ KV cache, optionally with o_proj's INT8 activation quantize done by the same lau
 
     out, packed = decode_attention_cuda(q, keys, values, mask, scale, quant_bits=8)
 
-Used by ``modules.KernelAttention`` for decode steps (``DECODE_KERNEL``) where it also makes o_proj's pack or is
-faster alone (``faster_alone``); prefill and the rest keep transformers' attention function.
+Used by ``modules.KernelAttention`` for decode steps where it also makes o_proj's pack or is faster alone
+(``faster_alone``), unless made with ``decode_kernel=False`` (``--no-attn-kernel``); prefill and the rest keep
+transformers' attention function.
 The result is softmax(q k^T * scale + mask) v in float32 with one rounding to 16 bits: not the bits of PyTorch's
 SDPA (cuDNN and flash attention order their sums differently; tests/test_attention_gpu.py states the tolerance).
 Arguments are checked here (ValueError naming what is wrong); the launch goes on PyTorch's current stream, so it
@@ -23,7 +24,6 @@ MAX_CHUNK = 512  # AT_MAX_CHUNK: keys per CTA at most
 TARGET_CTAS = 264  # two per SM of an H100: the keys of few (sequence, head) pairs are split over CTAs up to this
 MIN_CHUNK = 16  # keys per CTA at least
 HEAD_DIMS = (64, 128)
-DECODE_KERNEL = True  # modules.KernelAttention runs decode steps here (False: transformers' attention function)
 
 _workspace: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (partials float32, counters int32)
 # Buffers replaced by larger ones stay allocated: a CUDA graph captured with them still writes there when replayed

@@ -174,10 +174,12 @@ def measure(model, batch: int, prompt_len: int, new_tokens: int, vocab: int) -> 
 
 
 def run_e2e_bench(model_name: str, *, random_init: bool, preset: str = "w6a8", batches=(1, 4, 16),
-                  prompt_len: int = 128, new_tokens: int = 256, fuse: bool = True, device_map=None) -> dict:
+                  prompt_len: int = 128, new_tokens: int = 256, fuse: bool = True, attn_kernel: bool = True,
+                  device_map=None) -> dict:
     """FP16, then the quantized model; same prompts, harness and fusion for both. With ``random_init`` both are
     built layer by layer where they will run (``build_random``), and a model that does not fit is skipped
-    with the reason; ``device_map`` (placement.DeviceMap) spreads them over several devices."""
+    with the reason; ``device_map`` (placement.DeviceMap) spreads them over several devices; ``attn_kernel``: as
+    fusion.fuse_shared_inputs' ``decode_attention``."""
     from .config import load_preset
 
     if not torch.cuda.is_available():
@@ -194,10 +196,13 @@ def run_e2e_bench(model_name: str, *, random_init: bool, preset: str = "w6a8", b
     bw = copy_bandwidth_GBps()
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": _devices(),
               "model": model_name, "random_init": random_init, "preset": preset, "prompt_len": prompt_len,
-              "new_tokens": new_tokens, "fused": fuse, "device_map": str(device_map or "none"),
+              "new_tokens": new_tokens, "fused": fuse,
+              "decode_attention": "kernel" if fuse and attn_kernel else "transformers",
+              "device_map": str(device_map or "none"),
               "copy_bandwidth_GBps": round(bw, 1), "versions": _versions(), "rows": [], "skipped": []}
     for name, quant in (("fp16", None), (preset, config)):
-        model = _bench_model(result, name, model_name, quant, random_init, fuse, device_map, max(batches))
+        model = _bench_model(result, name, model_name, quant, random_init, fuse, attn_kernel, device_map,
+                             max(batches))
         if model is not None:
             _bench_rows(result, name, model, batches, bw)
             del model
@@ -207,8 +212,8 @@ def run_e2e_bench(model_name: str, *, random_init: bool, preset: str = "w6a8", b
     return result
 
 
-def _bench_model(result: dict, name: str, model_name: str, quant, random_init: bool, fuse: bool, device_map,
-                 batch: int):
+def _bench_model(result: dict, name: str, model_name: str, quant, random_init: bool, fuse: bool, attn_kernel: bool,
+                 device_map, batch: int):
     """The FP16 or quantized model placed and fused, or None (and a ``skipped`` entry) when it does not fit."""
     from .fusion import fuse_shared_inputs
     from .placement import dispatch
@@ -228,7 +233,7 @@ def _bench_model(result: dict, name: str, model_name: str, quant, random_init: b
         model = _load_on_gpu(model_name, quant)
         placed = None
     if fuse:
-        fuse_shared_inputs(model, spec_for_config(model.config))
+        fuse_shared_inputs(model, spec_for_config(model.config), decode_attention=attn_kernel)
     if placed is not None:
         model = dispatch(model, placed)
         result.setdefault("layers_on", {})[name] = _summary(model, placed)
@@ -311,8 +316,10 @@ def format_table(result: dict):
             "prefill_speedup", "memory_ratio"]
     init = " random-init" if result["random_init"] else ""
     spread = "" if result.get("device_map", "none") == "none" else f", --device-map {result['device_map']} (eager)"
-    table = rows_table(f"{result['model']}{init}, prompt {result['prompt_len']}, {result['new_tokens']} new tokens; "
-                       f"{result['device']}, copy {result['copy_bandwidth_GBps']} GB/s{spread}, {result['date']}",
+    attn = "" if result.get("decode_attention", "kernel") == "kernel" else ", transformers' decode attention"
+    table = rows_table(f"{result['model']}{init}, prompt {result['prompt_len']}, {result['new_tokens']} new tokens"
+                       f"{attn}; {result['device']}, copy {result['copy_bandwidth_GBps']} GB/s{spread}, "
+                       f"{result['date']}",
                        cols, result["rows"])
     table.caption = "; ".join(f"{s['model']}: skipped, {s['reason']}" for s in result.get("skipped", [])) or None
     return table

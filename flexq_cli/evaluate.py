@@ -55,10 +55,11 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 1) -> tuple[float
 
 
 def load_for_eval(model_name: str, device: str, dtype: torch.dtype | None, backend: str,
-                  device_map: DeviceMap | None = None, fuse: bool = False):
+                  device_map: DeviceMap | None = None, fuse: bool = False, decode_attention: bool = True):
     """(model, tokenizer, description) for a full-precision or a quantized model, on ``device`` or, with
     ``device_map``, loaded into host memory and dispatched over the map's devices (placement.py). ``fuse``:
-    q/k/v and gate/up fused (fusion.py), before dispatching, so offloaded layers offload the fused weights."""
+    q/k/v and gate/up fused (fusion.py), before dispatching, so offloaded layers offload the fused weights;
+    ``decode_attention``: as fusion.fuse_shared_inputs'."""
     ref = resolve_model(model_name)
     load_on = "cpu" if device_map is not None else device
     dtype = dtype or default_dtype("cuda" if device_map is not None and device_map.uses_cuda else device)
@@ -73,16 +74,16 @@ def load_for_eval(model_name: str, device: str, dtype: torch.dtype | None, backe
     else:
         model, tokenizer, _ = load_fp_model(ref, dtype, load_on)
         info = {"model": ref.name, "kind": "full precision", "quant": str(dtype).removeprefix("torch.")}
-    return place(model, device_map, fuse), tokenizer, info
+    return place(model, device_map, fuse, decode_attention), tokenizer, info
 
 
-def place(model, device_map: DeviceMap | None, fuse: bool):
+def place(model, device_map: DeviceMap | None, fuse: bool, decode_attention: bool = True):
     """Fuse (if asked), then dispatch over ``device_map`` (None: leave the model where it is)."""
     spec = spec_for_config(model.config)
     if fuse:
         from .fusion import fuse_shared_inputs
 
-        fuse_shared_inputs(model, spec)
+        fuse_shared_inputs(model, spec, decode_attention=decode_attention)
     if device_map is None:
         return model
     from .placement import dispatch, resolve

@@ -116,10 +116,11 @@ def _fused_class(members: list[nn.Module]):
     return None
 
 
-def fuse_shared_inputs(model: nn.Module, spec, pack_kernels: bool = True) -> int:
+def fuse_shared_inputs(model: nn.Module, spec, pack_kernels: bool = True, decode_attention: bool = True) -> int:
     """Fuse every group of linears that share an input and a configuration and, with ``pack_kernels``, make the
     RMSNorms, the gated SiLU product and the rotary embedding + cache write one kernel each (see the module
-    docstring); returns the number of linear groups fused."""
+    docstring); ``decode_attention``: decode steps may run attn_kernel's kernel (False: transformers' attention
+    function, its bits). Returns the number of linear groups fused."""
     quantized = [m for m in model.modules() if isinstance(m, QuantLinear)]
     backend = quantized[0].backend if quantized else "auto"
     # FP16 models have run without CuPy so far: they get these kernels only where the kernels can run
@@ -144,7 +145,7 @@ def fuse_shared_inputs(model: nn.Module, spec, pack_kernels: bool = True) -> int
             if kernels and fused is not None and group.linears == GATED_MLP:
                 _gated_mlp_kernel(layer, fused, backend)
             if kernels and fused is not None and group.linears == ROPE_QKV:
-                _attention_kernel(layer, fused, backend)
+                _attention_kernel(layer, fused, backend, decode_attention)
     if kernels:
         _norm_kernel(model, spec.final_norm, None, backend)
         fuse_residual_adds(model, spec)
@@ -188,7 +189,7 @@ GATED_MLP = ("mlp.gate_proj", "mlp.up_proj")  # LLaMA's MLP: down_proj(act_fn(ga
 ROPE_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # read by LLaMA's rotary attention
 
 
-def _attention_kernel(layer: nn.Module, qkv: nn.Module, backend: str) -> None:
+def _attention_kernel(layer: nn.Module, qkv: nn.Module, backend: str, decode_kernel: bool) -> None:
     """Replace ``layer.self_attn`` by a KernelAttention over the fused ``qkv`` when the fused width is the heads'."""
     attn = layer.self_attn
     config, head_dim = getattr(attn, "config", None), getattr(attn, "head_dim", None)
@@ -196,7 +197,7 @@ def _attention_kernel(layer: nn.Module, qkv: nn.Module, backend: str) -> None:
         return
     if qkv.out_features != (config.num_attention_heads + 2 * config.num_key_value_heads) * head_dim:
         return
-    layer.self_attn = KernelAttention(attn, qkv, backend)
+    layer.self_attn = KernelAttention(attn, qkv, backend, decode_kernel)
 
 
 def _gated_mlp_kernel(layer: nn.Module, gate_up: nn.Module, backend: str) -> None:

@@ -256,16 +256,18 @@ class KernelAttention(nn.Module):
     where the cache is generation's static one (``generate.StaticKV``: it has ``layer_buffers``). q and the cache
     then hold transformers' bits exactly. The attention is transformers' own function, called as its forward calls
     it, except in decode steps where attn_kernel's decode kernel pays (``_decode_plan``): float32 numerics, not
-    SDPA's bits; it also hands o_proj its INT8 pack. Everywhere else (the CPU, other caches, backend 'reference')
-    transformers' forward runs unchanged."""
+    SDPA's bits; it also hands o_proj its INT8 pack. ``decode_kernel=False`` (``--no-attn-kernel``) keeps
+    transformers' attention function in decode steps too. Everywhere else (the CPU, other caches, backend
+    'reference') transformers' forward runs unchanged."""
 
-    def __init__(self, attn: nn.Module, qkv: nn.Module, backend: str = "auto"):
+    def __init__(self, attn: nn.Module, qkv: nn.Module, backend: str = "auto", decode_kernel: bool = True):
         super().__init__()
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
         self.attn = [attn]  # transformers' module: the fallback, and the attributes attention functions read
         self.qkv = [qkv]  # the fused q/k/v layer (registered in the decoder layer already)
         self.heads, self.kv_heads = attn.config.num_attention_heads, attn.config.num_key_value_heads
         self.backend = backend
+        self.decode_kernel = decode_kernel
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
                 past_key_values=None, **kwargs):
@@ -298,7 +300,7 @@ class KernelAttention(nn.Module):
         128: a head is one act group) or has a CTA per (sequence, head) (attn_kernel.faster_alone). Otherwise
         transformers' attention function (cuDNN's SDPA) is the faster one (docs/generation.md)."""
         attn = self.attn[0]
-        if not attn_kernel.DECODE_KERNEL or q.shape[1] != 1 or q.shape[-1] not in attn_kernel.HEAD_DIMS:
+        if not self.decode_kernel or q.shape[1] != 1 or q.shape[-1] not in attn_kernel.HEAD_DIMS:
             return False, None
         if _sliding_window(attn) is not None or (attn.training and attn.attention_dropout):
             return False, None

@@ -167,7 +167,7 @@ def test_decode_step_tracks_transformers_attention(quantized, monkeypatch):
     from flexq_cli.config import load_preset
     from flexq_cli.fusion import fuse_shared_inputs
     from flexq_cli.generate import Decoder, left_pad
-    from flexq_cli.modules import QuantLinear
+    from flexq_cli.modules import KernelAttention, QuantLinear
     from flexq_cli.quantize import quantize_model
 
     torch.manual_seed(0)
@@ -194,7 +194,9 @@ def test_decode_step_tracks_transformers_attention(quantized, monkeypatch):
     runs = []
     monkeypatch.setattr(attn_kernel, "faster_alone", lambda pairs: True)  # the FP16 model too, at 2 sequences
     for kernel in (True, False):
-        monkeypatch.setattr(attn_kernel, "DECODE_KERNEL", kernel)
+        for m in model.modules():
+            if isinstance(m, KernelAttention):
+                m.decode_kernel = kernel
         dec = Decoder(model, 2, 16, use_graph=False)
         logits = [dec.prefill(ids, pad)]
         for i in range(5):  # the same tokens for both (a near tie could pick different ones)

@@ -137,3 +137,27 @@ def test_fused_layers_keep_no_output_alive(tiny_llama, tmp_path):
         model(torch.randint(0, 1000, (1, 8)))
     fused = [m for m in model.modules() if isinstance(m, FusedQuantLinear)]
     assert fused and all(m._last is None for m in fused)
+
+
+def test_attn_kernel_switch_reaches_every_attention(tiny_llama, tmp_path, monkeypatch):
+    """``generate --no-attn-kernel`` makes every fused attention keep transformers' attention function in decode steps
+    (the switch's effect on the GPU: tests/test_attention_gpu.py); the default lets them run the kernel."""
+    from flexq_cli import fusion
+    from flexq_cli.quantize import quantize
+
+    quantize(str(tiny_llama), tmp_path / "q", preset="w6a8")
+    made = []
+    real = fusion.KernelAttention
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(fusion, "KernelAttention", spy)
+    for flag, want in (([], True), (["--attn-kernel"], True), (["--no-attn-kernel"], False)):
+        made.clear()
+        code, out, err = run_cli("generate", tmp_path / "q", "--prompt", "The tower is", "--max-new-tokens", 3,
+                                 "--device", "cpu", *flag)
+        assert code == 0, err
+        assert out.strip() and len(made) == 2  # one per decoder layer
+        assert all(m.decode_kernel is want for m in made), flag

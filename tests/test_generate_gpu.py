@@ -133,14 +133,11 @@ def test_residual_adds_in_the_norms_give_the_same_logits(quantized, monkeypatch)
 def test_additive_mask_gives_the_boolean_masks_bits(quantized, monkeypatch):
     """The decoder hands SDPA the float mask SDPA would make of the boolean one: the same logits, bit for bit, for a
     left-padded batch's prefill and decode steps (decode steps through SDPA too, not the decode kernel)."""
-    from flexq_cli import attn_kernel
-
-    monkeypatch.setattr(attn_kernel, "DECODE_KERNEL", False)
     from flexq_cli.fusion import fuse_shared_inputs
     from flexq_cli.generate import Decoder, left_pad
 
     model = tiny(quantized)
-    fuse_shared_inputs(model, spec_for_config(model.config))
+    fuse_shared_inputs(model, spec_for_config(model.config), decode_attention=False)
     ids, pad = left_pad([[1, 2, 3, 4, 5, 6, 7], [9, 8, 7]], 0, "cuda")
     runs = []
     for boolean in (False, True):

@@ -1,4 +1,4 @@
-"""The kernel bench's digest (kernel_bench.summary) on a made-up result: no GPU needed."""
+"""The benches' digests (kernel_bench.summary, the tables) on made-up results: no GPU needed."""
 
 from __future__ import annotations
 
@@ -35,3 +35,14 @@ def test_format_table_has_the_stream_column():
     table = format_table(RESULT)
     assert [c.header for c in table.columns][7] == "of_stream"
     assert table.row_count == len(RESULT["rows"])
+
+
+def test_e2e_table_title_says_which_decode_attention_ran():
+    from flexq_cli.e2e_bench import format_table as e2e_table
+
+    result = {"model": "llama-2-7b", "random_init": True, "prompt_len": 128, "new_tokens": 64, "device": "test",
+              "copy_bandwidth_GBps": 1.0, "date": "today", "rows": [], "skipped": []}
+    assert "decode attention" not in e2e_table(result | {"decode_attention": "kernel"}).title
+    assert "decode attention" not in e2e_table(result).title  # results written before the switch: the kernel ran
+    title = e2e_table(result | {"decode_attention": "transformers"}).title
+    assert "64 new tokens, transformers' decode attention;" in title

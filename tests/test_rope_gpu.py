@@ -82,13 +82,10 @@ def test_rope_cache_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("quantized", [False, True])
-def test_kernel_attention_equals_transformers_forward(quantized, monkeypatch):
+def test_kernel_attention_equals_transformers_forward(quantized):
     """Prefill of 7 tokens, then one decode step, through transformers' attention and through KernelAttention with
     transformers' attention function (the decode kernel is tests/test_attention_gpu.py's), each writing its own
     static cache: the same output bits and the same cache contents."""
-    from flexq_cli import attn_kernel
-
-    monkeypatch.setattr(attn_kernel, "DECODE_KERNEL", False)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from flexq_cli.arch import spec_for_config
@@ -105,7 +102,7 @@ def test_kernel_attention_equals_transformers_forward(quantized, monkeypatch):
         model = LlamaForCausalLM(config).half().eval()
     if quantized:
         quantize_model(model, spec_for_config(config), load_preset("w6a8"), torch.float16)
-    fuse_shared_inputs(model, spec_for_config(config))
+    fuse_shared_inputs(model, spec_for_config(config), decode_attention=False)
     fused = model.model.layers[0].self_attn
     assert isinstance(fused, KernelAttention)
     hf = fused.attn[0]

@@ -6,7 +6,7 @@ import typer
 
 from .. import ui
 from ..errors import FlexQError
-from .options import DeviceMapOpt, JsonOut, parse_device_map_option, write_json
+from .options import AttnKernel, DeviceMapOpt, JsonOut, parse_device_map_option, write_json
 
 
 def _ints(text: str) -> list[int]:
@@ -28,6 +28,7 @@ def command(
     prompt_len: Annotated[int, typer.Option(help="--e2e: prompt tokens.")] = 128,
     new_tokens: Annotated[int, typer.Option(help="--e2e: generated tokens.")] = 256,
     fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="--e2e: one GEMM for q/k/v and one for gate/up; RMSNorm, SiLU, and rotary + cache write one kernel each (both models).")] = True,
+    attn_kernel: AttnKernel = True,
     device_map: DeviceMapOpt = None,
     models: Annotated[str, typer.Option(help="Comma-separated shape sets: llama2-7b, llama2-13b, llama2-70b, llama3-8b, smollm2, fused, all.")] = "llama2-7b,llama2-70b",
     m: Annotated[str, typer.Option("--m", help="Token counts M, comma-separated.")] = "1,2,4,8,16,32,64,128,256,512,1024,2048,4096",
@@ -49,7 +50,7 @@ def command(
         from ..e2e_bench import run_e2e_bench
 
         result = run_e2e_bench(e2e, random_init=random_init, preset=preset, batches=tuple(_ints(batches)),
-                               prompt_len=prompt_len, new_tokens=new_tokens, fuse=fuse,
+                               prompt_len=prompt_len, new_tokens=new_tokens, fuse=fuse, attn_kernel=attn_kernel,
                                device_map=parse_device_map_option(device_map, "auto"))
         ui.out.print(e2e_table(result))
         write_json(json_out, result)

@@ -6,8 +6,8 @@ import typer
 
 from .. import ui
 from ..generate import SamplingConfig, generate_tokens
-from .options import (Backend, Device, DeviceMapOpt, Dtype, Model, parse_backend, parse_device, parse_device_map_option,
-                      parse_dtype)
+from .options import (AttnKernel, Backend, Device, DeviceMapOpt, Dtype, Model, parse_backend, parse_device,
+                      parse_device_map_option, parse_dtype)
 
 _D = SamplingConfig()
 
@@ -22,6 +22,7 @@ def command(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = _D.seed,
     graph: Annotated[bool, typer.Option("--graph/--no-graph", help="Capture the decode step in a CUDA graph.")] = True,
     fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="One GEMM for q/k/v and one for gate/up; RMSNorm and SiLU one kernel each, packing for the next GEMM; rotary + cache write one kernel (docs/generation.md).")] = True,
+    attn_kernel: AttnKernel = True,
     device: Device = "auto",
     dtype: Dtype = "auto",
     backend: Backend = "auto",
@@ -34,7 +35,7 @@ def command(
                          seed=seed)
     placement = parse_device_map_option(device_map, device)
     net, tokenizer, _ = load_for_eval(model, parse_device(device), parse_dtype(dtype), parse_backend(backend),
-                                      placement, fuse)
+                                      placement, fuse, attn_kernel)
     ids = [tokenizer(p).input_ids for p in prompt]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     r = generate_tokens(net, ids, cfg, eos_id=tokenizer.eos_token_id, use_graph=graph, pad_id=pad)

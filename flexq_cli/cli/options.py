@@ -21,6 +21,10 @@ DeviceMapOpt = Annotated[Optional[str], typer.Option(
     "visible GPUs, then host memory), or DEV[:LAYERS],... in layer order, DEV cpu or cuda:I, the last count "
     "optional (e.g. cuda:0:40,cpu or cuda:0:40,cuda:1). Layers on cpu beside a GPU are offloaded: weights in host "
     "memory, computed on the first GPU. Decoding runs without a CUDA graph then.")]
+AttnKernel = Annotated[bool, typer.Option(
+    "--attn-kernel/--no-attn-kernel", help="With --fuse on a GPU: decode steps run FlexQ's attention kernel where it "
+    "pays (float32 softmax, one rounding to 16 bits; for a W6A8/W6A6 o_proj it also packs o_proj's input). "
+    "--no-attn-kernel keeps transformers' attention function (SDPA), its bits, in every step.")]
 Seqlen = Annotated[int, typer.Option(help="Tokens per sequence.")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")]
 Stream = Annotated[bool, typer.Option("--stream", help="One decoder layer in memory at a time, read from the "
