@@ -47,12 +47,12 @@ class Int8Config:
     wn: int = 4
     stages: int = 4
     wgmma: bool = False  # the Hopper mainloop (sm_90a): wm warpgroups of 64 tokens x 128 rows, wn = 1
-    ws: bool = False  # with wgmma: warp-specialized and persistent (copy warps, two consumer warpgroups, 128 x 128)
+    ws: bool = False  # with wgmma: warp-specialized and persistent (copy warps, wm consumer warpgroups of 64 rows)
 
     def __post_init__(self):
         tm, tn = self.bm // max(1, self.wm), self.bn // max(1, self.wn)
         if self.ws:
-            bad = not self.wgmma or (self.bm, self.bn, self.wm, self.wn) != (128, 128, 2, 1) \
+            bad = not self.wgmma or (self.bm, self.bn, self.wm, self.wn) not in ((128, 128, 2, 1), (128, 64, 1, 1)) \
                 or self.smem_bytes() > SMEM_LIMIT
         elif self.wgmma:
             bad = self.bn != 128 or self.wn != 1 or self.wm not in (1, 2) or self.bm != 64 * self.wm \
@@ -92,8 +92,8 @@ class Int8Config:
         (activation tile and the tile's packed records, .cu W_STAGE), twice as many slots of both scales (W_SCALES),
         each consumer warp's 4 KB of finished outputs (W_OUT), two mbarriers per stage, 1024 to align the base."""
         if self.ws:
-            return 1024 + self.stages * (128 * 128 + 128 * 96) + 2 * self.stages * 2 * 128 * 4 + 8 * 128 * 32 \
-                + 2 * self.stages * 8
+            return 1024 + self.stages * (128 * 128 + self.bn * 96) + 2 * self.stages * (128 + self.bn) * 4 \
+                + self.bn // 16 * 128 * 32 + 2 * self.stages * 8
         if self.wgmma:
             head = _round_up(2 * self.bn * 128 + 2 * self.bn * 4, 1024)
             stage = _round_up(self.bm * 128 + self.bn * 112 + self.bm * 4 + self.bn * 4, 1024)
@@ -183,6 +183,11 @@ WGMMA_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=4, wgmma=True)
 # write for it (norm_kernel.py, pack "int8_tiled"; modules._pack_for). 6 stages, the most that fit next to the 32 KB
 # output buffer (twenty-second session); 5-7 measured within 1% of each other before that buffer, with one copy warp.
 WS_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=6, wgmma=True, ws=True)
+# The same kernel on 64-row tiles (one consumer warpgroup): twice the CTAs, for where 128-row tiles leave SMs idle
+# (ws_config). Exact; one 64-row tile took 0.63-0.66 of a 128-row one's time on the H100 (one wave of each: 4096,
+# 5120, 6144 and 8192 rows at 65-128 tokens, K = 4096..28672, 25th session).
+WS_TILE_64 = Int8Config(bm=128, bn=64, wm=1, wn=1, stages=6, wgmma=True, ws=True)
+WS_64_TILE_TIME = 0.64
 
 
 @functools.lru_cache(maxsize=None)
@@ -277,15 +282,28 @@ def gemv_config(m: int, n: int, kp: int) -> GemvConfig:
     return GemvConfig(kw=kw, rt=rt, mt=mt, ring=ring)
 
 
+def ws_config(m: int, n: int, sms: int) -> Int8Config:
+    """WS_TILE, or WS_TILE_64 where its waves of tiles take less time on ``sms`` SMs (0: not known, WS_TILE): the
+    persistent kernel runs ceil(tiles / SMs) tiles on its busiest SM, and a 64-row tile takes WS_64_TILE_TIME of a
+    128-row one. So 64-row tiles where 128-row ones fill at most half the SMs (1.47-1.60x on the H100), or one to one
+    and a half waves (1.12-1.14x); elsewhere they were 0.84-0.98x, or at most 1.02x (docs/kernel.md, "64-row tiles";
+    scripts/gpu_ws_rows.py)."""
+    if sms <= 0:
+        return WS_TILE
+    tiles = -(-m // 128) * -(-n // 128)
+    return WS_TILE_64 if WS_64_TILE_TIME * -(-2 * tiles // sms) < -(-tiles // sms) else WS_TILE
+
+
 @functools.cache
-def default_config(m: int, n: int, kp: int, wgmma: bool = False) -> Int8Config | GemvConfig:
-    """The config for M tokens, N weight rows and Kp (padded) K: the register-fed kernel up to GEMV_MAX_M tokens,
-    tiles of 128 x 128 from 65 tokens (the warp-specialized kernel where the GPU has ``wgmma``), decode-sized tiles
-    between (cached: every int8_linear call asks, an eager decode once per linear)."""
+def default_config(m: int, n: int, kp: int, wgmma: bool = False, sms: int = 0) -> Int8Config | GemvConfig:
+    """The config for M tokens, N weight rows and Kp (padded) K on a GPU of ``sms`` SMs: the register-fed kernel up
+    to GEMV_MAX_M tokens, from 65 tokens tiles of 128 tokens (where the GPU has ``wgmma`` the warp-specialized
+    kernel, of 128 or 64 rows: ws_config), decode-sized tiles between (cached: every int8_linear call asks, an eager
+    decode once per linear)."""
     if m <= GEMV_MAX_M:
         return gemv_config(m, n, kp)
     if m > 64:
-        return WS_TILE if wgmma else Int8Config()
+        return ws_config(m, n, sms) if wgmma else Int8Config()
     if m > 32:  # four 16-token tiles read the weights four times: only worth it for the narrowest layers
         return _TILE_16_64 if n < NARROW_N else Int8Config(bm=64, bn=128, wm=1, wn=8)
     if n < SMALL_N:
@@ -380,7 +398,8 @@ def _config(config: Int8Config | GemvConfig | None, m: int, n: int, kp: int, dev
         name = torch.cuda.get_device_name(device)
         raise ValueError(f"int8 tile config {config} needs wgmma, an sm_90 (Hopper) feature; {name} lacks it: "
                          "use a config with wgmma=False")
-    return config or default_config(m, n, kp, wgmma_capable(device.index))
+    wgmma = wgmma_capable(device.index)
+    return config or default_config(m, n, kp, wgmma, sm_count(device.index) if wgmma else 0)
 
 
 def _wrong_layout(cfg: Int8Config | GemvConfig, tiled: bool) -> str:

@@ -372,7 +372,8 @@ i8_gemm(const uint4* qweight, const u16* w_scales, const signed char* xq, const 
 #define W_HEAD ((W_SWF + 2 * I8_BN * 4 + 1023) / 1024 * 1024)
 
 static_assert(I8_BM % 64 == 0 && WGS >= 1 && WGS <= 2, "wgmma: one or two warpgroups of 64 tokens");
-static_assert(I8_BN == 128, "wgmma: the instruction, the epilogue and the register budget are for 128 rows");
+static_assert(I8_BN == 128 || I8_WGMMA == 2, "wgmma: the instruction, the epilogue and the register budget are for "
+              "128 rows");  // the warp-specialized kernel: 64 rows per consumer warpgroup, W_ROWS below
 static_assert((I8_BN * 4) % WTHREADS == 0 && I8_STAGES >= 3, "wgmma tile");
 static_assert(I8_WGMMA == 1 || (I8_BM == 128 && I8_STAGES >= 3 && I8_STAGES <= 6), "warp-specialized: 3-6 stages");
 
@@ -424,7 +425,7 @@ __device__ __forceinline__ void wgmma_m64n128k32(int (&d)[64], unsigned long lon
 // token, four chunks each; weight scales: threads 0 .. I8_BN - 1; activation scales: the last I8_BM threads.
 #define W_TPR (WTHREADS / I8_BN)
 #define W_CPT (6 / W_TPR)
-static_assert(WTHREADS == 2 * I8_BM && (W_TPR == 1 || W_TPR == 2), "wgmma copy plan");
+static_assert(I8_WGMMA == 2 || (WTHREADS == 2 * I8_BM && (W_TPR == 1 || W_TPR == 2)), "wgmma copy plan");
 struct WgCopies {
     const uint4* w;          // the thread's first weight chunk of block 0 (a row's records are 16 * 6 chunks apart)
     const signed char* x;    // its first activation chunk of block 0 (blocks are 128 bytes apart)
@@ -625,13 +626,14 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 // (unpack_planes as in the register-fed decode kernel, but its select form) straight into A fragments, so no
 // unpacked tile goes through shared memory and no warp waits for another's unpack. The activations are operand B
 // (128 tokens x 128 K, the tiled layout's swizzled rows, one bulk copy); the tiled layout orders K to match the
-// fragments (common.cuh, tiled_act_byte). The CTA: 128 weight rows x 128 tokens, three warpgroups, mbarriers only:
+// fragments (common.cuh, tiled_act_byte). The CTA: W_ROWS (I8_BN: 128, or 64 where 128-row tiles leave SMs idle)
+// weight rows x 128 tokens, a producer warpgroup and one consumer warpgroup per 64 rows, mbarriers only:
 // - warpgroup 0: warps 0-2 copy (warp 3 only gives its registers back). For block q each waits until stage
 //   q % I8_STAGES is released (`empty`); then warp 0 bulk-copies the block's activation codes and scales, warp 1 the
 //   packed records of the tile's rows (lane g the 16-row group g, 1536 contiguous bytes), warp 2 cp.asyncs the
-//   words holding the 128 weight scales, all completing on the stage's `full`; the scales go to a ring of twice as
+//   words holding the W_ROWS weight scales, all completing on the stage's `full`; the scales go to a ring of twice as
 //   many slots (W_SCALES says why).
-// - warpgroups 1 and 2, the consumers (W_CONSUMER_REGS registers), 64 weight rows x 128 tokens each: per chunk of two
+// - warpgroups 1 (and 2), the consumers (W_CONSUMER_REGS registers), 64 weight rows x 128 tokens each: per chunk of two
 //   blocks, block c0's rows unpacked and its four wgmma issued, then block c0 + 1's (its unpack overlapping the first
 //   block's MMAs), then each block's epilogue as its MMAs complete (the first overlapping the second's MMAs), each
 //   stage released by one arrival per consumer warp after its epilogue. A finished tile goes out through the
@@ -640,11 +642,15 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 // in flight share weight tiles and read the activations from L2). The stage ring runs on across tiles.
 // Same numerics and records as the kernels above (the accumulator starts from 0; its exact conversion to float is
 // the int-to-float of a |value| < 2^24). With I8_DEBUG_ACC the block accumulators are stored instead.
+#define W_ROWS I8_BN                  // weight rows per tile: 128 or 64
+#define W_ROWS_SHIFT (W_ROWS == 128 ? 7 : 6)
+#define W_CWG (W_ROWS / 64)           // consumer warpgroups
+static_assert(W_ROWS == 128 || W_ROWS == 64, "ws: 64 or 128 weight rows per tile");
 #define W_A 0                         // 128 token rows of 128 B, swizzled: the tiled activation codes
-#define W_R (128 * 128)               // the tile's 128 packed records (8 groups of 16 rows, 1536 B each, as in qweight)
-#define W_STAGE (W_R + 128 * 96)      // 28 KB: stage s at s * W_STAGE keeps the swizzle atoms' 1024 alignment
+#define W_R (128 * 128)               // the tile's packed records (groups of 16 rows, 1536 B each, as in qweight)
+#define W_STAGE (W_R + W_ROWS * 96)   // 28 KB (22 KB): stage s at s * W_STAGE keeps the swizzle atoms' 1024 alignment
 // The blocks' scales in a ring of 2 * I8_STAGES slots after the stages (block q: slot q % (2 * I8_STAGES)), each
-// slot the 128 float activation scales (W_SX) and the 128 4-byte words holding the rows' fp16 weight scales (W_SW).
+// slot the 128 float activation scales (W_SX) and the W_ROWS 4-byte words holding the rows' fp16 weight scales (W_SW).
 // Twice as many slots as stages: the copy warps refill block q's slot only once every consumer warp has released
 // block q + I8_STAGES, a later pass of the chunk loop, by which time the warp has used every scale it loaded for
 // block q. The mbarrier arrival alone does not wait for the warp's outstanding shared-memory loads: with the
@@ -653,17 +659,17 @@ i8_gemm_wgmma(const uint4* qweight, const u16* w_scales, const signed char* xq, 
 #define W_SCALES (I8_STAGES * W_STAGE)
 #define W_SX 0
 #define W_SW (128 * 4)
-#define W_SLOT (2 * 128 * 4)
+#define W_SLOT (128 * 4 + W_ROWS * 4)
 // Block q's stage is q % I8_STAGES; its barrier phase parity, the pass of the stage ring it is in:
 __device__ __forceinline__ int ws_parity(int q) { return (q / I8_STAGES) & 1; }
 // Block q's slot: q % (2 * I8_STAGES), written as its stage and parity (the values the barrier waits use).
 __device__ __forceinline__ u32 ws_slot(int q) { return q % I8_STAGES + I8_STAGES * ws_parity(q); }
 #define W_OUT (W_SCALES + 2 * I8_STAGES * W_SLOT)  // each consumer warp's finished outputs, 128 tokens x 16 rows
-#define W_BARS (W_OUT + 8 * 128 * 32)  // full[I8_STAGES], empty[I8_STAGES]
-#define W_THREADS 384
+#define W_BARS (W_OUT + (W_ROWS / 16) * 128 * 32)  // full[I8_STAGES], empty[I8_STAGES]
+#define W_THREADS (128 * (1 + W_CWG))
 #define W_PRODUCER_REGS 24            // setmaxnreg's least; the copy warps need few
-#define W_CONSUMER_REGS 240           // (384 threads x 168 at launch; 128 x 24 + 256 x 240 fit in that)
-static_assert(128 * W_PRODUCER_REGS + 256 * W_CONSUMER_REGS <= W_THREADS * 168, "ws register plan");
+#define W_CONSUMER_REGS 240           // (384 threads x 168 at launch; 128 x 24 + 256 x 240 fit; 64 rows: 256 x 240)
+static_assert(128 * W_PRODUCER_REGS + 128 * W_CWG * W_CONSUMER_REGS <= W_THREADS * 168, "ws register plan");
 #ifdef I8_WS_SMEM  // int8_kernel.Int8Config.smem_bytes: what the launch allocates
 static_assert(I8_WS_SMEM == 1024 + W_BARS + 2 * I8_STAGES * 8, "int8_kernel.py's smem plan differs");
 #endif
@@ -793,11 +799,11 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
     char* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);  // swizzle atoms need 1024 alignment
     const u32 base = smem_addr(smem), full = base + W_BARS, empty = full + 8 * I8_STAGES;
     const int wg = threadIdx.x >> 7;
-    const int m_tiles = (M + 127) >> 7, tiles = m_tiles * ((N + 127) >> 7);
+    const int m_tiles = (M + 127) >> 7, tiles = m_tiles * ((N + W_ROWS - 1) >> W_ROWS_SHIFT);
     if (threadIdx.x == 0) {
         for (int s = 0; s < I8_STAGES; ++s) {
             mbar_init(full + 8 * s, 2 + 32);  // two copy warps' expect_tx arrivals, the third's 32 cp.async lanes
-            mbar_init(empty + 8 * s, 8);      // one arrival per consumer warp
+            mbar_init(empty + 8 * s, 4 * W_CWG);  // one arrival per consumer warp
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -813,12 +819,13 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
             const int cwp = threadIdx.x >> 5, lane = threadIdx.x & 31;
             int q = 0;
             for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-                const int mt = tile % m_tiles, n0 = (tile / m_tiles) * 128;
-                const int groups = min(8, (N - n0) >> 4);  // N % 16 == 0
+                const int mt = tile % m_tiles, n0 = (tile / m_tiles) * W_ROWS;
+                const int groups = min(W_ROWS / 16, (N - n0) >> 4);  // N % 16 == 0
                 const uint4* rec = qweight + rec_index(n0 + 16 * (lane & 7), 0, NB) * 6;  // group lane, block 0
-                int swe[4];  // rows lane + 32i: first weight-scale element, -1 past N (N * ws_cols < 2^31)
+                int swe[W_ROWS / 32];  // rows lane + 32i: first weight-scale element, -1 past N (N * ws_cols < 2^31)
 #pragma unroll
-                for (int i = 0; i < 4; ++i) swe[i] = n0 + lane + 32 * i < N ? (n0 + lane + 32 * i) * ws_cols : -1;
+                for (int i = 0; i < W_ROWS / 32; ++i)
+                    swe[i] = n0 + lane + 32 * i < N ? (n0 + lane + 32 * i) * ws_cols : -1;
                 for (int b = 0; b < NB; ++b, ++q) {
                     const int s = q % I8_STAGES;
                     const u32 st = base + s * W_STAGE, sc = base + W_SCALES + ws_slot(q) * W_SLOT;
@@ -836,7 +843,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
                         if (lane < groups) bulk_copy(st + W_R + lane * 1536, rec + (size_t)b * 96, 1536, bar);
                     } else {
 #pragma unroll
-                        for (int i = 0; i < 4; ++i)
+                        for (int i = 0; i < W_ROWS / 32; ++i)
                             if (swe[i] >= 0)
                                 cp_async4(sc + W_SW + (lane + 32 * i) * 4, w_scales + ((swe[i] + b * w_step) & ~1));
                         cp_async_mbar_arrive(bar);
@@ -850,7 +857,7 @@ i8_gemm_ws(const uint4* qweight, const u16* w_scales, const signed char* xq, con
         const int r0 = 64 * (wg - 1) + 16 * ((threadIdx.x >> 5) & 3) + g;  // this thread's first row in the tile
         int q = 0;
         for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-            const int m0 = (tile % m_tiles) * 128, n0 = (tile / m_tiles) * 128;
+            const int m0 = (tile % m_tiles) * 128, n0 = (tile / m_tiles) * W_ROWS;
             int acc0[64];
             float csum[64];
             u32 ra0[8], rb0[8];

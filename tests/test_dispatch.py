@@ -94,6 +94,22 @@ def test_int8_decode_tiles_fit_the_tokens_and_the_rows():
     assert all(default_config(m, 4096, 4096, wgmma=True) == default_config(m, 4096, 4096) for m in (1, 16, 17, 64))
 
 
+def test_ws_tile_rows_by_waves():
+    """ws_config: 64-row tiles where 128-row ones fill at most half the SMs, or one to one and a half waves (the
+    measured wins); 128-row tiles elsewhere, and where the SM count is not known."""
+    from flexq_cli.int8_kernel import WS_TILE, WS_TILE_64, default_config, ws_config
+
+    for m, n, want in [(65, 4096, WS_TILE_64), (128, 8192, WS_TILE_64),  # 32 and 64 tiles of 128 rows: <= 66
+                       (256, 8192, WS_TILE),  # 128 tiles: one wave of 128-row tiles, two of 64-row ones
+                       (192, 12288, WS_TILE_64), (128, 22016, WS_TILE_64),  # 192 and 172: 2 waves against 3 x 0.64
+                       (65, 27648, WS_TILE), (1024, 5120, WS_TILE), (4096, 28672, WS_TILE)]:  # 216, 320, 7168
+        assert ws_config(m, n, 132) == want, (m, n)
+        assert default_config(m, n, 4096, True, 132) == want
+    assert ws_config(65, 4096, 0) == WS_TILE  # SM count unknown
+    # an H100 PCIe, 114 SMs: 64 tiles of 128 rows are more than half of them
+    assert ws_config(128, 5120, 114) == WS_TILE_64 and ws_config(128, 8192, 114) == WS_TILE
+
+
 def test_gemv_configs():
     """The register-fed kernel's configs: the rule and the tuned exceptions, the thread count, the -D options and
     the chunk-sum slots (warp 0's prefix + one per chunk after warp 0's range), and what it refuses."""
@@ -150,7 +166,7 @@ def test_int8_ws_config():
     and shared memory matching the .cu's plan (6 stages of 28 KB: activation tile, records; 12 slots of both
     scales, 1 KB each; the consumer warps' 32 KB of outputs; two mbarriers per stage; the alignment slack) within the
     227 KB a CTA may have, so 6 stages at most; anything else is refused."""
-    from flexq_cli.int8_kernel import SMEM_LIMIT, WS_TILE, Int8Config
+    from flexq_cli.int8_kernel import SMEM_LIMIT, WS_TILE, WS_TILE_64, Int8Config
 
     assert (WS_TILE.threads, WS_TILE.kernel, WS_TILE.stages) == (384, "i8_gemm_ws", 6)
     assert "-DI8_WGMMA=2" in WS_TILE.defines(8, False) and "-arch=sm_90a" in WS_TILE.defines(8, False)
@@ -159,9 +175,13 @@ def test_int8_ws_config():
     ws = dict(bm=128, bn=128, wm=2, wn=1, stages=6, wgmma=True, ws=True)
     assert Int8Config(**{**ws, "stages": 3}).smem_bytes() == 1024 + 3 * 28 * 1024 + 6 * 1024 + 32 * 1024 + 6 * 8
     assert 1024 + 7 * 28 * 1024 + 14 * 1024 + 32 * 1024 + 14 * 8 > SMEM_LIMIT  # so 7 stages are refused
-    for bad in (dict(stages=2), dict(stages=7), dict(bm=64, wm=1), dict(wgmma=False)):
+    for bad in (dict(stages=2), dict(stages=7), dict(bm=64, wm=1), dict(wgmma=False), dict(bn=64), dict(wm=1)):
         with pytest.raises(ValueError, match="unsupported int8 tile config"):
             Int8Config(**{**ws, **bad})
+    # 64-row tiles: one consumer warpgroup; stages of 22 KB (records of 64 rows), slots of 768 B, 16 KB of outputs
+    assert (WS_TILE_64.threads, WS_TILE_64.kernel, WS_TILE_64.bn) == (256, "i8_gemm_ws", 64)
+    assert WS_TILE_64.smem_bytes() == 1024 + 6 * 22 * 1024 + 12 * 768 + 16 * 1024 + 12 * 8 <= SMEM_LIMIT
+    assert "-DI8_BN=64" in WS_TILE_64.defines(8, False) and "-DI8_WM=1" in WS_TILE_64.defines(8, False)
 
 
 @pytest.mark.parametrize("pairs", [1, 32, 512, 4096])

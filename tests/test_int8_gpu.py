@@ -86,8 +86,8 @@ CONFIGS = [int8_kernel.Int8Config(), int8_kernel.Int8Config(bm=64, bn=128, wm=1,
            # the Hopper mainloop (opt-in): two warpgroups, one, pipeline depths
            int8_kernel.WGMMA_TILE, int8_kernel.Int8Config(bm=64, bn=128, wm=1, wn=1, stages=3, wgmma=True),
            int8_kernel.Int8Config(bm=128, bn=128, wm=2, wn=1, stages=5, wgmma=True),
-           # warp-specialized, persistent
-           int8_kernel.WS_TILE]
+           # warp-specialized, persistent: 128-row and 64-row tiles
+           int8_kernel.WS_TILE, int8_kernel.WS_TILE_64]
 HOPPER = int8_kernel.wgmma_capable(torch.cuda.current_device())
 
 
@@ -250,11 +250,12 @@ WG_CASES = [(s, m) for s in SMALL_SHAPES + SHAPES_7B for m in (1, 17, 128, 512)]
 
 
 @pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
-@pytest.mark.parametrize("cfg", [int8_kernel.WGMMA_TILE, int8_kernel.WS_TILE], ids=["wgmma", "ws"])
+@pytest.mark.parametrize("cfg", [int8_kernel.WGMMA_TILE, int8_kernel.WS_TILE, int8_kernel.WS_TILE_64],
+                         ids=["wgmma", "ws", "ws64"])
 @pytest.mark.parametrize("act_bits", [6, 8])
 @pytest.mark.parametrize("shape,m", WG_CASES, ids=[f"{n}x{k}-m{m}" for (n, k), m in WG_CASES])
 def test_wgmma_matches_reference(shape, m, act_bits, cfg):
-    """Both Hopper mainloops forced, on the model shapes."""
+    """The Hopper mainloops forced, on the model shapes."""
     _check_case(shape, m, act_bits, cfg)
 
 
@@ -262,16 +263,17 @@ def test_wgmma_matches_reference(shape, m, act_bits, cfg):
 @pytest.mark.parametrize("dtype,agroup,wgroup,bias", [(torch.float16, 128, 128, None),
                                                       (torch.bfloat16, -1, 128, torch.float32),
                                                       (torch.float16, 128, -1, "x"), (torch.bfloat16, -1, -1, "x")])
-def test_ws_persistent(dtype, agroup, wgroup, bias):
-    """The warp-specialized kernel walks several tiles per CTA (33 x 33 tiles, more than an H100's 132 SMs), with
-    an odd block count (K = 4224: 33 blocks, a one-block last chunk), partial last tiles in M (4100) and N (4160),
-    the group sizes and biases: accumulators torch.equal, outputs bit for bit."""
-    n, k, m = 4160, 4224, 4100
+@pytest.mark.parametrize("cfg,n", [(int8_kernel.WS_TILE, 4160), (int8_kernel.WS_TILE_64, 4176)], ids=["ws", "ws64"])
+def test_ws_persistent(dtype, agroup, wgroup, bias, cfg, n):
+    """The warp-specialized kernel walks several tiles per CTA (33 x 33 tiles of 128 rows or 33 x 66 of 64, more than
+    an H100's 132 SMs), with an odd block count (K = 4224: 33 blocks, a one-block last chunk), partial last tiles in M
+    (4100) and N (4160: 64 rows of 128; 4176: 16 of 64), the group sizes and biases: accumulators torch.equal,
+    outputs bit for bit."""
+    k, m = 4224, 4100
     wq, ws, qweight = _layer(n, k, wgroup, seed=7)
     b = None if bias is None else torch.randn(n, device=DEV).to(dtype if bias == "x" else bias)
     x = _x(m, k, dtype)
-    cfg = int8_kernel.WS_TILE
-    assert -(-n // 128) * -(-m // 128) > 8 * int8_kernel.sm_count(torch.cuda.current_device())
+    assert -(-n // cfg.bn) * -(-m // 128) > 8 * int8_kernel.sm_count(torch.cuda.current_device())
     for act_bits in (6, 8):
         if agroup == 128 and wgroup == 128:
             acc = int8_kernel.int8_block_accumulators(x, qweight, act_bits=act_bits, config=cfg)
@@ -285,7 +287,8 @@ def test_ws_persistent(dtype, agroup, wgroup, bias):
 
 
 @pytest.mark.skipif(not HOPPER, reason="wgmma needs an sm_90 GPU")
-def test_ws_repeated_calls_identical():
+@pytest.mark.parametrize("cfg", [int8_kernel.WS_TILE, int8_kernel.WS_TILE_64], ids=["ws", "ws64"])
+def test_ws_repeated_calls_identical(cfg):
     """The warp-specialized kernel's stage ring under load: 300 calls on a LLaMA-2-70B shape at 2048 tokens, each
     into a NaN-poisoned output, all bit-equal to the reference. Before the scales had a ring of their own
     (w6_int8_gemm.cu, W_SCALES), a copy could refill a stage while a warp's last scale loads were still pending:
@@ -293,13 +296,13 @@ def test_ws_repeated_calls_identical():
     n, k, m = 10240, 8192, 2048
     wq, ws, qweight = _layer(n, k, seed=11)
     x = _x(m, k)
-    first = int8_kernel.int8_linear(x, qweight, ws, act_bits=8, config=int8_kernel.WS_TILE)
+    first = int8_kernel.int8_linear(x, qweight, ws, act_bits=8, config=cfg)
     _check_output(first, x, wq, ws, 8)
     out = torch.empty_like(first)
     bad = 0
     for _ in range(300):
         out.fill_(float("nan"))
-        int8_kernel.int8_linear(x, qweight, ws, act_bits=8, out=out, config=int8_kernel.WS_TILE)
+        int8_kernel.int8_linear(x, qweight, ws, act_bits=8, out=out, config=cfg)
         bad += int(not torch.equal(out.view(torch.int16), first.view(torch.int16)))
     assert bad == 0, f"{bad} of 300 calls differ from the first"
 
@@ -309,8 +312,9 @@ def test_wgmma_config_needs_hopper(monkeypatch):
     65 tokens is the warp-specialized kernel on Hopper only (the mma.sync tile elsewhere)."""
     wq, ws, qweight = _layer(192, 576, seed=6)
     x = _x(300, 576)
-    assert int8_kernel._config(None, 300, 192, 640, x.device) == (int8_kernel.WS_TILE if HOPPER else
-                                                                     int8_kernel.Int8Config())
+    sms = int8_kernel.sm_count(x.device.index)
+    assert int8_kernel._config(None, 300, 192, 640, x.device) == (int8_kernel.ws_config(300, 192, sms) if HOPPER
+                                                                     else int8_kernel.Int8Config())
     assert int8_kernel.reads_tiled_acts(300, 192, 640, x.device) == HOPPER
     if HOPPER:
         _check_output(int8_kernel.int8_linear(x, qweight, ws, act_bits=8, config=int8_kernel.WGMMA_TILE), x, wq, ws, 8)

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from flexq_cli.btc import TileConfig
-from flexq_cli.int8_kernel import WGMMA_TILE, WS_TILE, GemvConfig, Int8Config, default_config
+from flexq_cli.int8_kernel import WGMMA_TILE, WS_TILE, WS_TILE_64, GemvConfig, Int8Config, default_config
 from flexq_cli.resources import kernel_source, kernels_dir
 
 NVCC = shutil.which("nvcc")
@@ -97,7 +97,7 @@ def test_int8_wgmma_variants_compile_without_spills(act_bits, bf16, debug, tmp_p
     registers defined by GMMA", seen with nvcc 13.0 on a kernel that reads an accumulator in flight) or serializes
     the wgmma ("serialized")."""
     src = _pasted(tmp_path, "w6_int8_gemm.cu")
-    for cfg in (WGMMA_TILE, Int8Config(bm=64, bn=128, wm=1, wn=1, stages=5, wgmma=True), WS_TILE):
+    for cfg in (WGMMA_TILE, Int8Config(bm=64, bn=128, wm=1, wn=1, stages=5, wgmma=True), WS_TILE, WS_TILE_64):
         defines = cfg.defines(act_bits, bf16, debug)
         assert "-arch=sm_90a" in defines
         log = _nvcc(src, *defines)
