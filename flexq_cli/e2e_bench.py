@@ -174,12 +174,12 @@ def measure(model, batch: int, prompt_len: int, new_tokens: int, vocab: int) -> 
 
 
 def run_e2e_bench(model_name: str, *, random_init: bool, preset: str = "w6a8", batches=(1, 4, 16),
-                  prompt_len: int = 128, new_tokens: int = 256, fuse: bool = True, attn_kernel: bool = True,
+                  prompt_len: int = 128, new_tokens: int = 256, fuse: bool = True, decode_attention: bool = True,
                   device_map=None) -> dict:
     """FP16, then the quantized model; same prompts, harness and fusion for both. With ``random_init`` both are
     built layer by layer where they will run (``build_random``), and a model that does not fit is skipped
-    with the reason; ``device_map`` (placement.DeviceMap) spreads them over several devices; ``attn_kernel``: as
-    fusion.fuse_shared_inputs' ``decode_attention``."""
+    with the reason; ``device_map`` (placement.DeviceMap) spreads them over several devices; ``decode_attention``: as
+    fusion.fuse_shared_inputs'."""
     from .config import load_preset
 
     if not torch.cuda.is_available():
@@ -197,11 +197,11 @@ def run_e2e_bench(model_name: str, *, random_init: bool, preset: str = "w6a8", b
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": _devices(),
               "model": model_name, "random_init": random_init, "preset": preset, "prompt_len": prompt_len,
               "new_tokens": new_tokens, "fused": fuse,
-              "decode_attention": "kernel" if fuse and attn_kernel else "transformers",
+              "decode_attention": "kernel" if fuse and decode_attention else "transformers",
               "device_map": str(device_map or "none"),
               "copy_bandwidth_GBps": round(bw, 1), "versions": _versions(), "rows": [], "skipped": []}
     for name, quant in (("fp16", None), (preset, config)):
-        model = _bench_model(result, name, model_name, quant, random_init, fuse, attn_kernel, device_map,
+        model = _bench_model(result, name, model_name, quant, random_init, fuse, decode_attention, device_map,
                              max(batches))
         if model is not None:
             _bench_rows(result, name, model, batches, bw)
@@ -212,8 +212,8 @@ def run_e2e_bench(model_name: str, *, random_init: bool, preset: str = "w6a8", b
     return result
 
 
-def _bench_model(result: dict, name: str, model_name: str, quant, random_init: bool, fuse: bool, attn_kernel: bool,
-                 device_map, batch: int):
+def _bench_model(result: dict, name: str, model_name: str, quant, random_init: bool, fuse: bool,
+                 decode_attention: bool, device_map, batch: int):
     """The FP16 or quantized model placed and fused, or None (and a ``skipped`` entry) when it does not fit."""
     from .fusion import fuse_shared_inputs
     from .placement import dispatch
@@ -233,7 +233,7 @@ def _bench_model(result: dict, name: str, model_name: str, quant, random_init: b
         model = _load_on_gpu(model_name, quant)
         placed = None
     if fuse:
-        fuse_shared_inputs(model, spec_for_config(model.config), decode_attention=attn_kernel)
+        fuse_shared_inputs(model, spec_for_config(model.config), decode_attention=decode_attention)
     if placed is not None:
         model = dispatch(model, placed)
         result.setdefault("layers_on", {})[name] = _summary(model, placed)

@@ -176,7 +176,8 @@ def _stream_ops(nbytes: int) -> dict:
 
     words = torch.randint(-(1 << 31), 1 << 31, (nbytes // 16 * 4,), dtype=torch.int32, device="cuda")
     want = int(words.long().sum().item()) & 0xFFFFFFFF
-    dev, sms = words.device.index, torch.cuda.get_device_properties(words.device).multi_processor_count
+    dev = words.device.index
+    sms = int8_kernel.sm_count(dev)
     ops = {}
     for unroll, per_sm, threads in STREAM_LAUNCHES:
         fn = cuda_launch.function(dev, "stream_read.cu", (f"-DSR_UNROLL={unroll}",), "stream_read", 0)
@@ -223,7 +224,7 @@ def _driver() -> str:
 def _bench_shape(n, k, ms, repeats, flush, back_to_back):
     wq, ws, qweight, w16 = _layer(n, k)
     wbytes = btc.weight_bytes(n, k)
-    streams = _stream_ops(wbytes)
+    streams, stream_bytes = _stream_ops(wbytes), wbytes // 16 * 16  # the bytes it reads: whole 16-byte words
     rows = []
     for m in ms:
         x = (torch.randn((m, k), device="cuda") * 2).half()
@@ -234,7 +235,7 @@ def _bench_shape(n, k, ms, repeats, flush, back_to_back):
         best = min(streams, key=times.get)
         streams = {best: streams[best]}  # its reads do not depend on M: the first M's fastest launch from then on
         times["stream"] = times[best]
-        ops["stream"] = (streams[best], wbytes // 16 * 16)
+        ops["stream"] = (streams[best], stream_bytes)
         for op, (fn, nbytes) in ops.items():
             row = {"N": n, "K": k, "M": m, "op": op, "median_us": round(times[op], 2),
                    "weight_GBps": round(nbytes / times[op] / 1e3, 1),

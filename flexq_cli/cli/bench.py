@@ -50,7 +50,7 @@ def command(
         from ..e2e_bench import run_e2e_bench
 
         result = run_e2e_bench(e2e, random_init=random_init, preset=preset, batches=tuple(_ints(batches)),
-                               prompt_len=prompt_len, new_tokens=new_tokens, fuse=fuse, attn_kernel=attn_kernel,
+                               prompt_len=prompt_len, new_tokens=new_tokens, fuse=fuse, decode_attention=attn_kernel,
                                device_map=parse_device_map_option(device_map, "auto"))
         ui.out.print(e2e_table(result))
         write_json(json_out, result)
