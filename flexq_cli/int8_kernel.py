@@ -184,7 +184,7 @@ WGMMA_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=4, wgmma=True)
 # output buffer (twenty-second session); 5-7 measured within 1% of each other before that buffer, with one copy warp.
 WS_TILE = Int8Config(bm=128, bn=128, wm=2, wn=1, stages=6, wgmma=True, ws=True)
 # The same kernel on 64-row tiles (one consumer warpgroup): twice the CTAs, for where 128-row tiles leave SMs idle
-# (ws_config). Exact; one 64-row tile took 0.63-0.66 of a 128-row one's time on the H100 (one wave of each: 4096,
+# (ws_config). Exact; one 64-row tile took 0.62-0.67 of a 128-row one's time on the H100 (one wave of each: 4096,
 # 5120, 6144 and 8192 rows at 65-128 tokens, K = 4096..28672, 25th session).
 WS_TILE_64 = Int8Config(bm=128, bn=64, wm=1, wn=1, stages=6, wgmma=True, ws=True)
 WS_64_TILE_TIME = 0.64

@@ -668,8 +668,11 @@ __device__ __forceinline__ u32 ws_slot(int q) { return q % I8_STAGES + I8_STAGES
 #define W_BARS (W_OUT + (W_ROWS / 16) * 128 * 32)  // full[I8_STAGES], empty[I8_STAGES]
 #define W_THREADS (128 * (1 + W_CWG))
 #define W_PRODUCER_REGS 24            // setmaxnreg's least; the copy warps need few
-#define W_CONSUMER_REGS 240           // (384 threads x 168 at launch; 128 x 24 + 256 x 240 fit; 64 rows: 256 x 240)
-static_assert(128 * W_PRODUCER_REGS + 128 * W_CWG * W_CONSUMER_REGS <= W_THREADS * 168, "ws register plan");
+#define W_CONSUMER_REGS 240
+// The registers per thread a launch of W_THREADS can get (a multiple of 8, at most 255): 168 for 384 threads, 248
+// for 256 (ptxas gave the 64-row build 240). setmaxnreg moves registers between the warpgroups within that pool.
+#define W_LAUNCH_REGS ((65536 / W_THREADS < 255 ? 65536 / W_THREADS : 255) / 8 * 8)
+static_assert(128 * W_PRODUCER_REGS + 128 * W_CWG * W_CONSUMER_REGS <= W_THREADS * W_LAUNCH_REGS, "ws register plan");
 #ifdef I8_WS_SMEM  // int8_kernel.Int8Config.smem_bytes: what the launch allocates
 static_assert(I8_WS_SMEM == 1024 + W_BARS + 2 * I8_STAGES * 8, "int8_kernel.py's smem plan differs");
 #endif
