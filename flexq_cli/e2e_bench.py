@@ -1,4 +1,5 @@
-"""``flexq bench --e2e``: prefill latency, decode tokens/s and peak GPU memory, FP16 against W6Ax, one harness.
+"""``flexq bench --e2e``: prefill latency, the first decode step (graph capture), decode tokens/s and peak GPU memory,
+FP16 against W6Ax, one harness.
 
 Both models decode over the same static KV cache with the step captured in a CUDA graph (generate.Decoder), so
 the FP16 baseline is not launch-bound; its decode rate is also reported as a fraction of its bandwidth roofline
@@ -153,8 +154,9 @@ def plan_model(shape: str, quant, device_map, extra: int):
 
 
 def measure(model, batch: int, prompt_len: int, new_tokens: int, vocab: int) -> dict:
-    """Median prefill latency, decode tok/s over ``new_tokens`` steps, and peak memory during generation (summed
-    over the GPUs the model uses)."""
+    """Median prefill latency, median time of the first decode step (which captures the step's CUDA graphs: ``graphs``
+    of them), decode tok/s over the ``new_tokens`` steps after it, and peak memory during generation (summed over
+    the GPUs the model uses)."""
     from .generate import SamplingConfig, generate_tokens
     from .placement import cuda_indices, synchronize
 
@@ -168,6 +170,8 @@ def measure(model, batch: int, prompt_len: int, new_tokens: int, vocab: int) -> 
         torch.cuda.reset_peak_memory_stats(i)
     runs = [generate_tokens(model, prompts, cfg) for _ in range(2)]
     return {"batch": batch, "prefill_ms": round(statistics.median(r["prefill_s"] for r in runs) * 1e3, 2),
+            "first_step_ms": round(statistics.median(r["first_step_s"] for r in runs) * 1e3, 2),
+            "graphs": runs[0]["graphs"],
             "decode_tok_s": round(max(r["decode_tok_per_s"] for r in runs), 1),
             "peak_GiB": round(sum(torch.cuda.max_memory_allocated(i) for i in gpus) / 2**30, 2),
             "graph": runs[0]["graph"]}
@@ -312,8 +316,8 @@ def format_table(result: dict):
     """A rich Table of the bench result: one line per row; models skipped (they do not fit) in the caption."""
     from .ui import rows_table
 
-    cols = ["model", "batch", "prefill_ms", "decode_tok_s", "roofline_tok_s", "of_roofline", "peak_GiB", "decode_speedup",
-            "prefill_speedup", "memory_ratio"]
+    cols = ["model", "batch", "prefill_ms", "first_step_ms", "decode_tok_s", "roofline_tok_s", "of_roofline", "peak_GiB",
+            "decode_speedup", "prefill_speedup", "memory_ratio"]
     init = " random-init" if result["random_init"] else ""
     spread = "" if result.get("device_map", "none") == "none" else f", --device-map {result['device_map']} (eager)"
     attn = "" if result.get("decode_attention", "kernel") == "kernel" else ", transformers' decode attention"

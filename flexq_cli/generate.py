@@ -283,7 +283,7 @@ def generate_tokens(model, prompts: list[list[int]], cfg: SamplingConfig, *, eos
     sync()
     prefill_s = time.perf_counter() - start
     out, done = [tokens], torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    start, timed_from = time.perf_counter(), 1
+    start, timed_from, first_step_s = time.perf_counter(), 1, 0.0
     for i in range(cfg.max_new_tokens - 1):
         if cfg.stop_at_eos and eos_id is not None:
             done |= tokens == eos_id
@@ -291,8 +291,9 @@ def generate_tokens(model, prompts: list[list[int]], cfg: SamplingConfig, *, eos
                 break
         tokens = next_tokens(decoder.step(tokens), cfg, gen)
         out.append(tokens)
-        if i == 0:  # the first step also captures the graph: keep it out of the decode rate
+        if i == 0:  # the first step also captures the graphs: timed alone, kept out of the decode rate
             sync()
+            first_step_s = time.perf_counter() - start
             start, timed_from = time.perf_counter(), 2
     sync()
     decode_s = time.perf_counter() - start
@@ -300,6 +301,7 @@ def generate_tokens(model, prompts: list[list[int]], cfg: SamplingConfig, *, eos
     if cfg.stop_at_eos and eos_id is not None:
         new = [row[: row.index(eos_id) + 1] if eos_id in row else row for row in new]
     timed = len(out) - timed_from
-    return {"tokens": new, "prefill_s": prefill_s, "decode_s": decode_s, "decode_steps": len(out) - 1,
+    return {"tokens": new, "prefill_s": prefill_s, "first_step_s": first_step_s, "graphs": len(decoder.graphs),
+            "decode_s": decode_s, "decode_steps": len(out) - 1,
             "decode_tok_per_s": timed * len(prompts) / decode_s if timed > 0 else 0.0, "graph": decoder.use_graph,
             "eager_reason": reason}

@@ -31,7 +31,8 @@ def test_static_cache_greedy_matches_full_recompute(fp_model):
     prompt = [5, 17, 300, 42, 7, 99]
     got = generate_tokens(fp_model, [prompt], SamplingConfig(max_new_tokens=12), use_graph=False)
     assert got["tokens"][0] == naive_greedy(fp_model, prompt, 12)
-    assert got["decode_steps"] == 11 and not got["graph"]
+    assert got["decode_steps"] == 11 and not got["graph"] and got["graphs"] == 0
+    assert got["first_step_s"] > 0 and got["decode_s"] > 0
 
 
 def test_attention_reads_a_bucketed_prefix_of_the_cache(fp_model, monkeypatch):
@@ -83,6 +84,7 @@ def test_generate_cli(tiny_llama):
                              "--device", "cpu")
     assert code == 0, err
     assert out.strip()
+    assert "first step" in err and "CUDA graph" not in err  # the CPU decodes eagerly: no graphs to capture
     code, _, err = run_cli("generate", tiny_llama, "--prompt", "x", "--max-new-tokens", 600, "--device", "cpu")
     assert code == 1 and "exceeds the model's 512 positions" in err
 
@@ -161,3 +163,19 @@ def test_attn_kernel_switch_reaches_every_attention(tiny_llama, tmp_path, monkey
         assert code == 0, err
         assert out.strip() and len(made) == 2  # one per decoder layer
         assert all(m.decode_kernel is want for m in made), flag
+
+
+def test_generate_cli_reports_the_capture_in_the_first_step(tiny_llama, monkeypatch):
+    """The first decode step, which captures the CUDA graphs on a GPU, is reported on its own: it is kept out of the
+    decode rate and can take longer than the rest of a short generation."""
+    from flexq_cli.cli import generate as cli_generate
+
+    def fake(model, prompts, cfg, **kwargs):
+        return {"tokens": [[5, 6, 7]], "prefill_s": 0.0412, "first_step_s": 0.37, "graphs": 8, "decode_s": 0.005,
+                "decode_steps": 2, "decode_tok_per_s": 200.0, "graph": True, "eager_reason": None}
+
+    monkeypatch.setattr(cli_generate, "generate_tokens", fake)
+    code, _, err = run_cli("generate", tiny_llama, "--prompt", "x", "--max-new-tokens", 3, "--device", "cpu")
+    assert code == 0, err
+    assert "prefill 41.2 ms, first step 370.0 ms (captured 8 CUDA graphs), decode 200.0 tok/s (1 x 2 steps, CUDA " \
+           "graph)" in " ".join(err.split())

@@ -43,5 +43,8 @@ def command(
         ui.err.print(f"note: decoding eagerly, without a CUDA graph: {r['eager_reason']}", highlight=False, markup=False)
     for text, tokens in zip(prompt, r["tokens"]):
         ui.out.print(text + tokenizer.decode(tokens, skip_special_tokens=True), highlight=False, markup=False)
-    ui.err.print(f"prefill {r['prefill_s'] * 1e3:.1f} ms, decode {r['decode_tok_per_s']:.1f} tok/s "
+    first = f", first step {r['first_step_s'] * 1e3:.1f} ms" if r["decode_steps"] else ""
+    if r["graphs"]:
+        first += f" (captured {r['graphs']} CUDA graph{'s' if r['graphs'] > 1 else ''})"
+    ui.err.print(f"prefill {r['prefill_s'] * 1e3:.1f} ms{first}, decode {r['decode_tok_per_s']:.1f} tok/s "
                  f"({len(prompt)} x {r['decode_steps']} steps{', CUDA graph' if r['graph'] else ''})")
