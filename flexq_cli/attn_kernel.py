@@ -27,7 +27,8 @@ HEAD_DIMS = (64, 128)
 
 _workspace: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (partials float32, counters int32)
 # Buffers replaced by larger ones stay allocated: a CUDA graph captured with them still writes there when replayed
-# (generation captures one graph per view length, and longer views may split the keys over more CTAs).
+# (longer views split the keys over more CTAs; a generation sizes them at its longest view before it captures, but
+# another decoder's graphs may still be alive).
 _retired: list[tuple[torch.Tensor, torch.Tensor]] = []
 
 

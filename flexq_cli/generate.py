@@ -152,21 +152,24 @@ class Decoder:
 
     def _capture(self) -> None:
         # One graph per view length from this step's to max_len, sharing one memory pool (they replay one at a time,
-        # and each step's logits are read before the next replay). For each, warm up on a side stream (allocator and
-        # kernel caches), then capture one step. Warm-ups write the cache slot the replay will write, so nothing is
+        # and each step's logits are read before the next replay). One eager warm-up on a side stream first, at the
+        # longest view (allocator, kernel and compile caches; the decode attention's split buffers at their
+        # largest, which a capture cannot grow), then the captures, longest first, with no warm-up of their own: the
+        # shorter views run the same kernels. Two warm-ups per graph, as before the 26th session, made the first step
+        # 1.9-3.3x slower; replays are 0.7-1.6% slower without a warm-up before each capture (docs/generation.md,
+        # "What capturing the graphs costs"). The warm-up writes the cache slot the replay will write, so nothing is
         # lost.
         pool = torch.cuda.graph_pool_handle()
         stream = _capture_stream(torch.cuda.current_device() if self.device.index is None else self.device.index)
-        for n in sorted({self.keys_read(t) for t in range(self.t, self.cache.max_len)}):
-            mask = self.mask[..., :n]
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._forward(self.ids, self.pos_ids, mask, self.slot)
-            torch.cuda.current_stream().wait_stream(stream)
+        lengths = sorted({self.keys_read(t) for t in range(self.t, self.cache.max_len)}, reverse=True)
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._forward(self.ids, self.pos_ids, self.mask[..., :lengths[0]], self.slot)
+        torch.cuda.current_stream().wait_stream(stream)
+        for n in lengths:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool, stream=stream):
-                self.graphs[n] = (graph, self._forward(self.ids, self.pos_ids, mask, self.slot))
+                self.graphs[n] = (graph, self._forward(self.ids, self.pos_ids, self.mask[..., :n], self.slot))
 
 
 @functools.cache
@@ -174,9 +177,9 @@ def _capture_stream(device: int) -> torch.cuda.Stream:
     """The one stream per device that decode graphs are warmed up and captured on. PyTorch keeps a cuBLAS workspace
     per stream it ran on for the life of the process (pytorch/pytorch#99196, where reusing one capture stream is the
     workaround), so a new stream per capture leaked one with every graph (measured on the H100: 32 MiB per generate
-    call with one graph, 128 with four). The warm-ups run on the capture stream, so its workspace exists before the
-    capture and is not taken from the graph's pool; the graphs then share it, which is safe because they replay one
-    at a time and each capture's warm-ups wait for the work queued before them (wait_stream)."""
+    call with one graph, 128 with four). The warm-up runs on the capture stream, so its workspace exists before the
+    captures and is not taken from the graphs' pool; the graphs then share it, which is safe because they replay one
+    at a time and the warm-up waits for the work queued before it (wait_stream)."""
     return torch.cuda.Stream(device=device)
 
 

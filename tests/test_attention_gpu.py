@@ -104,9 +104,10 @@ def test_graph_replay_equals_eager():
 
 
 def test_graph_keeps_its_buffers_when_a_longer_view_grows_them():
-    """Generation captures one graph per view length, shortest first. A graph captured on small split buffers must
-    still replay correctly after a longer view (more keys, more CTAs per pair) replaced them with larger ones: the
-    old buffers stay allocated (attn_kernel._retired) and its writes land there, not in freed memory."""
+    """A graph captured on small split buffers must still replay correctly after a longer view (more keys, more CTAs
+    per pair) replaced them with larger ones: the old buffers stay allocated (attn_kernel._retired) and its writes
+    land there, not in freed memory. (Generation warms up at its longest view before it captures, so its own graphs
+    share the largest buffers; an earlier decoder's graphs, still alive, can meet the replacement.)"""
     g = torch.Generator(device=DEV).manual_seed(11)
     old = attn_kernel._workspace.pop(torch.cuda.current_device(), None)  # start from buffers for the short view
     if old is not None:

@@ -55,8 +55,10 @@ def test_graph_decode_matches_eager_token_for_token(quantized):
 @pytest.mark.parametrize("quantized", [None, "w6a8"])
 def test_graph_per_view_length_matches_eager(quantized, monkeypatch):
     """A long generation decodes with one graph per view length of the cache (generate.view_bucket: 32, 64, 96, 128,
-    160 and 167 keys here), each captured at the first step: the tokens of eager decoding of the same model (fused, with
-    the norm, SiLU and rotary kernels), which reads the same views."""
+    160 and 167 keys here), each captured at the first step after one eager warm-up at the longest view, longest
+    first: the tokens of eager decoding of the same model (fused, with the norm, SiLU and rotary kernels), which reads
+    the same views. The decode attention splits 167 keys over more CTAs than 32 (2 sequences x 4 heads), so a capture
+    that needed larger split buffers than the warm-up made would raise."""
     from flexq_cli.fusion import fuse_shared_inputs
     from flexq_cli.generate import Decoder
 
@@ -65,11 +67,19 @@ def test_graph_per_view_length_matches_eager(quantized, monkeypatch):
     model = tiny(quantized)
     fuse_shared_inputs(model, spec_for_config(model.config))
     eager = generate_tokens(model, prompts, cfg, use_graph=False)
-    captured = []
-    capture = Decoder._capture
-    monkeypatch.setattr(Decoder, "_capture", lambda self: (capture(self), captured.append(sorted(self.graphs))))
+    captured, views = [], []
+    capture, forward = Decoder._capture, Decoder._forward
+
+    def counted(self, ids, pos_ids, mask, slots):
+        views.append(mask.shape[-1])
+        return forward(self, ids, pos_ids, mask, slots)
+
+    monkeypatch.setattr(Decoder, "_forward", counted)
+    monkeypatch.setattr(Decoder, "_capture", lambda self: (views.clear(), capture(self),
+                                                           captured.append((sorted(self.graphs), list(views)))))
     graph = generate_tokens(model, prompts, cfg, use_graph=True)
-    assert graph["graph"] and captured == [[32, 64, 96, 128, 160, 167]]
+    assert graph["graph"] and graph["graphs"] == 6
+    assert captured == [([32, 64, 96, 128, 160, 167], [167, 167, 160, 128, 96, 64, 32])]  # warm-up, then captures
     assert graph["tokens"] == eager["tokens"]
 
 
