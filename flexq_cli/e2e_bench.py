@@ -205,8 +205,8 @@ def run_e2e_bench(model_name: str, *, random_init: bool, preset: str = "w6a8", b
               "device_map": str(device_map or "none"),
               "copy_bandwidth_GBps": round(bw, 1), "versions": _versions(), "rows": [], "skipped": []}
     for name, quant in (("fp16", None), (preset, config)):
-        model = _bench_model(result, name, model_name, quant, random_init, fuse, decode_attention, device_map,
-                             max(batches))
+        model = _bench_model(result, name, model_name, quant, random_init=random_init, fuse=fuse,
+                             decode_attention=decode_attention, device_map=device_map, batch=max(batches))
         if model is not None:
             _bench_rows(result, name, model, batches, bw)
             del model
@@ -216,7 +216,7 @@ def run_e2e_bench(model_name: str, *, random_init: bool, preset: str = "w6a8", b
     return result
 
 
-def _bench_model(result: dict, name: str, model_name: str, quant, random_init: bool, fuse: bool,
+def _bench_model(result: dict, name: str, model_name: str, quant, *, random_init: bool, fuse: bool,
                  decode_attention: bool, device_map, batch: int):
     """The FP16 or quantized model placed and fused, or None (and a ``skipped`` entry) when it does not fit."""
     from .fusion import fuse_shared_inputs

@@ -57,7 +57,8 @@ def run(model, prompts, cfg, cls):
 
 for name in ("w6a8", "fp16"):
     quant = None if name == "fp16" else load_preset(name)
-    model = eb._bench_model(res, name, "llama-2-7b", quant, True, True, True, None, 16)
+    model = eb._bench_model(res, name, "llama-2-7b", quant, random_init=True, fuse=True, decode_attention=True,
+                            device_map=None, batch=16)
     for batch in (1, 16):
         gen = torch.Generator().manual_seed(batch)
         prompts = torch.randint(0, 32000, (batch, PROMPT), generator=gen).tolist()

@@ -72,7 +72,8 @@ for label, which in (("old", OLD), ("new", NEW), ("old", OLD), ("new", NEW)):
           f"quantize {per_call(lambda: ik.quantize_activations(x.reshape(1, -1), 32, 8, 128, False)):.1f} us", flush=True)
 
 res = {"date": "", "prompt_len": 128, "new_tokens": 256}
-model = eb._bench_model(res, "w6a8", "llama-2-7b", load_preset("w6a8"), True, True, True, None, 1)
+model = eb._bench_model(res, "w6a8", "llama-2-7b", load_preset("w6a8"), random_init=True, fuse=True,
+                        decode_attention=True, device_map=None, batch=1)
 ids = torch.randint(0, 32000, (1, 128), generator=torch.Generator().manual_seed(0)).cuda()
 pad = torch.zeros_like(ids, dtype=torch.bool)
 dec = g.Decoder(model, 1, 384, use_graph=False)
