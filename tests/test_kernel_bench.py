@@ -46,3 +46,28 @@ def test_e2e_table_title_says_which_decode_attention_ran():
     assert "decode attention" not in e2e_table(result).title  # results written before the switch: the kernel ran
     title = e2e_table(result | {"decode_attention": "transformers"}).title
     assert "64 new tokens, transformers' decode attention;" in title
+
+
+def test_bench_shapes_are_linears_of_the_models_they_name():
+    """kernel_bench.SHAPES is written by hand: every (N, K) it lists for a model must be one of that model's linears
+    (e2e_bench.SHAPES, the hub configs), separate or fused as fusion.py fuses them; the 'fused' list's entries are
+    fused layers of some model there. A typo in either table fails here."""
+    from flexq_cli.e2e_bench import SHAPES as CONFIGS
+    from flexq_cli.kernel_bench import SHAPES
+
+    def linears(c: dict) -> tuple[set, set]:
+        h, i, heads, kv = c["hidden_size"], c["intermediate_size"], c["num_attention_heads"], c["num_key_value_heads"]
+        q, k = h, h // heads * kv
+        separate = {(q, h), (k, h), (h, q), (i, h), (h, i)}
+        return separate, {(q + 2 * k, h), (2 * i, h)}
+
+    names = {"llama2-7b": "llama-2-7b", "llama2-13b": "llama-2-13b", "llama2-70b": "llama-2-70b",
+             "llama3-8b": "llama-3-8b", "smollm2": "smollm2-135m"}
+    assert set(SHAPES) == set(names) | {"fused"}
+    for bench_name, shapes in SHAPES.items():
+        if bench_name == "fused":
+            every_fused = set().union(*(linears(c)[1] for c in CONFIGS.values()))
+            assert set(shapes) <= every_fused, set(shapes) - every_fused
+        else:
+            separate, fused = linears(CONFIGS[names[bench_name]])
+            assert set(shapes) <= separate | fused, (bench_name, set(shapes) - separate - fused)
