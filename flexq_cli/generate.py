@@ -15,7 +15,7 @@ LLaMA-2-7B decodes at ~33 tok/s eagerly against a ~215 tok/s bandwidth roofline 
 * attention reads a prefix of the cache, not all ``max_len`` keys: the keys up to the step's position rounded up
   to a bucket (``view_bucket``), one graph per bucket, all captured at the first step (keys past the position
   are masked out anyway; at batch 16 and 384 positions the full cache is two thirds the size of a 7B W6A8 model's
-  packed weights).
+  packed weights). How many buckets weighs each capture's host time against the keys it saves (``graph_count``).
 
 Prompts of different lengths are left-padded; padded keys are masked out and position ids count real tokens.
 """
@@ -23,6 +23,7 @@ Prompts of different lengths are left-padded; padded keys are masked out and pos
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 
@@ -125,7 +126,9 @@ class Decoder:
         mask = self.attention_mask((causal[None] & valid[:, None, :])[:, None], self.dtype)  # (B, 1, T, max_len)
         pos_ids = ((~pad).cumsum(dim=1) - 1).clamp(min=0)
         self.t = t
-        self.bucket = view_bucket(t, self.cache.max_len)
+        span, layers = self.cache.max_len - t, len(self.cache.keys)
+        self.bucket = view_bucket(t, self.cache.max_len, graph_count(span, self.cache.nbytes() / self.cache.max_len,
+                                                                     layers))
         return self._forward(ids, pos_ids, mask, torch.arange(t, device=self.device))
 
     @torch.no_grad()
@@ -189,12 +192,33 @@ def _capture_stream(device: int) -> torch.cuda.Stream:
 # with no more graphs (MAX_GRAPHS caps them). 16 keys with 16 graphs: 2409.6-2409.9 and 3601.7-3603.9.
 VIEW_BUCKET = 32
 MAX_GRAPHS = 8  # view lengths (decode graphs) per generation, at most
+# What a view length costs against what it saves (graph_count), measured on the H100 machine (2026-11-24, 26th
+# session): capturing one decode step took 30-55 ms of host time for LLaMA-2-7B's 32 layers; the bench's copy
+# bandwidth was 2,405-2,428 GB/s.
+CAPTURE_S_PER_LAYER = 1.2e-3
+KV_READ_BYTES_PER_S = 2.4e12
 
 
-def view_bucket(start: int, max_len: int) -> int:
+def graph_count(span: int, kv_bytes_per_position: float, layers: int) -> int:
+    """How many view lengths (graphs) a generation of ``span`` decode steps gets: the G that minimizes G captures
+    plus the keys read past each step's position. With one view every step reads all ``span`` new positions' keys,
+    about span^2 / 2 position reads more than it needs, and G even views cut that by G, so the total is
+    G * capture + waste / G, least at G = sqrt(waste / capture). At batch 1 a 7B model's keys are too few to pay for
+    a second capture (one graph); batch 16 over 256 steps gets 2; long generations get MAX_GRAPHS."""
+    capture = layers * CAPTURE_S_PER_LAYER
+    waste = kv_bytes_per_position * span * span / 2 / KV_READ_BYTES_PER_S
+    if capture <= 0:
+        return MAX_GRAPHS
+    return max(1, min(MAX_GRAPHS, round(math.sqrt(waste / capture))))
+
+
+def view_bucket(start: int, max_len: int, graphs: int = MAX_GRAPHS) -> int:
     """The step of the view lengths of a generation whose first decode step is at position ``start``: VIEW_BUCKET,
-    or a multiple of it so that at most MAX_GRAPHS lengths cover start .. max_len."""
-    span = -(-(max_len - start) // MAX_GRAPHS)
+    or a multiple of it so that about ``graphs`` lengths cover start .. max_len (at most one more, as the lengths are
+    multiples of the step); one graph: max_len, the one view."""
+    if graphs <= 1:
+        return max_len
+    span = -(-(max_len - start) // graphs)
     return max(VIEW_BUCKET, -(-span // VIEW_BUCKET) * VIEW_BUCKET)
 
 

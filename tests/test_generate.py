@@ -37,10 +37,12 @@ def test_static_cache_greedy_matches_full_recompute(fp_model):
 
 def test_attention_reads_a_bucketed_prefix_of_the_cache(fp_model, monkeypatch):
     """Steps read the first keys_read(t) keys (t + 1 rounded up to the bucket), not all max_len, and still give the
-    tokens of a full recompute."""
+    tokens of a full recompute. (Captures made free, so the tiny model gets the finest views: graph_count.)"""
+    from flexq_cli import generate
     from flexq_cli.generate import StaticKV, view_bucket
 
     assert view_bucket(128, 384) == 32 and view_bucket(6, 86) == 32 and view_bucket(0, 4096) == 512
+    monkeypatch.setattr(generate, "CAPTURE_S_PER_LAYER", 0.0)
     seen = []
     visible = StaticKV.visible
     monkeypatch.setattr(StaticKV, "visible", lambda self, k, v: seen.append(self.view_len) or visible(self, k, v))
@@ -51,6 +53,35 @@ def test_attention_reads_a_bucketed_prefix_of_the_cache(fp_model, monkeypatch):
     layers = fp_model.config.num_hidden_layers
     # prefill, then t = 6..31, 32..63, 64..84
     assert seen == [86] * layers + [32] * (26 * layers) + [64] * (32 * layers) + [86] * (21 * layers)
+
+
+def test_graph_count_weighs_captures_against_the_keys_read_past_the_position():
+    """The view lengths a generation gets: G = sqrt(waste / capture), 1..MAX_GRAPHS, on LLaMA shapes (keys and values
+    of every layer per position: 2 x layers x kv_heads x head_dim x 2 bytes x batch); one graph reads one view."""
+    from flexq_cli.generate import MAX_GRAPHS, graph_count, view_bucket
+
+    per_position_7b = 2 * 32 * 4096 * 2  # LLaMA-2-7B, batch 1
+    assert graph_count(256, per_position_7b, 32) == 1  # 7 ms of extra key reads against a 38 ms capture
+    assert graph_count(256, 16 * per_position_7b, 32) == 2  # batch 16: 115 ms of them
+    assert graph_count(2048, 16 * per_position_7b, 32) == MAX_GRAPHS  # 7.3 s: capped
+    assert graph_count(256, 2 * 80 * 1024 * 2 * 16, 80) == 1  # LLaMA-2-70B (8 kv heads), batch 16
+    assert graph_count(512, 16 * per_position_7b, 32) == 3  # 458 ms: sqrt(11.9)
+    assert graph_count(4096, 2 * 30 * 192 * 2, 30) == 1  # SmolLM2-135M: few keys even over 4096 steps
+    assert view_bucket(128, 384, 1) == 384 and view_bucket(128, 384, 2) == 128 and view_bucket(128, 384) == 32
+
+
+def test_one_graph_reads_one_view(fp_model, monkeypatch):
+    """Where graph_count gives one graph (the tiny model's keys are cheap), every decode step reads the whole cache:
+    one view, so one CUDA graph on a GPU; the tokens are still those of a full recompute."""
+    from flexq_cli.generate import StaticKV
+
+    seen = []
+    visible = StaticKV.visible
+    monkeypatch.setattr(StaticKV, "visible", lambda self, k, v: seen.append(self.view_len) or visible(self, k, v))
+    prompt = [5, 17, 300, 42, 7, 99]
+    got = generate_tokens(fp_model, [prompt], SamplingConfig(max_new_tokens=40), use_graph=False)
+    assert got["tokens"][0] == naive_greedy(fp_model, prompt, 40)
+    assert set(seen) == {46}
 
 
 def test_left_padded_batch_matches_each_prompt_alone(fp_model):
