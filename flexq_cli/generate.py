@@ -191,7 +191,7 @@ def _capture_stream(device: int) -> torch.cuda.Stream:
 # FP16 2397.2-2398.0 -> 2406.1, W6A8 3572.8-3573.4 -> 3591.3-3592.1; batch 1 unchanged, 173.8 and 331.2-331.3),
 # with no more graphs (MAX_GRAPHS caps them). 16 keys with 16 graphs: 2409.6-2409.9 and 3601.7-3603.9.
 VIEW_BUCKET = 32
-MAX_GRAPHS = 8  # view lengths (decode graphs) per generation, at most
+MAX_GRAPHS = 8  # view lengths (decode graphs) per generation, at most (one more where view_bucket rounds)
 # What a view length costs against what it saves (graph_count), measured on the H100 machine (2026-11-24, 26th
 # session): capturing one decode step took 30-55 ms of host time for LLaMA-2-7B's 32 layers; the bench's copy
 # bandwidth was 2,405-2,428 GB/s.

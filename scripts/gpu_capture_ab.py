@@ -5,17 +5,14 @@ backend. docs/generation.md, "What capturing the graphs costs".
 
 Usage (on the GPU, from the repository root): PYTHONPATH=. python3 scripts/gpu_capture_ab.py
 """
-import gc
-import time
-
 import torch
+from generate_ab_common import for_each_7b_model, report, timed_generate
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from flexq_cli import e2e_bench as eb
 from flexq_cli import generate as g
-from flexq_cli.config import load_preset
 
 torch.zeros(1, device="cuda")
+g.CAPTURE_S_PER_LAYER = 0.0  # the finest views (8 graphs here), as when this was measured: before graph_count
 PROMPT = 128
 res = {"date": "", "prompt_len": PROMPT, "new_tokens": 256}
 new_cls = g.Decoder
@@ -45,20 +42,10 @@ def first_diff(a, b):
 
 
 def run(model, prompts, cfg, cls):
-    g.Decoder = cls
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    r = g.generate_tokens(model, prompts, cfg)
-    torch.cuda.synchronize()
-    r["wall"] = time.perf_counter() - t0
-    g.Decoder = new_cls
-    return r
+    return timed_generate(model, prompts, cfg, patch={"Decoder": cls})
 
 
-for name in ("w6a8", "fp16"):
-    quant = None if name == "fp16" else load_preset(name)
-    model = eb._bench_model(res, name, "llama-2-7b", quant, random_init=True, fuse=True, decode_attention=True,
-                            device_map=None, batch=16)
+def compare(name, model):
     for batch in (1, 16):
         gen = torch.Generator().manual_seed(batch)
         prompts = torch.randint(0, 32000, (batch, PROMPT), generator=gen).tolist()
@@ -69,14 +56,7 @@ for name in ("w6a8", "fp16"):
             for rnd in range(3):
                 for label, cls in (("old", Old), ("new", new_cls)):
                     out[label].append(run(model, prompts, cfg, cls))
-            for label, rs in out.items():
-                fs = sorted(r["first_step_s"] * 1e3 for r in rs)
-                ws = sorted(r["wall"] * 1e3 for r in rs)
-                rate = sorted(r["decode_tok_per_s"] for r in rs)
-                same = [r["tokens"] == out["old"][0]["tokens"] for r in rs]
-                print(f"{name} b{batch} new {new} {label}: {rs[0]['graphs']} graphs, first step {fs[0]:.1f}-{fs[-1]:.1f} "
-                      f"ms, wall {ws[0]:.1f}-{ws[-1]:.1f} ms, decode {rate[0]:.1f}-{rate[-1]:.1f} tok/s, "
-                      f"prefill {rs[0]['prefill_s'] * 1e3:.1f}; tokens as old's first: {same}", flush=True)
+            report(f"{name} b{batch} new {new}", out, "old")
     if name == "fp16":
         prompts = torch.randint(0, 32000, (1, PROMPT), generator=torch.Generator().manual_seed(1)).tolist()
         cfg = g.SamplingConfig(max_new_tokens=256, stop_at_eos=False)
@@ -91,6 +71,6 @@ for name in ("w6a8", "fp16"):
                       f"{first_diff(eager['tokens'], rs[0]['tokens'])}", flush=True)
             except Exception as exc:  # noqa: BLE001
                 print(f"fp16 b1 determinism, SDPA {backend}: FAILED {type(exc).__name__}: {exc}", flush=True)
-    del model
-    gc.collect()
-    torch.cuda.empty_cache()
+
+
+for_each_7b_model(res, compare)
