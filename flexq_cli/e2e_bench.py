@@ -155,8 +155,8 @@ def plan_model(shape: str, quant, device_map, extra: int):
 
 def measure(model, batch: int, prompt_len: int, new_tokens: int, vocab: int) -> dict:
     """Median prefill latency, median time of the first decode step (which captures the step's CUDA graphs: ``graphs``
-    of them), decode tok/s over the ``new_tokens`` steps after it, and peak memory during generation (summed over
-    the GPUs the model uses)."""
+    of them), decode tok/s over the steps after it (best of the runs), and peak memory during generation (summed
+    over the GPUs the model uses)."""
     from .generate import SamplingConfig, generate_tokens
     from .placement import cuda_indices, synchronize
 

@@ -192,9 +192,9 @@ def _capture_stream(device: int) -> torch.cuda.Stream:
 # with no more graphs (MAX_GRAPHS caps them). 16 keys with 16 graphs: 2409.6-2409.9 and 3601.7-3603.9.
 VIEW_BUCKET = 32
 MAX_GRAPHS = 8  # view lengths (decode graphs) per generation, at most (one more where view_bucket rounds)
-# What a view length costs against what it saves (graph_count), measured on the H100 machine (2026-11-24, 26th
-# session): capturing one decode step took 30-55 ms of host time for LLaMA-2-7B's 32 layers; the bench's copy
-# bandwidth was 2,405-2,428 GB/s.
+# What a view length costs against what it saves (graph_count), on the H100 machine (2026-11-24, 26th session):
+# 8 graphs' first step took 221-380 ms more than one graph's (LLaMA-2-7B W6A8, batch 1, scripts/gpu_graph_count_ab.py),
+# 32-54 ms per capture of 32 layers; the bench's copy bandwidth was 2,405-2,428 GB/s.
 CAPTURE_S_PER_LAYER = 1.2e-3
 KV_READ_BYTES_PER_S = 2.4e12
 
